@@ -1,0 +1,228 @@
+//! `wssd run`: wiring the pieces together in data-flow order and living until a signal.
+//!
+//! 1. provision what wssd issues itself (dev-CA certificates) and load every pair;
+//!    a certificate that cannot be loaded at start-up is a start-up error;
+//! 2. start the reload task and the file watcher;
+//! 3. bind the listener and serve;
+//! 4. SIGHUP reloads every certificate; SIGTERM/SIGINT drain and return.
+//!
+//! Signal handlers are installed first, so a signal that arrives during start-up is
+//! handled rather than killing the process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::cert::inspect::rfc3339;
+use crate::cert::pair::PairError;
+use crate::config::{Config, Source};
+use crate::metrics::Metrics;
+use crate::provision::{self, ProvisionError, Provisioned, schedule};
+use crate::reload::reloader::Reloader;
+use crate::reload::watch::{self, ReloadHandle, WatchError};
+use crate::server::{self, Server};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("certificate[{index}] ({domains}): {source}")]
+    Provision {
+        index: usize,
+        domains: String,
+        source: ProvisionError,
+    },
+    #[error("certificate[{index}] ({domains}) cannot be served: {source}")]
+    Certificate {
+        index: usize,
+        domains: String,
+        source: PairError,
+    },
+    #[error(
+        "certificate[{index}] ({domains}): source = \"acme\" is not available in this build yet; use \"selfsigned\" or \"files\""
+    )]
+    AcmeUnavailable { index: usize, domains: String },
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(source))]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => " (another process, perhaps another wssd, is using that address)",
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need CAP_NET_BIND_SERVICE; see the README)"
+        }
+        _ => "",
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT. `on_ready` is called once the listener is bound
+/// and every certificate is loaded, with the bound address.
+pub async fn run(config: Config, on_ready: impl FnOnce(SocketAddr, &Config)) -> Result<(), AgentError> {
+    crate::tls::install_default_provider();
+    let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+
+    let metrics = Arc::new(Metrics::default());
+    let reloader = Arc::new(Reloader::new(config.certificates.clone(), metrics.clone()));
+    for (index, cert) in config.certificates.iter().enumerate() {
+        let domains = cert.domain_list();
+        match cert.source {
+            Source::Acme => return Err(AgentError::AcmeUnavailable { index, domains }),
+            Source::Selfsigned => {
+                let (c, ca_dir) = (cert.clone(), config.ca_dir.clone());
+                let result = tokio::task::spawn_blocking(move || {
+                    provision::ensure_selfsigned(&c, &ca_dir, SystemTime::now())
+                })
+                .await
+                .unwrap_or_else(|join| Err(ProvisionError::Store(join_error(join))));
+                let provisioned = result.map_err(|source| AgentError::Provision {
+                    index,
+                    domains: domains.clone(),
+                    source,
+                })?;
+                if let Provisioned::Issued(s) = &provisioned {
+                    info!(certificate = index, %domains, serial = %s.serial, not_after = %rfc3339(s.not_after), "issued a certificate from the dev CA");
+                }
+            }
+            Source::Files => {}
+        }
+        reloader
+            .reload(index, "startup")
+            .map_err(|source| AgentError::Certificate { index, domains, source })?;
+    }
+
+    let shutdown = CancellationToken::new();
+    let reload = watch::spawn(reloader.clone(), config.watch, shutdown.clone())?;
+    let tls = crate::tls::server_config(reloader.resolver())?;
+    let listener = TcpListener::bind(config.listener.bind)
+        .await
+        .map_err(|source| AgentError::Bind {
+            addr: config.listener.bind,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| AgentError::Bind {
+        addr: config.listener.bind,
+        source,
+    })?;
+
+    for (index, cert) in config.certificates.iter().enumerate() {
+        if cert.source == Source::Selfsigned {
+            tokio::spawn(renew_selfsigned(
+                index,
+                config.clone(),
+                reloader.clone(),
+                reload.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
+    if config.admin.is_some() {
+        warn!("[admin] is not served by this build yet; the setting is ignored");
+    }
+
+    let server = Arc::new(Server {
+        tls,
+        settings: config.listener.clone(),
+        metrics,
+    });
+    let mode = match &config.listener.upstream {
+        Some(up) => format!("proxy to {up}"),
+        None => "built-in echo".to_string(),
+    };
+    info!(%addr, %mode, "listening");
+    on_ready(addr, &config);
+
+    let signals = {
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = sighup.recv() => {
+                        info!("SIGHUP: reloading certificates");
+                        reload.reload_all("SIGHUP");
+                    }
+                    _ = sigterm.recv() => { info!("SIGTERM: draining"); break; }
+                    _ = sigint.recv() => { info!("SIGINT: draining"); break; }
+                }
+            }
+            shutdown.cancel();
+        }
+    };
+    tokio::spawn(signals);
+    server::serve(listener, server, shutdown).await;
+    info!("stopped");
+    Ok(())
+}
+
+fn join_error(e: tokio::task::JoinError) -> crate::cert::store::StoreError {
+    crate::cert::store::StoreError::Write {
+        path: "(provisioning task)".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Re-issues a dev-CA certificate when its renewal time comes; retries a failure with
+/// capped exponential backoff, never giving up and never touching the served pair until
+/// a new one is on disk.
+async fn renew_selfsigned(
+    index: usize,
+    config: Config,
+    reloader: Arc<Reloader>,
+    reload: ReloadHandle,
+    shutdown: CancellationToken,
+) {
+    let cert = config.certificates[index].clone();
+    let mut due = reloader
+        .served()
+        .get(index)
+        .cloned()
+        .flatten()
+        .map(|s| schedule::renew_at(s.not_before, s.not_after, None))
+        .unwrap_or_else(SystemTime::now);
+    let mut failures: u32 = 0;
+    loop {
+        let wait = if failures > 0 {
+            std::time::Duration::from_secs(60u64 << failures.min(6))
+        } else {
+            due.duration_since(SystemTime::now()).unwrap_or_default()
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let (c, ca_dir) = (cert.clone(), config.ca_dir.clone());
+        let result =
+            tokio::task::spawn_blocking(move || provision::ensure_selfsigned(&c, &ca_dir, SystemTime::now())).await;
+        match result {
+            Ok(Ok(provisioned)) => {
+                failures = 0;
+                let s = provisioned.summary();
+                due = schedule::renew_at(s.not_before, s.not_after, None);
+                if let Provisioned::Issued(s) = &provisioned {
+                    info!(certificate = index, domains = %cert.domain_list(), serial = %s.serial, "renewed from the dev CA");
+                }
+                // Through the reload task, not the watcher: watching may be off.
+                reload.reload_slot(index, "renewal");
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                error!(certificate = index, domains = %cert.domain_list(), error = %e, "renewal failed; the current certificate keeps serving");
+            }
+            Err(e) => {
+                failures += 1;
+                error!(certificate = index, error = %e, "renewal task failed");
+            }
+        }
+    }
+}

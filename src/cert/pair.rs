@@ -1,0 +1,190 @@
+//! Reading a certificate/key pair from disk and deciding whether it may be served.
+//!
+//! [`load_pair`] is the one gate every certificate passes before it reaches the resolver,
+//! whatever its source (files, the dev CA, ACME): the PEM parses, the key is one rustls
+//! can sign with, the key matches the leaf, the leaf is within its validity, and it
+//! covers every configured domain. Errors name the file and the reason; none of them
+//! ever quotes key material.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use pki_types::pem::{self, PemObject};
+use pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+use super::inspect::{CertSummary, rfc3339};
+use crate::config::Domain;
+
+/// A validated pair, ready to serve.
+#[derive(Debug, Clone)]
+pub struct LoadedPair {
+    pub key: Arc<CertifiedKey>,
+    pub summary: CertSummary,
+}
+
+impl LoadedPair {
+    /// The leaf certificate, DER: two loads of the same files compare equal on this.
+    pub fn leaf_der(&self) -> &[u8] {
+        self.key.cert.first().map(|c| c.as_ref()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PairError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: no PEM CERTIFICATE block found", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: malformed PEM: {reason}", path.display())]
+    BadPem { path: PathBuf, reason: String },
+    #[error("{}: {reason}", path.display())]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("{}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)", path.display())]
+    NoKey { path: PathBuf },
+    #[error("{}: unusable private key: {reason}", path.display())]
+    BadKey { path: PathBuf, reason: String },
+    #[error("the key in {} does not match the certificate in {}", key.display(), cert.display())]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("{}: the certificate is not valid before {not_before}", path.display())]
+    NotYetValid { path: PathBuf, not_before: String },
+    #[error("{}: the certificate expired at {not_after}", path.display())]
+    Expired { path: PathBuf, not_after: String },
+    #[error("{}: the certificate does not cover {domain} (it covers {covered})", path.display())]
+    NotCovered {
+        path: PathBuf,
+        domain: String,
+        covered: String,
+    },
+}
+
+impl PairError {
+    /// Could this be a pair caught in the middle of being written (and worth a retry)?
+    pub fn may_be_mid_write(&self) -> bool {
+        matches!(
+            self,
+            PairError::Read { .. }
+                | PairError::NoCertificate { .. }
+                | PairError::BadPem { .. }
+                | PairError::BadCertificate { .. }
+                | PairError::NoKey { .. }
+                | PairError::KeyMismatch { .. }
+        )
+    }
+}
+
+/// Reads `cert_path` and `key_path` and validates them as a pair for `domains` at `now`.
+pub fn load_pair(
+    cert_path: &Path,
+    key_path: &Path,
+    domains: &[Domain],
+    now: SystemTime,
+) -> Result<LoadedPair, PairError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| PairError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let cert_pem = read(cert_path)?;
+    let key_pem = read(key_path)?;
+    pair_from_pem(&cert_pem, &key_pem, cert_path, key_path, domains, now)
+}
+
+/// Validates PEM bytes as a pair; the paths only name the files in errors.
+pub fn pair_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+    domains: &[Domain],
+    now: SystemTime,
+) -> Result<LoadedPair, PairError> {
+    let chain = parse_chain(cert_pem, cert_path)?;
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => PairError::NoKey {
+            path: key_path.to_path_buf(),
+        },
+        // Never echo the key file's contents: describe the fault only.
+        other => PairError::BadPem {
+            path: key_path.to_path_buf(),
+            reason: pem_reason(&other),
+        },
+    })?;
+    let provider = crate::tls::provider();
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| PairError::BadKey {
+            path: key_path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+        certified.keys_match()
+    {
+        return Err(PairError::KeyMismatch {
+            cert: cert_path.to_path_buf(),
+            key: key_path.to_path_buf(),
+        });
+    }
+    let leaf = certified.cert.first().map(|c| c.as_ref()).unwrap_or_default();
+    let summary = CertSummary::from_der(leaf).map_err(|e| PairError::BadCertificate {
+        path: cert_path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if now < summary.not_before {
+        return Err(PairError::NotYetValid {
+            path: cert_path.to_path_buf(),
+            not_before: rfc3339(summary.not_before),
+        });
+    }
+    if now > summary.not_after {
+        return Err(PairError::Expired {
+            path: cert_path.to_path_buf(),
+            not_after: rfc3339(summary.not_after),
+        });
+    }
+    if let Some(domain) = domains.iter().find(|d| !summary.covers(d)) {
+        return Err(PairError::NotCovered {
+            path: cert_path.to_path_buf(),
+            domain: domain.to_string(),
+            covered: summary.names(),
+        });
+    }
+    Ok(LoadedPair {
+        key: Arc::new(certified),
+        summary,
+    })
+}
+
+/// Every CERTIFICATE block in a PEM file, in order (leaf first).
+pub fn parse_chain(pem_bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, PairError> {
+    let chain = CertificateDer::pem_slice_iter(pem_bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PairError::BadPem {
+            path: path.to_path_buf(),
+            reason: pem_reason(&e),
+        })?;
+    if chain.is_empty() {
+        return Err(PairError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(chain)
+}
+
+fn pem_reason(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { .. } => "a PEM section has no END line (truncated file?)".into(),
+        pem::Error::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed".into(),
+        pem::Error::Base64Decode(_) => "a PEM section is not valid base64".into(),
+        pem::Error::SectionTooLarge => "a PEM section is too large".into(),
+        pem::Error::NoItemsFound => "no PEM items found".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,96 @@
+//! The command line (clap). The single source of truth for flags and their help; later
+//! also the source of the man page and shell completions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Domain;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wssd",
+    version,
+    about = "Certificates that manage themselves, and a WSS listener that hot-swaps them",
+    long_about = "wssd obtains TLS certificates (ACME or a local dev CA), keeps them on disk, watches them, \
+and serves wss:// with them, proxying WebSocket upgrades to a plain ws:// upstream (or echoing). \
+Certificates are swapped without dropping a live connection.\n\n\
+Run `wssd run` with no arguments for the zero-config dev mode."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The agent: provision, watch, serve. With no config and no ./wssd.toml: dev mode.
+    Run {
+        /// Config file (default: ./wssd.toml when present, else the zero-config dev mode).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Issue a certificate from the local dev CA (made on first use, then reused).
+    Selfsigned {
+        /// Where to write cert.pem (leaf, then CA), key.pem (0600) and ca.pem.
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// A DNS name or IP address to cover; repeat for more
+        /// [default: localhost, 127.0.0.1, ::1].
+        #[arg(long = "domain", value_name = "NAME", value_parser = parse_domain)]
+        domains: Vec<Domain>,
+        /// Validity of the leaf in days.
+        #[arg(long, default_value_t = 90, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=825))]
+        days: u32,
+        /// The dev CA's directory [default: the platform data dir, e.g. ~/.local/share/wssd/ca].
+        #[arg(long, value_name = "DIR")]
+        ca_dir: Option<PathBuf>,
+    },
+    /// One provisioning pass: obtain or renew what is missing or due, then exit.
+    Issue {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Connect to a wss:// (or ws://) URL and report TLS, certificate, upgrade and echo.
+    Probe {
+        /// The URL, e.g. wss://localhost:8443/
+        url: String,
+        /// Trust the CA certificates in this PEM file instead of the system's.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Do not verify the server's certificate (it is still shown).
+        #[arg(long)]
+        insecure: bool,
+        /// Send this text message and expect it back.
+        #[arg(long, value_name = "TEXT")]
+        send: Option<String>,
+        /// Give up after this long, e.g. 5s.
+        #[arg(long, default_value = "10s", value_name = "DUR", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Print one JSON object instead of the human report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config and the files it names; print what would run.
+    Check {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Inventory: each certificate, its source, domains, serial, expiry, next renewal.
+    Status {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_domain(text: &str) -> Result<Domain, String> {
+    Domain::parse(text)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::units::parse_duration(text)
+}

@@ -1,0 +1,287 @@
+//! The one-shot commands (`selfsigned`, `check`, `status`, `issue`, `probe`): CLI glue
+//! between the library and the terminal. Each returns the process exit code, or a
+//! [`CommandError`] that carries its own (2 for bad input, 1 for runtime failures).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::cert::devca::DevCa;
+use crate::cert::inspect::{rfc3339, CertSummary};
+use crate::cert::pair::{self, PairError};
+use crate::cert::store::{self, CERT_MODE, KEY_MODE, PRIVATE_DIR_MODE};
+use crate::config::{self, Config, Domain, KeyType, Source};
+use crate::probe::{self, ProbeOptions};
+use crate::provision::{self, Provisioned, schedule};
+use crate::units::format_duration;
+
+/// An error with the exit code it should produce.
+#[derive(Debug)]
+pub struct CommandError {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+impl CommandError {
+    pub fn usage(error: impl Into<anyhow::Error>) -> CommandError {
+        CommandError { code: 2, error: error.into() }
+    }
+
+    pub fn runtime(error: impl Into<anyhow::Error>) -> CommandError {
+        CommandError { code: 1, error: error.into() }
+    }
+}
+
+impl From<config::ConfigError> for CommandError {
+    fn from(e: config::ConfigError) -> Self {
+        CommandError::usage(e)
+    }
+}
+
+pub type Outcome = Result<i32, CommandError>;
+
+/// `wssd selfsigned`
+pub fn selfsigned(out_dir: &Path, domains: Vec<Domain>, days: u32, ca_dir: Option<PathBuf>) -> Outcome {
+    crate::tls::install_default_provider();
+    let domains = if domains.is_empty() { config::default_dev_domains() } else { domains };
+    let ca_dir = ca_dir.unwrap_or_else(config::default_ca_dir);
+    let (ca, created) = DevCa::load_or_create(&ca_dir).map_err(|e| match e {
+        crate::cert::devca::DevCaError::Store(_) | crate::cert::devca::DevCaError::Read { .. } => {
+            CommandError::usage(anyhow::Error::new(e).context(format!("--ca-dir {}", ca_dir.display())))
+        }
+        other => CommandError::runtime(other),
+    })?;
+    let lifetime = Duration::from_secs(u64::from(days) * 86_400);
+    let issued = ca.issue(&domains, lifetime, KeyType::EcdsaP256).map_err(CommandError::runtime)?;
+    let cert_path = out_dir.join("cert.pem");
+    let key_path = out_dir.join("key.pem");
+    let ca_path = out_dir.join("ca.pem");
+    let write = || -> Result<(), store::StoreError> {
+        store::ensure_dir(out_dir, PRIVATE_DIR_MODE)?;
+        store::write_atomic(&key_path, issued.key_pem.as_bytes(), KEY_MODE)?;
+        store::write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
+        store::write_atomic(&ca_path, ca.cert_pem().as_bytes(), CERT_MODE)
+    };
+    write().map_err(|e| CommandError::usage(anyhow::Error::new(e).context("--out-dir is not writable")))?;
+    let leaf = pair::load_pair(&cert_path, &key_path, &domains, SystemTime::now()).map_err(CommandError::runtime)?;
+
+    let names: Vec<String> = domains.iter().map(ToString::to_string).collect();
+    println!(
+        "Wrote a certificate for {} (serial {}, valid until {}):",
+        names.join(", "),
+        leaf.summary.serial,
+        rfc3339(leaf.summary.not_after)
+    );
+    println!("  certificate  {}  (leaf, then the CA)", cert_path.display());
+    println!("  private key  {}  (mode 0600)", key_path.display());
+    println!("  CA           {}", ca_path.display());
+    println!();
+    println!(
+        "Signed by the local dev CA in {} ({}).",
+        ca_dir.display(),
+        if created { "created now" } else { "reused" }
+    );
+    println!("  SHA-256 fingerprint: {}", ca.fingerprint());
+    println!();
+    print_trust_instructions(&ca.cert_path());
+    Ok(0)
+}
+
+/// How to trust the dev CA on the common platforms.
+pub fn print_trust_instructions(ca: &Path) {
+    let ca = ca.display();
+    println!("Trust the CA once, and every wssd dev certificate is accepted:");
+    println!("  Debian/Ubuntu:  sudo cp {ca} /usr/local/share/ca-certificates/wssd-dev-ca.crt && sudo update-ca-certificates");
+    println!("  Chrome/Firefox (NSS, Linux):  certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"wssd dev CA\" -i {ca}");
+    println!("  macOS:  sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}");
+    println!("  One program only:  wssd probe --ca {ca} ...   curl --cacert {ca} ...   NODE_EXTRA_CA_CERTS={ca}");
+}
+
+/// `wssd check`
+pub fn check(path: &Path) -> Outcome {
+    crate::tls::install_default_provider();
+    let config = Config::load(path)?;
+    println!("{}: configuration is valid", path.display());
+    let l = &config.listener;
+    match &l.upstream {
+        Some(up) => println!("  listener   wss://{} → proxy to {up}", l.bind),
+        None => println!("  listener   wss://{} → built-in echo", l.bind),
+    }
+    if !l.allowed_origins.is_empty() {
+        println!("  origins    {}", l.allowed_origins.join(", "));
+    }
+    println!(
+        "  limits     max_connections {}, handshake_timeout {}, idle_timeout {}, max_message_size {} bytes, drain_timeout {}",
+        l.max_connections,
+        format_duration(l.handshake_timeout),
+        format_duration(l.idle_timeout),
+        l.max_message_size,
+        format_duration(l.drain_timeout)
+    );
+    let mut invalid = None;
+    for (index, cert) in config.certificates.iter().enumerate() {
+        println!("  certificate[{index}] {} from {}", cert.domain_list(), cert.source);
+        println!("             cert {}  key {}", cert.cert_file.display(), cert.key_file.display());
+        match pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, SystemTime::now()) {
+            Ok(p) => println!(
+                "             serial {}, expires {} ({} days left)",
+                p.summary.serial,
+                rfc3339(p.summary.not_after),
+                p.summary.days_left(SystemTime::now())
+            ),
+            Err(e) if cert.source == Source::Files => {
+                println!("             INVALID: {e}");
+                invalid.get_or_insert(CommandError::usage(anyhow::anyhow!(
+                    "{}: certificate[{index}]: {e}",
+                    path.display()
+                )));
+            }
+            Err(PairError::Read { .. }) => println!("             not issued yet: `wssd run` or `wssd issue` will issue it"),
+            Err(e) => println!("             will be re-issued: {e}"),
+        }
+    }
+    if let Some(admin) = &config.admin {
+        println!("  admin      http://{}", admin.bind);
+    }
+    match invalid {
+        Some(e) => Err(e),
+        None => Ok(0),
+    }
+}
+
+#[derive(Serialize)]
+struct StatusEntry {
+    index: usize,
+    source: String,
+    domains: Vec<String>,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    serial: Option<String>,
+    not_after: Option<String>,
+    days_left: Option<i64>,
+    next_renewal: Option<String>,
+    renewal_reason: Option<String>,
+    error: Option<String>,
+}
+
+/// `wssd status`
+pub fn status(path: &Path, json: bool) -> Outcome {
+    crate::tls::install_default_provider();
+    let config = Config::load(path)?;
+    let now = SystemTime::now();
+    let mut entries = Vec::new();
+    for (index, cert) in config.certificates.iter().enumerate() {
+        let loaded = pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, now);
+        let summary: Option<&CertSummary> = loaded.as_ref().ok().map(|p| &p.summary);
+        let renew_before = config.acme.as_ref().and_then(|a| a.renew_before);
+        let (next_renewal, renewal_reason) = match (cert.source, summary) {
+            (Source::Files, _) => (None, Some("files are renewed outside wssd".to_string())),
+            (_, None) => (Some(rfc3339(now)), Some("missing or invalid: issued at the next run".to_string())),
+            (source, Some(s)) => {
+                let before = if source == Source::Acme { renew_before } else { None };
+                let at = schedule::renew_at(s.not_before, s.not_after, before);
+                let reason = match before {
+                    Some(b) => format!("renew_before = {}", format_duration(b)),
+                    None => "last third of the lifetime".to_string(),
+                };
+                (Some(rfc3339(at.max(now))), Some(reason))
+            }
+        };
+        entries.push(StatusEntry {
+            index,
+            source: cert.source.to_string(),
+            domains: cert.domains.iter().map(ToString::to_string).collect(),
+            cert_file: cert.cert_file.clone(),
+            key_file: cert.key_file.clone(),
+            serial: summary.map(|s| s.serial.clone()),
+            not_after: summary.map(|s| rfc3339(s.not_after)),
+            days_left: summary.map(|s| s.days_left(now)),
+            next_renewal,
+            renewal_reason,
+            error: loaded.as_ref().err().map(ToString::to_string),
+        });
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&entries).map_err(CommandError::runtime)?;
+        println!("{text}");
+        return Ok(0);
+    }
+    for e in &entries {
+        println!("certificate[{}] {} ({})", e.index, e.domains.join(", "), e.source);
+        match (&e.serial, &e.error) {
+            (Some(serial), _) => println!(
+                "  serial {serial}, expires {} ({} days left)",
+                e.not_after.as_deref().unwrap_or("?"),
+                e.days_left.unwrap_or_default()
+            ),
+            (None, Some(err)) => println!("  not servable: {err}"),
+            _ => {}
+        }
+        if let Some(next) = &e.next_renewal {
+            println!("  next renewal {next} ({})", e.renewal_reason.as_deref().unwrap_or(""));
+        } else if let Some(reason) = &e.renewal_reason {
+            println!("  {reason}");
+        }
+    }
+    Ok(0)
+}
+
+/// `wssd issue`
+pub fn issue(path: &Path) -> Outcome {
+    crate::tls::install_default_provider();
+    let config = Config::load(path)?;
+    let now = SystemTime::now();
+    let mut all_good = true;
+    for (index, cert) in config.certificates.iter().enumerate() {
+        let domains = cert.domain_list();
+        match cert.source {
+            Source::Selfsigned => match provision::ensure_selfsigned(cert, &config.ca_dir, now) {
+                Ok(Provisioned::Issued(s)) => {
+                    println!("certificate[{index}] {domains}: issued serial {} (expires {})", s.serial, rfc3339(s.not_after))
+                }
+                Ok(Provisioned::Fresh(s)) => {
+                    println!("certificate[{index}] {domains}: valid until {}, not due", rfc3339(s.not_after))
+                }
+                Err(e) => {
+                    all_good = false;
+                    eprintln!("certificate[{index}] {domains}: {e}");
+                }
+            },
+            Source::Files => match pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, now) {
+                Ok(p) => println!(
+                    "certificate[{index}] {domains}: files, valid until {}",
+                    rfc3339(p.summary.not_after)
+                ),
+                Err(e) => {
+                    all_good = false;
+                    eprintln!("certificate[{index}] {domains}: {e}");
+                }
+            },
+            Source::Acme => {
+                all_good = false;
+                eprintln!("certificate[{index}] {domains}: source = \"acme\" is not available in this build yet");
+            }
+        }
+    }
+    Ok(if all_good { 0 } else { 1 })
+}
+
+/// `wssd probe`
+pub async fn probe(opts: ProbeOptions, json: bool) -> Outcome {
+    crate::tls::install_default_provider();
+    let report = probe::probe(&opts).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(CommandError::runtime)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if report.ok() {
+        Ok(0)
+    } else {
+        if json {
+            eprintln!("wssd probe: {}", report.error.as_deref().unwrap_or("failed"));
+        }
+        Ok(1)
+    }
+}

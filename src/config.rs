@@ -1,0 +1,618 @@
+//! The config file (TOML, per `SPEC.md`), parsed once into typed settings.
+//!
+//! Two layers, "parse, don't validate": serde reads the file into `Raw*` structs that
+//! reject unknown keys and check every value's shape as it is read (durations, sizes,
+//! addresses, domain names), so a mistake is reported with its key path and line. Then
+//! [`Config::from_toml`] turns the raw structs into [`Config`], filling in defaults; the
+//! rest of wssd never sees a string from the file. [`Config::check_files`] is separate
+//! because it touches the file system: `wssd check` and `wssd run` call it, tests that
+//! only want to parse an example config need not.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::units;
+
+/// Where the zero-config dev mode listens, and the default `[listener] bind`.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8443";
+/// The config file `wssd run` reads from the working directory when no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "wssd.toml";
+
+/// A configuration problem, with the file, line and key it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}{}: {key}: {message}", file.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Invalid {
+        file: PathBuf,
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
+}
+
+/// Everything `wssd run` needs, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from (`None` for the zero-config dev mode).
+    pub file: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    /// The local dev CA that `source = "selfsigned"` issues from.
+    pub ca_dir: PathBuf,
+    /// Watch certificate files for changes (default). When false, only SIGHUP reloads.
+    pub watch: bool,
+    pub listener: ListenerConfig,
+    pub admin: Option<AdminConfig>,
+    pub certificates: Vec<CertificateConfig>,
+    pub acme: Option<AcmeConfig>,
+    /// The line each file path was written on (by key path), to report a missing file.
+    path_lines: Vec<(String, usize)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    /// `None`: the built-in echo service.
+    pub upstream: Option<Upstream>,
+    /// Empty: any Origin.
+    pub allowed_origins: Vec<String>,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_message_size: u64,
+    pub drain_timeout: Duration,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            bind: DEFAULT_BIND.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            upstream: None,
+            allowed_origins: Vec::new(),
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_message_size: 16 << 20,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A plain `ws://host:port` upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "ws://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "ws://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let uri: tokio_tungstenite::tungstenite::http::Uri = text
+            .parse()
+            .map_err(|e| format!("invalid URL {text:?}: {e}"))?;
+        match uri.scheme_str() {
+            Some("ws") => {}
+            Some("wss") => {
+                return Err(format!(
+                    "{text:?}: a wss:// upstream is not supported; wssd terminates TLS and speaks plain ws:// to the upstream"
+                ));
+            }
+            _ => return Err(format!("{text:?}: the upstream must be a ws:// URL, like \"ws://127.0.0.1:9000\"")),
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("{text:?}: the upstream URL has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "{text:?}: the upstream URL must not have a path or query; each client's own path and query are forwarded unchanged"
+            ));
+        }
+        Ok(Upstream {
+            host,
+            port: uri.port_u16().unwrap_or(80),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Acme,
+    Selfsigned,
+    Files,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Acme => "acme",
+            Source::Selfsigned => "selfsigned",
+            Source::Files => "files",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum KeyType {
+    #[default]
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[serde(rename = "ecdsa-p384")]
+    EcdsaP384,
+    #[serde(rename = "rsa2048")]
+    Rsa2048,
+}
+
+/// A name a certificate covers: a DNS name (possibly `*.` wildcard) or an IP address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Domain {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl Domain {
+    /// Parses a name from the command line or the config file.
+    pub fn parse(text: &str) -> Result<Domain, String> {
+        let text = text.trim();
+        if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            return Ok(Domain::Ip(ip));
+        }
+        let name = text.trim_end_matches('.').to_ascii_lowercase();
+        let labels = name.strip_prefix("*.").unwrap_or(&name);
+        let valid_label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.is_empty() || name.len() > 253 || !labels.split('.').all(valid_label) {
+            return Err(format!(
+                "{text:?} is not a valid DNS name or IP address (letters, digits, '-' and '.' only; a wildcard only as a leading \"*.\")"
+            ));
+        }
+        Ok(Domain::Dns(name))
+    }
+
+    /// A file-system-safe form, for default paths under `data_dir`.
+    pub fn dir_name(&self) -> String {
+        self.to_string()
+            .replace("*.", "_wildcard.")
+            .replace(':', "_")
+    }
+}
+
+impl TryFrom<String> for Domain {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Domain::parse(&text)
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Domain::Dns(name) => f.write_str(name),
+            Domain::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CertificateConfig {
+    pub domains: Vec<Domain>,
+    pub source: Source,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub deploy_hook: Option<String>,
+    pub key_type: KeyType,
+    pub profile: Option<String>,
+}
+
+impl CertificateConfig {
+    /// The domains as one comma-separated string, for logs.
+    pub fn domain_list(&self) -> String {
+        self.domains
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Challenge {
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    #[serde(rename = "dns-01")]
+    Dns01,
+}
+
+/// A secret from the config file; its `Debug` never shows the value.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub challenge: Challenge,
+    pub http01_bind: SocketAddr,
+    pub dns01_hook: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub renew_before: Option<Duration>,
+    pub eab_kid: Option<String>,
+    pub eab_hmac_key: Option<Secret>,
+    pub profile: Option<String>,
+}
+
+// ---- the file as serde reads it ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    ca_dir: Option<PathBuf>,
+    watch: Option<bool>,
+    listener: Option<RawListener>,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    certificate: Vec<Spanned<RawCertificate>>,
+    acme: Option<Spanned<RawAcme>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    bind: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "de_upstream")]
+    upstream: Option<Upstream>,
+    allowed_origins: Option<Vec<Spanned<String>>>,
+    max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    handshake_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_size")]
+    max_message_size: Option<u64>,
+    #[serde(default, deserialize_with = "de_duration")]
+    drain_timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: SocketAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    #[serde(default)]
+    domains: Vec<Domain>,
+    source: Source,
+    cert_file: Option<Spanned<PathBuf>>,
+    key_file: Option<Spanned<PathBuf>>,
+    deploy_hook: Option<String>,
+    key_type: Option<KeyType>,
+    profile: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    directory: String,
+    #[serde(default)]
+    contact: Vec<String>,
+    challenge: Option<Challenge>,
+    http01_bind: Option<SocketAddr>,
+    dns01_hook: Option<PathBuf>,
+    ca_file: Option<Spanned<PathBuf>>,
+    #[serde(default, deserialize_with = "de_duration")]
+    renew_before: Option<Duration>,
+    eab_kid: Option<String>,
+    eab_hmac_key: Option<Secret>,
+    profile: Option<String>,
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    units::parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    units::parse_size(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_upstream<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Upstream>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// Reads and parses a config file, then checks the files it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Config::from_toml(&text, path)?;
+        config.check_files()?;
+        Ok(config)
+    }
+
+    /// Parses config text; `file` is only used to name the file in errors.
+    pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let invalid = |line: Option<usize>, key: &str, message: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            line,
+            key: key.to_string(),
+            message,
+        };
+        let line_of = |offset: usize| Some(text[..offset.min(text.len())].matches('\n').count() + 1);
+
+        let deserializer = toml::de::Deserializer::parse(text).map_err(|e| {
+            invalid(e.span().and_then(|s| line_of(s.start)), "(syntax)", e.message().trim().to_string())
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            invalid(
+                inner.span().and_then(|s| line_of(s.start)),
+                &key,
+                inner.message().trim().to_string(),
+            )
+        })?;
+
+        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./wssd-data"));
+        let mut path_lines = Vec::new();
+        let mut spanned_path = |key: String, p: Spanned<PathBuf>| {
+            if let Some(line) = line_of(p.span().start) {
+                path_lines.push((key, line));
+            }
+            p.into_inner()
+        };
+        let mut listener = ListenerConfig::default();
+        if let Some(l) = raw.listener {
+            listener.bind = l.bind.unwrap_or(listener.bind);
+            listener.upstream = l.upstream;
+            if let Some(origins) = l.allowed_origins {
+                for origin in origins {
+                    let span = origin.span();
+                    let value = origin.into_inner();
+                    let normalized = crate::server::origin::normalize_pattern(&value)
+                        .map_err(|m| invalid(line_of(span.start), "listener.allowed_origins", m))?;
+                    listener.allowed_origins.push(normalized);
+                }
+            }
+            listener.max_connections = l.max_connections.unwrap_or(listener.max_connections);
+            listener.handshake_timeout = l.handshake_timeout.unwrap_or(listener.handshake_timeout);
+            listener.idle_timeout = l.idle_timeout.unwrap_or(listener.idle_timeout);
+            listener.max_message_size = l.max_message_size.unwrap_or(listener.max_message_size);
+            listener.drain_timeout = l.drain_timeout.unwrap_or(listener.drain_timeout);
+        }
+        if listener.max_connections == 0 {
+            return Err(invalid(None, "listener.max_connections", "must be at least 1".into()));
+        }
+
+        let acme = match raw.acme {
+            None => None,
+            Some(spanned) => {
+                let acme_line = line_of(spanned.span().start);
+                let a = spanned.into_inner();
+                if a.eab_kid.is_some() != a.eab_hmac_key.is_some() {
+                    return Err(invalid(
+                        acme_line,
+                        "acme.eab_kid",
+                        "External Account Binding needs both eab_kid and eab_hmac_key".into(),
+                    ));
+                }
+                let challenge = a.challenge.unwrap_or(Challenge::TlsAlpn01);
+                if challenge == Challenge::Dns01 && a.dns01_hook.is_none() {
+                    return Err(invalid(
+                        acme_line,
+                        "acme.dns01_hook",
+                        "challenge = \"dns-01\" needs dns01_hook, the program that sets the TXT record".into(),
+                    ));
+                }
+                Some(AcmeConfig {
+                    directory: a.directory,
+                    contact: a.contact,
+                    challenge,
+                    http01_bind: a.http01_bind.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 80))),
+                    dns01_hook: a.dns01_hook,
+                    ca_file: a.ca_file.map(|p| spanned_path("acme.ca_file".into(), p)),
+                    renew_before: a.renew_before,
+                    eab_kid: a.eab_kid,
+                    eab_hmac_key: a.eab_hmac_key,
+                    profile: a.profile,
+                })
+            }
+        };
+
+        let mut certificates = Vec::new();
+        for (index, spanned) in raw.certificate.into_iter().enumerate() {
+            let line = line_of(spanned.span().start);
+            let c = spanned.into_inner();
+            let key = |name: &str| format!("certificate[{index}].{name}");
+            if c.domains.is_empty() {
+                return Err(invalid(line, &key("domains"), "at least one domain is required".into()));
+            }
+            if c.source == Source::Acme && acme.is_none() {
+                return Err(invalid(
+                    line,
+                    &key("source"),
+                    "source = \"acme\" needs an [acme] section with at least `directory`".into(),
+                ));
+            }
+            let default_dir = data_dir.join("certs").join(c.domains[0].dir_name());
+            let (cert_file, key_file) = match (c.cert_file, c.key_file) {
+                (Some(cert), Some(k)) => (
+                    spanned_path(key("cert_file"), cert),
+                    spanned_path(key("key_file"), k),
+                ),
+                (None, None) if c.source != Source::Files => {
+                    (default_dir.join("cert.pem"), default_dir.join("key.pem"))
+                }
+                (cert, _) => {
+                    let missing = if cert.is_none() { "cert_file" } else { "key_file" };
+                    return Err(invalid(
+                        line,
+                        &key(missing),
+                        format!(
+                            "is required{}",
+                            if c.source == Source::Files {
+                                " for source = \"files\""
+                            } else {
+                                " when the other of cert_file/key_file is set"
+                            }
+                        ),
+                    ));
+                }
+            };
+            certificates.push(CertificateConfig {
+                domains: c.domains,
+                source: c.source,
+                cert_file,
+                key_file,
+                deploy_hook: c.deploy_hook,
+                key_type: c.key_type.unwrap_or_default(),
+                profile: c.profile,
+            });
+        }
+        if certificates.is_empty() {
+            return Err(invalid(
+                None,
+                "certificate",
+                "at least one [[certificate]] is required (for local development, `source = \"selfsigned\"`)".into(),
+            ));
+        }
+
+        Ok(Config {
+            file: Some(file.to_path_buf()),
+            data_dir,
+            ca_dir: raw.ca_dir.unwrap_or_else(default_ca_dir),
+            watch: raw.watch.unwrap_or(true),
+            listener,
+            admin: raw.admin.map(|a| AdminConfig { bind: a.bind }),
+            certificates,
+            acme,
+            path_lines,
+        })
+    }
+
+    /// The zero-config dev mode: echo on 127.0.0.1:8443 with a dev-CA certificate for
+    /// localhost, 127.0.0.1 and ::1.
+    pub fn dev_mode() -> Config {
+        let data_dir = PathBuf::from("./wssd-data");
+        let dir = data_dir.join("certs").join("localhost");
+        Config {
+            file: None,
+            ca_dir: default_ca_dir(),
+            watch: true,
+            listener: ListenerConfig::default(),
+            admin: None,
+            certificates: vec![CertificateConfig {
+                domains: default_dev_domains(),
+                source: Source::Selfsigned,
+                cert_file: dir.join("cert.pem"),
+                key_file: dir.join("key.pem"),
+                deploy_hook: None,
+                key_type: KeyType::EcdsaP256,
+                profile: None,
+            }],
+            acme: None,
+            data_dir,
+            path_lines: Vec::new(),
+        }
+    }
+
+    /// Checks that the files the config reads exist: certificate pairs with
+    /// `source = "files"` and the ACME `ca_file`.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let file = self.file.clone().unwrap_or_default();
+        let missing = |key: String, path: &Path| ConfigError::Invalid {
+            file: file.clone(),
+            line: self.path_lines.iter().find(|(k, _)| *k == key).map(|(_, l)| *l),
+            key,
+            message: format!("file {} does not exist or cannot be read", path.display()),
+        };
+        for (index, c) in self.certificates.iter().enumerate() {
+            if c.source != Source::Files {
+                continue;
+            }
+            for (name, path) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
+                if std::fs::metadata(path).is_err() {
+                    return Err(missing(format!("certificate[{index}].{name}"), path));
+                }
+            }
+        }
+        if let Some(ca) = self.acme.as_ref().and_then(|a| a.ca_file.as_ref()) {
+            if std::fs::metadata(ca).is_err() {
+                return Err(missing("acme.ca_file".into(), ca));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `localhost`, `127.0.0.1`, `::1`: what a dev certificate covers by default.
+pub fn default_dev_domains() -> Vec<Domain> {
+    vec![
+        Domain::Dns("localhost".into()),
+        Domain::Ip(IpAddr::from([127, 0, 0, 1])),
+        Domain::Ip(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+    ]
+}
+
+/// The local dev CA's directory: the platform data dir, e.g. `~/.local/share/wssd/ca`.
+pub fn default_ca_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("wssd")
+        .join("ca")
+}

@@ -1,0 +1,95 @@
+//! The `wssd` binary: parse the command line, run the command, map the result to the
+//! exit code (0 ok, 1 runtime failure, 2 usage or configuration error).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use wssd::cli::{Cli, Command};
+use wssd::commands::{self, CommandError, Outcome};
+use wssd::config::{self, Config};
+use wssd::probe::ProbeOptions;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let outcome = match cli.command {
+        Command::Run { config } => run(config.as_deref()),
+        Command::Selfsigned {
+            out_dir,
+            domains,
+            days,
+            ca_dir,
+        } => commands::selfsigned(&out_dir, domains, days, ca_dir),
+        Command::Issue { config } => commands::issue(&config),
+        Command::Check { config } => commands::check(&config),
+        Command::Status { config, json } => commands::status(&config, json),
+        Command::Probe {
+            url,
+            ca,
+            insecure,
+            send,
+            timeout,
+            json,
+        } => runtime().and_then(|rt| {
+            rt.block_on(commands::probe(
+                ProbeOptions {
+                    url,
+                    ca,
+                    insecure,
+                    send,
+                    timeout,
+                },
+                json,
+            ))
+        }),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(CommandError { code, error }) => {
+            eprintln!("wssd: error: {error:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CommandError::runtime)
+}
+
+fn run(config_path: Option<&Path>) -> Outcome {
+    let default_file = Path::new(config::DEFAULT_CONFIG_FILE);
+    let config = match config_path {
+        Some(path) => Config::load(path)?,
+        None if default_file.exists() => Config::load(default_file)?,
+        None => Config::dev_mode(),
+    };
+    let rt = runtime()?;
+    rt.block_on(wssd::agent::run(config, announce))
+        .map_err(CommandError::runtime)?;
+    Ok(0)
+}
+
+/// In the zero-config dev mode, tell the user what to do next.
+fn announce(addr: std::net::SocketAddr, config: &Config) {
+    if config.file.is_some() {
+        return;
+    }
+    let ca = config.ca_dir.join("ca.pem");
+    let ca = std::fs::canonicalize(&ca).unwrap_or(ca);
+    let url = format!("wss://localhost:{}/", addr.port());
+    println!("wssd dev mode: built-in echo at {url}");
+    println!("  CA to trust:  {}", ca.display());
+    println!("  try it:       wssd probe --ca {} --send hi {url}", ca.display());
+    println!("  stop with Ctrl-C; configure with ./wssd.toml (see README.md)");
+}

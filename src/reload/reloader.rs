@@ -1,0 +1,120 @@
+//! Validate-and-swap: the one path by which a certificate reaches the resolver.
+//!
+//! Whatever changed the files (an operator, a Kubernetes Secret update, the dev CA, ACME),
+//! the [`Reloader`] reads the pair, validates it ([`crate::cert::pair`]) and swaps it into
+//! its resolver slot. A refused pair changes nothing: the slot keeps serving what it had.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tracing::{info, warn};
+
+use crate::cert::inspect::{CertSummary, rfc3339};
+use crate::cert::pair::{LoadedPair, PairError, load_pair};
+use crate::config::CertificateConfig;
+use crate::metrics::Metrics;
+use crate::reload::resolver::Resolver;
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// A new certificate is now served.
+    Swapped(CertSummary),
+    /// The files hold the certificate already being served.
+    Unchanged,
+}
+
+pub struct Reloader {
+    certificates: Vec<CertificateConfig>,
+    resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+    served: Mutex<Vec<Option<CertSummary>>>,
+}
+
+impl Reloader {
+    pub fn new(certificates: Vec<CertificateConfig>, metrics: Arc<Metrics>) -> Reloader {
+        let resolver = Arc::new(Resolver::new(
+            certificates.iter().map(|c| c.domains.clone()).collect(),
+        ));
+        let served = Mutex::new(vec![None; certificates.len()]);
+        Reloader {
+            certificates,
+            resolver,
+            metrics,
+            served,
+        }
+    }
+
+    pub fn resolver(&self) -> Arc<Resolver> {
+        self.resolver.clone()
+    }
+
+    pub fn certificates(&self) -> &[CertificateConfig] {
+        &self.certificates
+    }
+
+    /// What each slot serves now (`None`: nothing loaded yet).
+    pub fn served(&self) -> Vec<Option<CertSummary>> {
+        self.served.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Reads slot `index`'s files and swaps them in if they are valid and new.
+    /// Errors are returned, not logged: the caller decides whether to retry.
+    pub fn reload(&self, index: usize, reason: &str) -> Result<Reloaded, PairError> {
+        let Some(config) = self.certificates.get(index) else {
+            return Ok(Reloaded::Unchanged);
+        };
+        let pair = load_pair(
+            &config.cert_file,
+            &config.key_file,
+            &config.domains,
+            SystemTime::now(),
+        )?;
+        Ok(self.install(index, pair, reason))
+    }
+
+    /// Swaps an already validated pair into slot `index`.
+    pub fn install(&self, index: usize, pair: LoadedPair, reason: &str) -> Reloaded {
+        if let Some(current) = self.resolver.get(index) {
+            if current.cert == pair.key.cert {
+                return Reloaded::Unchanged;
+            }
+        }
+        let summary = pair.summary.clone();
+        self.resolver.set(index, pair.key);
+        if let Ok(mut served) = self.served.lock() {
+            if let Some(slot) = served.get_mut(index) {
+                *slot = Some(summary.clone());
+            }
+        }
+        Metrics::inc(&self.metrics.certificate_reloads_ok);
+        info!(
+            certificate = index,
+            domains = %self.certificates[index].domain_list(),
+            serial = %summary.serial,
+            not_after = %rfc3339(summary.not_after),
+            reason,
+            "certificate swapped in"
+        );
+        Reloaded::Swapped(summary)
+    }
+
+    /// Records a pair that was refused for good (after any retries).
+    pub fn refused(&self, index: usize, error: &PairError) {
+        Metrics::inc(&self.metrics.certificate_reloads_error);
+        let serving = self
+            .served()
+            .get(index)
+            .cloned()
+            .flatten()
+            .map(|s| s.serial)
+            .unwrap_or_else(|| "nothing".into());
+        warn!(
+            certificate = index,
+            domains = %self.certificates.get(index).map(|c| c.domain_list()).unwrap_or_default(),
+            error = %error,
+            still_serving = %serving,
+            "certificate refused; the previous one keeps serving"
+        );
+    }
+}

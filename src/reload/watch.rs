@@ -1,0 +1,230 @@
+//! Noticing that certificate files changed, and driving the reloader.
+//!
+//! notify watches the *parent directory* of every `cert_file`/`key_file`, never the file
+//! itself: an atomic rename over the file, delete + recreate, and the Kubernetes Secret
+//! update (a new timestamped directory, then `..data_tmp` renamed over `..data`) all
+//! replace the inode, and a watch on the old inode would see none of it. An event counts
+//! when it names a watched file, or a `..`-prefixed entry (the Kubernetes machinery).
+//!
+//! notify calls back on its own thread; the callback only maps the event to certificate
+//! slots and sends a request into the reload task's channel. The task debounces (one
+//! rename produces several events), reloads, and retries a pair that looks half-written
+//! (the certificate renamed in, the key not yet) on a short schedule before it reports a
+//! failure, so a writer's normal sequence never shows up as an error. SIGHUP and the
+//! provisioners send requests into the same channel.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::event::{AccessKind, EventKind};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::reloader::Reloader;
+
+/// Events closer together than this are one change.
+const DEBOUNCE: Duration = Duration::from_millis(10);
+/// Retry delays for a pair that may be mid-write; after the last, the failure is final.
+const RETRIES: [Duration; 6] = [
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot start the file watcher: {0}")]
+    Start(notify::Error),
+    #[error("cannot watch directory {}: {source}", dir.display())]
+    Watch { dir: PathBuf, source: notify::Error },
+}
+
+#[derive(Debug)]
+enum Request {
+    All(&'static str),
+    Slot(usize, &'static str),
+}
+
+/// Asks the reload task to re-read certificates.
+#[derive(Clone, Debug)]
+pub struct ReloadHandle {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl ReloadHandle {
+    /// Re-reads every certificate now (SIGHUP).
+    pub fn reload_all(&self, reason: &'static str) {
+        let _ = self.tx.send(Request::All(reason));
+    }
+
+    /// Re-reads one certificate (after a provisioner wrote it).
+    pub fn reload_slot(&self, index: usize, reason: &'static str) {
+        let _ = self.tx.send(Request::Slot(index, reason));
+    }
+}
+
+/// Starts the reload task (and, when `watch_files`, the file watcher). The task ends on
+/// `shutdown`.
+pub fn spawn(
+    reloader: Arc<Reloader>,
+    watch_files: bool,
+    shutdown: CancellationToken,
+) -> Result<ReloadHandle, WatchError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let watcher = if watch_files {
+        Some(start_watcher(&reloader, tx.clone())?)
+    } else {
+        None
+    };
+    tokio::spawn(async move {
+        // The watcher stops when dropped: keep it alive as long as the task.
+        let _watcher = watcher;
+        reload_loop(reloader, rx, shutdown).await;
+    });
+    Ok(ReloadHandle { tx })
+}
+
+/// Which slots a file in a watched directory belongs to.
+struct WatchedDir {
+    files: Vec<(std::ffi::OsString, usize)>,
+    slots: Vec<usize>,
+}
+
+fn start_watcher(
+    reloader: &Reloader,
+    tx: mpsc::UnboundedSender<Request>,
+) -> Result<notify::RecommendedWatcher, WatchError> {
+    let mut dirs: HashMap<PathBuf, WatchedDir> = HashMap::new();
+    for (index, cert) in reloader.certificates().iter().enumerate() {
+        for path in [&cert.cert_file, &cert.key_file] {
+            let (dir, name) = split(path);
+            let entry = dirs.entry(dir).or_insert_with(|| WatchedDir {
+                files: Vec::new(),
+                slots: Vec::new(),
+            });
+            entry.files.push((name, index));
+            if !entry.slots.contains(&index) {
+                entry.slots.push(index);
+            }
+        }
+    }
+    let dirs = Arc::new(dirs);
+    let table = dirs.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "file watcher error");
+                return;
+            }
+        };
+        // Opening a file for reading (our own reloads do) is not a change.
+        if matches!(event.kind, EventKind::Access(AccessKind::Open(_))) {
+            return;
+        }
+        for path in &event.paths {
+            let (dir, name) = split(path);
+            let Some(watched) = table.get(&dir) else { continue };
+            if name.to_string_lossy().starts_with("..") {
+                for slot in &watched.slots {
+                    let _ = tx.send(Request::Slot(*slot, "file change"));
+                }
+            } else {
+                for (file, slot) in &watched.files {
+                    if *file == name {
+                        let _ = tx.send(Request::Slot(*slot, "file change"));
+                    }
+                }
+            }
+        }
+    })
+    .map_err(WatchError::Start)?;
+    for dir in dirs.keys() {
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|source| WatchError::Watch {
+                dir: dir.clone(),
+                source,
+            })?;
+        debug!(dir = %dir.display(), "watching");
+    }
+    Ok(watcher)
+}
+
+fn split(path: &Path) -> (PathBuf, std::ffi::OsString) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    (dir, name)
+}
+
+struct Pending {
+    due: Instant,
+    attempt: usize,
+    reason: &'static str,
+}
+
+async fn reload_loop(
+    reloader: Arc<Reloader>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    shutdown: CancellationToken,
+) {
+    let slots = reloader.certificates().len();
+    let mut pending: HashMap<usize, Pending> = HashMap::new();
+    loop {
+        let next_due = pending.values().map(|p| p.due).min();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            request = rx.recv() => {
+                let Some(request) = request else { return };
+                let now = Instant::now();
+                let (targets, due, reason) = match request {
+                    Request::All(reason) => ((0..slots).collect::<Vec<_>>(), now, reason),
+                    Request::Slot(index, reason) => (vec![index], now + DEBOUNCE, reason),
+                };
+                for index in targets.into_iter().filter(|i| *i < slots) {
+                    pending.insert(index, Pending { due, attempt: 0, reason });
+                }
+            }
+            _ = sleep_until(next_due), if next_due.is_some() => {
+                let now = Instant::now();
+                let due: Vec<usize> = pending.iter().filter(|(_, p)| p.due <= now).map(|(i, _)| *i).collect();
+                for index in due {
+                    let Some(p) = pending.remove(&index) else { continue };
+                    let worker = reloader.clone();
+                    let result = tokio::task::spawn_blocking(move || worker.reload(index, p.reason)).await;
+                    match result {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) if error.may_be_mid_write() && p.attempt < RETRIES.len() => {
+                            debug!(certificate = index, error = %error, "pair not ready; retrying");
+                            pending.insert(index, Pending {
+                                due: Instant::now() + RETRIES[p.attempt],
+                                attempt: p.attempt + 1,
+                                reason: p.reason,
+                            });
+                        }
+                        Ok(Err(error)) => reloader.refused(index, &error),
+                        Err(join) => warn!(certificate = index, error = %join, "reload task failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

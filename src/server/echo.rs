@@ -1,0 +1,71 @@
+//! The built-in echo service, used when no `upstream` is configured (the zero-config dev
+//! mode, smoke tests, `wssd probe --send`): every text or binary message comes back
+//! unchanged; pings are answered; a close is returned with the same code.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::http::SECURITY_HEADERS;
+use super::upgrade::Upgrade;
+
+/// The 101 for an echo connection.
+pub fn switching_protocols(upgrade: &Upgrade) -> Vec<u8> {
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
+    let mut out = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+    );
+    for (name, value) in SECURITY_HEADERS {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// Answers the upgrade and echoes until the client closes or `drain` fires (then it
+/// closes with 1001 and waits briefly for the client's reply).
+pub async fn serve<S>(
+    mut stream: S,
+    early: Vec<u8>,
+    upgrade: &Upgrade,
+    max_message_size: u64,
+    drain: &CancellationToken,
+) -> Result<u64, tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(&switching_protocols(upgrade)).await?;
+    stream.flush().await?;
+    let limit = usize::try_from(max_message_size).unwrap_or(usize::MAX);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let mut ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await;
+    let mut echoed = 0u64;
+    loop {
+        tokio::select! {
+            message = ws.next() => match message {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    ws.send(m).await?;
+                    echoed += 1;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(echoed),
+            },
+            _ = drain.cancelled() => {
+                let frame = CloseFrame { code: CloseCode::Away, reason: "going away".into() };
+                ws.close(Some(frame)).await?;
+                let wait = async { while let Some(Ok(_)) = ws.next().await {} };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), wait).await;
+                return Ok(echoed);
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The HTTP/1.1 layer: reading one request or response head off a stream, and the
+//! responses wssd writes itself (errors and the 101), all with the security headers.
+//!
+//! Only heads are parsed (httparse); after the 101 the connection carries WebSocket
+//! frames, never HTTP again, so there is no body handling and no keep-alive.
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Largest request or response head accepted (request line + headers).
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most header lines accepted in one head.
+pub const MAX_HEADERS: usize = 64;
+
+/// Headers on every response wssd makes itself.
+pub const SECURITY_HEADERS: &[(&str, &str)] = &[
+    ("Strict-Transport-Security", "max-age=31536000"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("connection closed before the end of the HTTP head")]
+    Closed,
+    #[error("HTTP head larger than {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("malformed HTTP head: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads from `stream` until a complete head (ending in an empty line) is in `buf`.
+/// Returns the head's length; bytes after it (a client that did not wait for the 101)
+/// stay in `buf` for the next layer.
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Result<usize, HeadError> {
+    let mut searched = 0;
+    loop {
+        if let Some(end) = find_head_end(buf, searched) {
+            return Ok(end);
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        searched = buf.len().saturating_sub(3);
+        let want = (MAX_HEAD - buf.len()).min(4096);
+        let old = buf.len();
+        buf.resize(old + want, 0);
+        let n = stream.read(&mut buf[old..]).await;
+        let n = match n {
+            Ok(n) => n,
+            Err(e) => {
+                buf.truncate(old);
+                return Err(e.into());
+            }
+        };
+        buf.truncate(old + n);
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| from + p + 4)
+}
+
+/// A parsed request head, owned.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    /// Path and query, exactly as sent.
+    pub target: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Request {
+    pub fn parse(head: &[u8]) -> Result<Request, HeadError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => return Err(HeadError::Malformed("incomplete head".into())),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Malformed(e.to_string())),
+        }
+        if req.version != Some(1) {
+            return Err(HeadError::Malformed("only HTTP/1.1 can upgrade to WebSocket".into()));
+        }
+        Ok(Request {
+            method: req.method.unwrap_or_default().to_string(),
+            target: req.path.unwrap_or_default().to_string(),
+            headers: req
+                .headers
+                .iter()
+                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                .collect(),
+        })
+    }
+
+    /// The first header called `name` (case-insensitive), if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    /// Every comma-separated token of every `name` header, trimmed.
+    pub fn tokens<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        tokens(&self.headers, name)
+    }
+}
+
+/// A parsed response head (from the upstream), owned.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Response {
+    pub fn parse(head: &[u8]) -> Result<Response, HeadError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut headers);
+        match res.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => return Err(HeadError::Malformed("incomplete head".into())),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Malformed(e.to_string())),
+        }
+        Ok(Response {
+            status: res.code.unwrap_or_default(),
+            headers: res
+                .headers
+                .iter()
+                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                .collect(),
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .map(str::trim)
+}
+
+fn tokens<'a>(headers: &'a [(String, Vec<u8>)], name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// A complete error response from wssd itself: status line, security headers, extra
+/// headers, a short plain-text body, and `Connection: close`.
+pub fn error_response(status: u16, extra_headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    for (name, value) in SECURITY_HEADERS.iter().chain(extra_headers) {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!(
+        "Cache-Control: no-store\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    out.into_bytes()
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn head_is_split_from_early_frames() {
+        let input: &[u8] = b"GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n\x81\x85extra";
+        let mut reader = input;
+        let mut buf = Vec::new();
+        let end = read_head(&mut reader, &mut buf).await.unwrap();
+        assert_eq!(&buf[end..], b"\x81\x85extra");
+        let req = Request::parse(&buf[..end]).unwrap();
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.target, "/a?b=c");
+        assert_eq!(req.header("host"), Some("x"));
+    }
+
+    #[tokio::test]
+    async fn oversize_head_is_refused() {
+        let mut input = b"GET / HTTP/1.1\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
+        let mut reader = input.as_slice();
+        let mut buf = Vec::new();
+        assert!(matches!(read_head(&mut reader, &mut buf).await, Err(HeadError::TooLarge)));
+    }
+
+    #[tokio::test]
+    async fn truncated_head_is_closed() {
+        let mut reader: &[u8] = b"GET / HTTP/1.1\r\nHost";
+        let mut buf = Vec::new();
+        assert!(matches!(read_head(&mut reader, &mut buf).await, Err(HeadError::Closed)));
+    }
+
+    #[test]
+    fn tokens_across_repeated_headers() {
+        let req = Request::parse(b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nConnection: x\r\n\r\n").unwrap();
+        let t: Vec<_> = req.tokens("connection").collect();
+        assert_eq!(t, ["keep-alive", "Upgrade", "x"]);
+    }
+
+    #[test]
+    fn error_responses_carry_security_headers() {
+        let text = String::from_utf8(error_response(403, &[], "no")).unwrap();
+        assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"));
+        for (name, _) in SECURITY_HEADERS {
+            assert!(text.contains(name), "{name} missing");
+        }
+        assert!(text.ends_with("\r\n\r\nno"));
+    }
+}

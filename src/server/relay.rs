@@ -1,0 +1,281 @@
+//! The relay: after both 101s, WebSocket frames pass between client and upstream.
+//!
+//! Frames pass through as they are, the way nginx and HAProxy relay an upgraded
+//! connection: a client's frames arrive masked, as the upstream expects, and the
+//! upstream's arrive unmasked, as the client expects, so nothing is decoded, unmasked,
+//! validated or re-encoded here, and the upstream sees exactly what the client sent
+//! (extensions such as permessage-deflate included). Each direction is one loop: read
+//! a chunk, let the [`FrameTracker`] walk its frame headers, write the chunk on.
+//!
+//! wssd still speaks up when it must close a connection itself (drain on SIGTERM, a
+//! message over `max_message_size`, `idle_timeout`): both loops are told through
+//! `Shared::close`, each finishes the frame in flight, injects a close frame at the
+//! boundary (masked towards the upstream), and stops forwarding. The client's close
+//! reply ends the connection.
+//!
+//! Both directions run in the connection's own task (no extra spawn), each with one
+//! fixed buffer; the write of a chunk completes before the next read, so a slow reader
+//! on one side slows the other side's sender (TCP backpressure), and memory stays flat.
+
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{Advance, FrameTracker, close_frame};
+
+/// Bytes read per chunk in each direction (one TLS record's worth of plaintext).
+const CHUNK: usize = 16 * 1024;
+/// After one side has gone, how long the other may take to finish.
+const LINGER: Duration = Duration::from_secs(5);
+
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_size: u64,
+    pub idle_timeout: Duration,
+}
+
+/// What the relay saw, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayStats {
+    pub messages_up: u64,
+    pub messages_down: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// The close code wssd sent itself, if it closed the connection.
+    pub closed_by_wssd: Option<u16>,
+}
+
+/// State the two directions share (same task, so atomics only for `Send`).
+struct Shared {
+    close: CancellationToken,
+    code: AtomicU16,
+    reason: std::sync::OnceLock<&'static str>,
+    started: Instant,
+    last_activity_ms: AtomicU64,
+}
+
+impl Shared {
+    fn request_close(&self, code: u16, reason: &'static str) {
+        if self.reason.set(reason).is_ok() {
+            self.code.store(code, Ordering::Relaxed);
+        }
+        self.close.cancel();
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn close_frame(&self, masked: bool) -> Vec<u8> {
+        let code = self.code.load(Ordering::Relaxed);
+        close_frame(code, self.reason.get().copied().unwrap_or("going away"), masked)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Client → upstream: frames are masked; wssd's injected close must be masked too.
+    Up,
+    /// Upstream → client.
+    Down,
+}
+
+/// Relays until both sides are done. `client_early` and `upstream_early` are bytes each
+/// side sent right after its HTTP head (already read with it); they are frames too.
+pub async fn relay<C, U>(
+    client: C,
+    client_early: &[u8],
+    upstream: U,
+    upstream_early: &[u8],
+    limits: Limits,
+    drain: &CancellationToken,
+) -> RelayStats
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let shared = Shared {
+        close: drain.child_token(),
+        code: AtomicU16::new(CLOSE_GOING_AWAY),
+        reason: std::sync::OnceLock::new(),
+        started: Instant::now(),
+        last_activity_ms: AtomicU64::new(0),
+    };
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
+    let mut up_pump = Pump::new(Direction::Up, limits.max_message_size);
+    let mut down_pump = Pump::new(Direction::Down, limits.max_message_size);
+    {
+        let up = up_pump.run(&mut client_rd, &mut up_wr, client_early, &shared);
+        let down = down_pump.run(&mut up_rd, &mut client_wr, upstream_early, &shared);
+        let idle = idle_watch(&shared, limits.idle_timeout);
+        tokio::pin!(up, down, idle);
+        // When one direction ends cleanly, the other gets a moment to finish (the
+        // peer's close reply, its EOF); when one fails, the connection is over.
+        tokio::select! {
+            r = &mut up => if r.is_ok() { let _ = tokio::time::timeout(LINGER, &mut down).await; },
+            r = &mut down => if r.is_ok() { let _ = tokio::time::timeout(LINGER, &mut up).await; },
+            _ = &mut idle => {}
+        }
+    }
+    // Close both sides for real: TLS close_notify to the client, FIN to the upstream.
+    let _ = tokio::time::timeout(Duration::from_secs(1), client_wr.shutdown()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), up_wr.shutdown()).await;
+    RelayStats {
+        messages_up: up_pump.tracker.messages,
+        messages_down: down_pump.tracker.messages,
+        bytes_up: up_pump.bytes,
+        bytes_down: down_pump.bytes,
+        closed_by_wssd: shared
+            .close
+            .is_cancelled()
+            .then(|| shared.code.load(Ordering::Relaxed)),
+    }
+}
+
+/// Asks for a close when neither side has sent anything for `idle`.
+async fn idle_watch(shared: &Shared, idle: Duration) {
+    loop {
+        let last = Duration::from_millis(shared.last_activity_ms.load(Ordering::Relaxed));
+        let deadline = shared.started + last + idle;
+        if Instant::now() >= deadline {
+            shared.request_close(CLOSE_GOING_AWAY, "idle timeout");
+            // Leave the close to the pumps; this future is done.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+struct Pump {
+    direction: Direction,
+    tracker: FrameTracker,
+    bytes: u64,
+    /// Close requested: stop at the next frame boundary.
+    closing: bool,
+    /// wssd's close frame has been written; what follows is discarded.
+    injected: bool,
+}
+
+/// What to do after a chunk.
+enum Flow {
+    Continue,
+    Done,
+}
+
+impl Pump {
+    fn new(direction: Direction, limit: u64) -> Pump {
+        Pump {
+            direction,
+            tracker: FrameTracker::new(limit),
+            bytes: 0,
+            closing: false,
+            injected: false,
+        }
+    }
+
+    async fn run<R, W>(&mut self, src: &mut R, dst: &mut W, early: &[u8], shared: &Shared) -> std::io::Result<()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if !early.is_empty() {
+            if let Flow::Done = self.forward(early, dst, shared).await? {
+                return Ok(());
+            }
+        }
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = tokio::select! {
+                biased;
+                _ = shared.close.cancelled(), if !self.closing => {
+                    self.closing = true;
+                    if self.tracker.at_boundary() {
+                        self.inject(dst, shared).await?;
+                        if self.direction == Direction::Down {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+                read = src.read(&mut buf) => read?,
+            };
+            if n == 0 {
+                if !self.injected {
+                    let _ = dst.shutdown().await;
+                }
+                return Ok(());
+            }
+            shared.touch();
+            if let Flow::Done = self.forward(&buf[..n], dst, shared).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn forward<W: AsyncWrite + Unpin>(&mut self, chunk: &[u8], dst: &mut W, shared: &Shared) -> std::io::Result<Flow> {
+        if self.injected {
+            return Ok(self.after_injection(chunk));
+        }
+        match self.tracker.advance(chunk, self.closing) {
+            Advance::Consumed => {
+                self.write(dst, chunk).await?;
+                Ok(Flow::Continue)
+            }
+            Advance::Boundary(at) => {
+                self.write(dst, &chunk[..at]).await?;
+                self.inject(dst, shared).await?;
+                Ok(self.after_injection(&chunk[at..]))
+            }
+            Advance::TooBig { header_at } => {
+                shared.request_close(CLOSE_TOO_BIG, "message too big");
+                self.closing = true;
+                if let Some(at) = header_at {
+                    self.write(dst, &chunk[..at]).await?;
+                    self.inject(dst, shared).await?;
+                } else {
+                    // Part of the oversize frame's header already went out; the peer gets
+                    // no close frame, only the end of the connection.
+                    self.injected = true;
+                }
+                Ok(self.after_injection(&[]))
+            }
+        }
+    }
+
+    async fn write<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        dst.write_all(bytes).await?;
+        dst.flush().await?;
+        self.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    async fn inject<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, shared: &Shared) -> std::io::Result<()> {
+        let frame = shared.close_frame(self.direction == Direction::Up);
+        dst.write_all(&frame).await?;
+        dst.flush().await?;
+        self.injected = true;
+        // From here on, a close from the source is the reply to ours.
+        self.tracker.close_seen = false;
+        Ok(())
+    }
+
+    /// After wssd's close: towards the client we are done; from the client we wait for
+    /// its close reply.
+    fn after_injection(&mut self, rest: &[u8]) -> Flow {
+        if self.direction == Direction::Down {
+            return Flow::Done;
+        }
+        let _ = self.tracker.advance(rest, false);
+        if self.tracker.close_seen { Flow::Done } else { Flow::Continue }
+    }
+}

@@ -1,0 +1,124 @@
+//! Deciding whether an HTTP request is a WebSocket upgrade wssd will serve (RFC 6455
+//! §4.2.1), before any upstream is contacted. A refusal is a status code, the headers
+//! that tell the client what to do instead, and a one-line reason.
+
+use super::http::Request;
+use super::origin;
+
+/// A request that may be upgraded.
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    pub key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub status: u16,
+    pub headers: Vec<(&'static str, &'static str)>,
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(status: u16, message: impl Into<String>) -> Rejection {
+        Rejection {
+            status,
+            headers: Vec::new(),
+            message: message.into(),
+        }
+    }
+
+    fn with(mut self, name: &'static str, value: &'static str) -> Rejection {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// Checks `req` as an upgrade, with `allowed_origins` (empty: any).
+pub fn check(req: &Request, allowed_origins: &[String]) -> Result<Upgrade, Rejection> {
+    let wants_websocket = req.tokens("upgrade").any(|t| t.eq_ignore_ascii_case("websocket"));
+    if !wants_websocket {
+        return Err(Rejection::new(
+            426,
+            "This is a WebSocket endpoint: connect with a WebSocket client (wss://).\n",
+        )
+        .with("Upgrade", "websocket")
+        .with("Connection", "Upgrade"));
+    }
+    if req.method != "GET" {
+        return Err(Rejection::new(405, "WebSocket upgrades use GET.\n").with("Allow", "GET"));
+    }
+    if !req.tokens("connection").any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        return Err(Rejection::new(400, "Connection: Upgrade is missing.\n"));
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Err(
+            Rejection::new(426, "Only WebSocket version 13 is supported.\n").with("Sec-WebSocket-Version", "13"),
+        );
+    }
+    let key = req.header("sec-websocket-key").unwrap_or_default();
+    if !is_valid_key(key) {
+        return Err(Rejection::new(400, "Sec-WebSocket-Key is missing or malformed.\n"));
+    }
+    if !origin::is_allowed(allowed_origins, req.header("origin")) {
+        return Err(Rejection::new(403, "This Origin is not allowed.\n"));
+    }
+    Ok(Upgrade { key: key.to_string() })
+}
+
+/// A key is 16 random bytes, base64: 24 characters ending in `==`.
+fn is_valid_key(key: &str) -> bool {
+    key.len() == 24
+        && key.ends_with("==")
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(extra: &str) -> Request {
+        Request::parse(format!("GET /chat?x=1 HTTP/1.1\r\nHost: a\r\n{extra}\r\n").as_bytes()).unwrap()
+    }
+
+    const GOOD: &str = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    #[test]
+    fn a_browser_upgrade_passes() {
+        let up = check(&req(GOOD), &[]).unwrap();
+        assert_eq!(up.key, "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    #[test]
+    fn plain_get_gets_426() {
+        let r = check(&req(""), &[]).unwrap_err();
+        assert_eq!(r.status, 426);
+        assert!(r.headers.contains(&("Upgrade", "websocket")));
+    }
+
+    #[test]
+    fn non_get_upgrade_gets_405() {
+        let mut r = req(GOOD);
+        r.method = "POST".into();
+        assert_eq!(check(&r, &[]).unwrap_err().status, 405);
+    }
+
+    #[test]
+    fn wrong_version_and_bad_key() {
+        let old = GOOD.replace("Version: 13", "Version: 8");
+        assert_eq!(check(&req(&old), &[]).unwrap_err().status, 426);
+        let bad = GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
+        assert_eq!(check(&req(&bad), &[]).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn origin_is_checked() {
+        let list = vec!["https://app.example.com".to_string()];
+        assert_eq!(check(&req(GOOD), &list).unwrap_err().status, 403);
+        let with = format!("{GOOD}Origin: https://app.example.com\r\n");
+        assert!(check(&req(&with), &list).is_ok());
+        let evil = format!("{GOOD}Origin: https://evil.example\r\n");
+        assert_eq!(check(&req(&evil), &list).unwrap_err().status, 403);
+    }
+}

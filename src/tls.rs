@@ -1,0 +1,60 @@
+//! The TLS policy, in one place: which crypto provider, protocol versions, cipher suites
+//! and ALPN protocols wssd speaks, as server and as the `probe` client.
+//!
+//! Policy: TLS 1.2 and 1.3 only; ECDHE key exchange and AEAD ciphers only (AES-GCM and
+//! ChaCha20-Poly1305), so every connection has forward secrecy. The certificate is not
+//! part of the `ServerConfig`: it comes from the resolver on every handshake, which is
+//! what lets a swap leave sessions, tickets and established connections alone.
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::crypto::aws_lc_rs::{self as provider_impl, cipher_suite};
+use rustls::server::ResolvesServerCert;
+use rustls::{ServerConfig, SupportedCipherSuite};
+
+/// ALPN for WebSocket over HTTP/1.1 (RFC 6455 upgrades need HTTP/1.1).
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// The suites wssd allows, strongest first: all three TLS 1.3 suites, then TLS 1.2 ECDHE
+/// with AES-GCM or ChaCha20-Poly1305. No CBC, no RSA key exchange, no SHA-1 MACs.
+static CIPHER_SUITES: &[SupportedCipherSuite] = &[
+    cipher_suite::TLS13_AES_256_GCM_SHA384,
+    cipher_suite::TLS13_AES_128_GCM_SHA256,
+    cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+/// The one crypto provider wssd uses (aws-lc-rs, with the suites above).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            Arc::new(CryptoProvider {
+                cipher_suites: CIPHER_SUITES.to_vec(),
+                ..provider_impl::default_provider()
+            })
+        })
+        .clone()
+}
+
+/// Installs [`provider`] as the process default, so that any library building its own
+/// rustls config (the ACME client) finds exactly one. Safe to call more than once.
+pub fn install_default_provider() {
+    let _ = CryptoProvider::install_default((*provider()).clone());
+}
+
+/// The listener's TLS configuration around a certificate resolver.
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
