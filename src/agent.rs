@@ -46,7 +46,10 @@ pub enum AgentError {
     )]
     AcmeUnavailable { index: usize, domains: String },
     #[error("cannot listen on {addr}: {source}{}", bind_hint(source))]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Watch(#[from] WatchError),
     #[error("TLS configuration: {0}")]
@@ -57,7 +60,9 @@ pub enum AgentError {
 
 fn bind_hint(e: &std::io::Error) -> &'static str {
     match e.kind() {
-        std::io::ErrorKind::AddrInUse => " (another process, perhaps another wssd, is using that address)",
+        std::io::ErrorKind::AddrInUse => {
+            " (another process, perhaps another wssd, is using that address)"
+        }
         std::io::ErrorKind::PermissionDenied => {
             " (ports below 1024 need CAP_NET_BIND_SERVICE; see the README)"
         }
@@ -67,7 +72,10 @@ fn bind_hint(e: &std::io::Error) -> &'static str {
 
 /// Runs the agent until SIGTERM/SIGINT. `on_ready` is called once the listener is bound
 /// and every certificate is loaded, with the bound address.
-pub async fn run(config: Config, on_ready: impl FnOnce(SocketAddr, &Config)) -> Result<(), AgentError> {
+pub async fn run(
+    config: Config,
+    on_ready: impl FnOnce(SocketAddr, &Config),
+) -> Result<(), AgentError> {
     crate::tls::install_default_provider();
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
@@ -99,7 +107,11 @@ pub async fn run(config: Config, on_ready: impl FnOnce(SocketAddr, &Config)) -> 
         }
         reloader
             .reload(index, "startup")
-            .map_err(|source| AgentError::Certificate { index, domains, source })?;
+            .map_err(|source| AgentError::Certificate {
+                index,
+                domains,
+                source,
+            })?;
     }
 
     let shutdown = CancellationToken::new();
@@ -202,8 +214,10 @@ async fn renew_selfsigned(
             _ = tokio::time::sleep(wait) => {}
         }
         let (c, ca_dir) = (cert.clone(), config.ca_dir.clone());
-        let result =
-            tokio::task::spawn_blocking(move || provision::ensure_selfsigned(&c, &ca_dir, SystemTime::now())).await;
+        let result = tokio::task::spawn_blocking(move || {
+            provision::ensure_selfsigned(&c, &ca_dir, SystemTime::now())
+        })
+        .await;
         match result {
             Ok(Ok(provisioned)) => {
                 failures = 0;

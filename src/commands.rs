@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::cert::devca::DevCa;
-use crate::cert::inspect::{rfc3339, CertSummary};
+use crate::cert::inspect::{CertSummary, rfc3339};
 use crate::cert::pair::{self, PairError};
 use crate::cert::store::{self, CERT_MODE, KEY_MODE, PRIVATE_DIR_MODE};
 use crate::config::{self, Config, Domain, KeyType, Source};
@@ -25,11 +25,17 @@ pub struct CommandError {
 
 impl CommandError {
     pub fn usage(error: impl Into<anyhow::Error>) -> CommandError {
-        CommandError { code: 2, error: error.into() }
+        CommandError {
+            code: 2,
+            error: error.into(),
+        }
     }
 
     pub fn runtime(error: impl Into<anyhow::Error>) -> CommandError {
-        CommandError { code: 1, error: error.into() }
+        CommandError {
+            code: 1,
+            error: error.into(),
+        }
     }
 }
 
@@ -42,18 +48,31 @@ impl From<config::ConfigError> for CommandError {
 pub type Outcome = Result<i32, CommandError>;
 
 /// `wssd selfsigned`
-pub fn selfsigned(out_dir: &Path, domains: Vec<Domain>, days: u32, ca_dir: Option<PathBuf>) -> Outcome {
+pub fn selfsigned(
+    out_dir: &Path,
+    domains: Vec<Domain>,
+    days: u32,
+    ca_dir: Option<PathBuf>,
+) -> Outcome {
     crate::tls::install_default_provider();
-    let domains = if domains.is_empty() { config::default_dev_domains() } else { domains };
+    let domains = if domains.is_empty() {
+        config::default_dev_domains()
+    } else {
+        domains
+    };
     let ca_dir = ca_dir.unwrap_or_else(config::default_ca_dir);
     let (ca, created) = DevCa::load_or_create(&ca_dir).map_err(|e| match e {
         crate::cert::devca::DevCaError::Store(_) | crate::cert::devca::DevCaError::Read { .. } => {
-            CommandError::usage(anyhow::Error::new(e).context(format!("--ca-dir {}", ca_dir.display())))
+            CommandError::usage(
+                anyhow::Error::new(e).context(format!("--ca-dir {}", ca_dir.display())),
+            )
         }
         other => CommandError::runtime(other),
     })?;
     let lifetime = Duration::from_secs(u64::from(days) * 86_400);
-    let issued = ca.issue(&domains, lifetime, KeyType::EcdsaP256).map_err(CommandError::runtime)?;
+    let issued = ca
+        .issue(&domains, lifetime, KeyType::EcdsaP256)
+        .map_err(CommandError::runtime)?;
     let cert_path = out_dir.join("cert.pem");
     let key_path = out_dir.join("key.pem");
     let ca_path = out_dir.join("ca.pem");
@@ -63,8 +82,11 @@ pub fn selfsigned(out_dir: &Path, domains: Vec<Domain>, days: u32, ca_dir: Optio
         store::write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
         store::write_atomic(&ca_path, ca.cert_pem().as_bytes(), CERT_MODE)
     };
-    write().map_err(|e| CommandError::usage(anyhow::Error::new(e).context("--out-dir is not writable")))?;
-    let leaf = pair::load_pair(&cert_path, &key_path, &domains, SystemTime::now()).map_err(CommandError::runtime)?;
+    write().map_err(|e| {
+        CommandError::usage(anyhow::Error::new(e).context("--out-dir is not writable"))
+    })?;
+    let leaf = pair::load_pair(&cert_path, &key_path, &domains, SystemTime::now())
+        .map_err(CommandError::runtime)?;
 
     let names: Vec<String> = domains.iter().map(ToString::to_string).collect();
     println!(
@@ -73,7 +95,10 @@ pub fn selfsigned(out_dir: &Path, domains: Vec<Domain>, days: u32, ca_dir: Optio
         leaf.summary.serial,
         rfc3339(leaf.summary.not_after)
     );
-    println!("  certificate  {}  (leaf, then the CA)", cert_path.display());
+    println!(
+        "  certificate  {}  (leaf, then the CA)",
+        cert_path.display()
+    );
     println!("  private key  {}  (mode 0600)", key_path.display());
     println!("  CA           {}", ca_path.display());
     println!();
@@ -92,10 +117,18 @@ pub fn selfsigned(out_dir: &Path, domains: Vec<Domain>, days: u32, ca_dir: Optio
 pub fn print_trust_instructions(ca: &Path) {
     let ca = ca.display();
     println!("Trust the CA once, and every wssd dev certificate is accepted:");
-    println!("  Debian/Ubuntu:  sudo cp {ca} /usr/local/share/ca-certificates/wssd-dev-ca.crt && sudo update-ca-certificates");
-    println!("  Chrome/Firefox (NSS, Linux):  certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"wssd dev CA\" -i {ca}");
-    println!("  macOS:  sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}");
-    println!("  One program only:  wssd probe --ca {ca} ...   curl --cacert {ca} ...   NODE_EXTRA_CA_CERTS={ca}");
+    println!(
+        "  Debian/Ubuntu:  sudo cp {ca} /usr/local/share/ca-certificates/wssd-dev-ca.crt && sudo update-ca-certificates"
+    );
+    println!(
+        "  Chrome/Firefox (NSS, Linux):  certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"wssd dev CA\" -i {ca}"
+    );
+    println!(
+        "  macOS:  sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}"
+    );
+    println!(
+        "  One program only:  wssd probe --ca {ca} ...   curl --cacert {ca} ...   NODE_EXTRA_CA_CERTS={ca}"
+    );
 }
 
 /// `wssd check`
@@ -121,9 +154,22 @@ pub fn check(path: &Path) -> Outcome {
     );
     let mut invalid = None;
     for (index, cert) in config.certificates.iter().enumerate() {
-        println!("  certificate[{index}] {} from {}", cert.domain_list(), cert.source);
-        println!("             cert {}  key {}", cert.cert_file.display(), cert.key_file.display());
-        match pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, SystemTime::now()) {
+        println!(
+            "  certificate[{index}] {} from {}",
+            cert.domain_list(),
+            cert.source
+        );
+        println!(
+            "             cert {}  key {}",
+            cert.cert_file.display(),
+            cert.key_file.display()
+        );
+        match pair::load_pair(
+            &cert.cert_file,
+            &cert.key_file,
+            &cert.domains,
+            SystemTime::now(),
+        ) {
             Ok(p) => println!(
                 "             serial {}, expires {} ({} days left)",
                 p.summary.serial,
@@ -137,7 +183,9 @@ pub fn check(path: &Path) -> Outcome {
                     path.display()
                 )));
             }
-            Err(PairError::Read { .. }) => println!("             not issued yet: `wssd run` or `wssd issue` will issue it"),
+            Err(PairError::Read { .. }) => {
+                println!("             not issued yet: `wssd run` or `wssd issue` will issue it")
+            }
             Err(e) => println!("             will be re-issued: {e}"),
         }
     }
@@ -177,9 +225,16 @@ pub fn status(path: &Path, json: bool) -> Outcome {
         let renew_before = config.acme.as_ref().and_then(|a| a.renew_before);
         let (next_renewal, renewal_reason) = match (cert.source, summary) {
             (Source::Files, _) => (None, Some("files are renewed outside wssd".to_string())),
-            (_, None) => (Some(rfc3339(now)), Some("missing or invalid: issued at the next run".to_string())),
+            (_, None) => (
+                Some(rfc3339(now)),
+                Some("missing or invalid: issued at the next run".to_string()),
+            ),
             (source, Some(s)) => {
-                let before = if source == Source::Acme { renew_before } else { None };
+                let before = if source == Source::Acme {
+                    renew_before
+                } else {
+                    None
+                };
                 let at = schedule::renew_at(s.not_before, s.not_after, before);
                 let reason = match before {
                     Some(b) => format!("renew_before = {}", format_duration(b)),
@@ -208,7 +263,12 @@ pub fn status(path: &Path, json: bool) -> Outcome {
         return Ok(0);
     }
     for e in &entries {
-        println!("certificate[{}] {} ({})", e.index, e.domains.join(", "), e.source);
+        println!(
+            "certificate[{}] {} ({})",
+            e.index,
+            e.domains.join(", "),
+            e.source
+        );
         match (&e.serial, &e.error) {
             (Some(serial), _) => println!(
                 "  serial {serial}, expires {} ({} days left)",
@@ -219,7 +279,10 @@ pub fn status(path: &Path, json: bool) -> Outcome {
             _ => {}
         }
         if let Some(next) = &e.next_renewal {
-            println!("  next renewal {next} ({})", e.renewal_reason.as_deref().unwrap_or(""));
+            println!(
+                "  next renewal {next} ({})",
+                e.renewal_reason.as_deref().unwrap_or("")
+            );
         } else if let Some(reason) = &e.renewal_reason {
             println!("  {reason}");
         }
@@ -238,29 +301,40 @@ pub fn issue(path: &Path) -> Outcome {
         match cert.source {
             Source::Selfsigned => match provision::ensure_selfsigned(cert, &config.ca_dir, now) {
                 Ok(Provisioned::Issued(s)) => {
-                    println!("certificate[{index}] {domains}: issued serial {} (expires {})", s.serial, rfc3339(s.not_after))
+                    println!(
+                        "certificate[{index}] {domains}: issued serial {} (expires {})",
+                        s.serial,
+                        rfc3339(s.not_after)
+                    )
                 }
                 Ok(Provisioned::Fresh(s)) => {
-                    println!("certificate[{index}] {domains}: valid until {}, not due", rfc3339(s.not_after))
+                    println!(
+                        "certificate[{index}] {domains}: valid until {}, not due",
+                        rfc3339(s.not_after)
+                    )
                 }
                 Err(e) => {
                     all_good = false;
                     eprintln!("certificate[{index}] {domains}: {e}");
                 }
             },
-            Source::Files => match pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, now) {
-                Ok(p) => println!(
-                    "certificate[{index}] {domains}: files, valid until {}",
-                    rfc3339(p.summary.not_after)
-                ),
-                Err(e) => {
-                    all_good = false;
-                    eprintln!("certificate[{index}] {domains}: {e}");
+            Source::Files => {
+                match pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, now) {
+                    Ok(p) => println!(
+                        "certificate[{index}] {domains}: files, valid until {}",
+                        rfc3339(p.summary.not_after)
+                    ),
+                    Err(e) => {
+                        all_good = false;
+                        eprintln!("certificate[{index}] {domains}: {e}");
+                    }
                 }
-            },
+            }
             Source::Acme => {
                 all_good = false;
-                eprintln!("certificate[{index}] {domains}: source = \"acme\" is not available in this build yet");
+                eprintln!(
+                    "certificate[{index}] {domains}: source = \"acme\" is not available in this build yet"
+                );
             }
         }
     }
@@ -272,7 +346,10 @@ pub async fn probe(opts: ProbeOptions, json: bool) -> Outcome {
     crate::tls::install_default_provider();
     let report = probe::probe(&opts).await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(CommandError::runtime)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(CommandError::runtime)?
+        );
     } else {
         print!("{}", report.render());
     }
@@ -280,7 +357,10 @@ pub async fn probe(opts: ProbeOptions, json: bool) -> Outcome {
         Ok(0)
     } else {
         if json {
-            eprintln!("wssd probe: {}", report.error.as_deref().unwrap_or("failed"));
+            eprintln!(
+                "wssd probe: {}",
+                report.error.as_deref().unwrap_or("failed")
+            );
         }
         Ok(1)
     }

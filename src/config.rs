@@ -75,7 +75,9 @@ pub struct ListenerConfig {
 impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
-            bind: DEFAULT_BIND.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            bind: DEFAULT_BIND
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
             upstream: None,
             allowed_origins: Vec::new(),
             max_connections: 10_000,
@@ -118,7 +120,11 @@ impl std::str::FromStr for Upstream {
                     "{text:?}: a wss:// upstream is not supported; wssd terminates TLS and speaks plain ws:// to the upstream"
                 ));
             }
-            _ => return Err(format!("{text:?}: the upstream must be a ws:// URL, like \"ws://127.0.0.1:9000\"")),
+            _ => {
+                return Err(format!(
+                    "{text:?}: the upstream must be a ws:// URL, like \"ws://127.0.0.1:9000\""
+                ));
+            }
         }
         let host = uri
             .host()
@@ -184,7 +190,11 @@ impl Domain {
     /// Parses a name from the command line or the config file.
     pub fn parse(text: &str) -> Result<Domain, String> {
         let text = text.trim();
-        if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        if let Ok(ip) = text
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             return Ok(Domain::Ip(ip));
         }
         let name = text.trim_end_matches('.').to_ascii_lowercase();
@@ -194,7 +204,8 @@ impl Domain {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if name.is_empty() || name.len() > 253 || !labels.split('.').all(valid_label) {
             return Err(format!(
@@ -393,13 +404,22 @@ impl Config {
             key: key.to_string(),
             message,
         };
-        let line_of = |offset: usize| Some(text[..offset.min(text.len())].matches('\n').count() + 1);
+        let line_of =
+            |offset: usize| Some(text[..offset.min(text.len())].matches('\n').count() + 1);
 
         let deserializer = toml::de::Deserializer::parse(text).map_err(|e| {
-            invalid(e.span().and_then(|s| line_of(s.start)), "(syntax)", e.message().trim().to_string())
+            invalid(
+                e.span().and_then(|s| line_of(s.start)),
+                "(syntax)",
+                e.message().trim().to_string(),
+            )
         })?;
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let key = e.path().to_string();
+            // serde_spanned shows up in the path as a private field name; hide it.
+            let key = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             invalid(
                 inner.span().and_then(|s| line_of(s.start)),
@@ -436,7 +456,11 @@ impl Config {
             listener.drain_timeout = l.drain_timeout.unwrap_or(listener.drain_timeout);
         }
         if listener.max_connections == 0 {
-            return Err(invalid(None, "listener.max_connections", "must be at least 1".into()));
+            return Err(invalid(
+                None,
+                "listener.max_connections",
+                "must be at least 1".into(),
+            ));
         }
 
         let acme = match raw.acme {
@@ -463,7 +487,9 @@ impl Config {
                     directory: a.directory,
                     contact: a.contact,
                     challenge,
-                    http01_bind: a.http01_bind.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 80))),
+                    http01_bind: a
+                        .http01_bind
+                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 80))),
                     dns01_hook: a.dns01_hook,
                     ca_file: a.ca_file.map(|p| spanned_path("acme.ca_file".into(), p)),
                     renew_before: a.renew_before,
@@ -480,7 +506,11 @@ impl Config {
             let c = spanned.into_inner();
             let key = |name: &str| format!("certificate[{index}].{name}");
             if c.domains.is_empty() {
-                return Err(invalid(line, &key("domains"), "at least one domain is required".into()));
+                return Err(invalid(
+                    line,
+                    &key("domains"),
+                    "at least one domain is required".into(),
+                ));
             }
             if c.source == Source::Acme && acme.is_none() {
                 return Err(invalid(
@@ -499,7 +529,11 @@ impl Config {
                     (default_dir.join("cert.pem"), default_dir.join("key.pem"))
                 }
                 (cert, _) => {
-                    let missing = if cert.is_none() { "cert_file" } else { "key_file" };
+                    let missing = if cert.is_none() {
+                        "cert_file"
+                    } else {
+                        "key_file"
+                    };
                     return Err(invalid(
                         line,
                         &key(missing),
@@ -577,7 +611,11 @@ impl Config {
         let file = self.file.clone().unwrap_or_default();
         let missing = |key: String, path: &Path| ConfigError::Invalid {
             file: file.clone(),
-            line: self.path_lines.iter().find(|(k, _)| *k == key).map(|(_, l)| *l),
+            line: self
+                .path_lines
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, l)| *l),
             key,
             message: format!("file {} does not exist or cannot be read", path.display()),
         };
@@ -591,10 +629,10 @@ impl Config {
                 }
             }
         }
-        if let Some(ca) = self.acme.as_ref().and_then(|a| a.ca_file.as_ref()) {
-            if std::fs::metadata(ca).is_err() {
-                return Err(missing("acme.ca_file".into(), ca));
-            }
+        if let Some(ca) = self.acme.as_ref().and_then(|a| a.ca_file.as_ref())
+            && std::fs::metadata(ca).is_err()
+        {
+            return Err(missing("acme.ca_file".into(), ca));
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The `wssd` binary: parse the command line, run the command, map the result to the
 //! exit code (0 ok, 1 runtime failure, 2 usage or configuration error).
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -14,10 +15,17 @@ use wssd::probe::ProbeOptions;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let outcome = match cli.command {
@@ -90,6 +98,9 @@ fn announce(addr: std::net::SocketAddr, config: &Config) {
     let url = format!("wss://localhost:{}/", addr.port());
     println!("wssd dev mode: built-in echo at {url}");
     println!("  CA to trust:  {}", ca.display());
-    println!("  try it:       wssd probe --ca {} --send hi {url}", ca.display());
+    println!(
+        "  try it:       wssd probe --ca {} --send hi {url}",
+        ca.display()
+    );
     println!("  stop with Ctrl-C; configure with ./wssd.toml (see README.md)");
 }

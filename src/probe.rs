@@ -173,7 +173,9 @@ struct Target {
 }
 
 fn parse_url(url: &str) -> Result<Target, String> {
-    let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let uri: tokio_tungstenite::tungstenite::http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     let tls = match uri.scheme_str() {
         Some("wss") | Some("https") => true,
         Some("ws") | Some("http") => false,
@@ -191,7 +193,10 @@ fn parse_url(url: &str) -> Result<Target, String> {
 
 async fn run(opts: &ProbeOptions, report: &mut ProbeReport) -> Result<(), String> {
     let target = parse_url(&opts.url)?;
-    let url = opts.url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+    let url = opts
+        .url
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
     let started = Instant::now();
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
@@ -221,17 +226,28 @@ async fn run(opts: &ProbeOptions, report: &mut ProbeReport) -> Result<(), String
     report.handshake_ms = Some(millis(started.elapsed()));
     let (_, conn) = tls.get_ref();
     report.tls_version = conn.protocol_version().map(|v| format!("{v:?}"));
-    report.cipher_suite = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
-    report.alpn = conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+    report.cipher_suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()));
+    report.alpn = conn
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
     upgrade(tls, &url, opts, report).await
 }
 
-async fn upgrade<S>(stream: S, url: &str, opts: &ProbeOptions, report: &mut ProbeReport) -> Result<(), String>
+async fn upgrade<S>(
+    stream: S,
+    url: &str,
+    opts: &ProbeOptions,
+    report: &mut ProbeReport,
+) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio_tungstenite::tungstenite::Error as WsError;
-    let request = url.into_client_request().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let request = url
+        .into_client_request()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     let (mut ws, response) = match tokio_tungstenite::client_async(request, stream).await {
         Ok(ok) => ok,
         Err(WsError::Http(response)) => {
@@ -266,7 +282,9 @@ where
                 }
                 Some(Ok(Message::Close(frame))) => {
                     report.echo_ok = Some(false);
-                    return Err(format!("the server closed the connection instead of echoing: {frame:?}"));
+                    return Err(format!(
+                        "the server closed the connection instead of echoing: {frame:?}"
+                    ));
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
@@ -289,7 +307,10 @@ where
 }
 
 fn describe_tls_error(e: &std::io::Error, opts: &ProbeOptions, host: &str) -> String {
-    let Some(rustls_error) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+    let Some(rustls_error) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
         return format!("TLS handshake failed: {e}");
     };
     let roots = match &opts.ca {
@@ -301,7 +322,9 @@ fn describe_tls_error(e: &std::io::Error, opts: &ProbeOptions, host: &str) -> St
             " (the server's certificate is not signed by {roots}; pass its CA with --ca FILE, or --insecure to skip verification)"
         ),
         rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
-        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }) => {
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+            ..
+        }) => {
             format!(" (the certificate does not cover {host:?})")
         }
         rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
@@ -336,7 +359,10 @@ impl RecordingVerifier {
                     .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                     .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
                 if certs.is_empty() {
-                    return Err(format!("CA file {} holds no PEM certificate", path.display()));
+                    return Err(format!(
+                        "CA file {} holds no PEM certificate",
+                        path.display()
+                    ));
                 }
                 for cert in certs {
                     roots
@@ -348,13 +374,16 @@ impl RecordingVerifier {
                 let native = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(native.certs);
                 if roots.is_empty() {
-                    return Err("no trusted CA certificates found on this system; pass --ca FILE".into());
+                    return Err(
+                        "no trusted CA certificates found on this system; pass --ca FILE".into(),
+                    );
                 }
             }
         }
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
-            .build()
-            .map_err(|e| e.to_string())?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
+                .build()
+                .map_err(|e| e.to_string())?;
         Ok(RecordingVerifier {
             inner: Some(inner),
             seen: Mutex::new(Vec::new()),
@@ -393,7 +422,9 @@ impl ServerCertVerifier for RecordingVerifier {
                 .collect();
         }
         match &self.inner {
-            Some(inner) => inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            Some(inner) => {
+                inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
             None => Ok(ServerCertVerified::assertion()),
         }
     }

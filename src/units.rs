@@ -10,15 +10,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if trimmed.is_empty() {
         return Err("empty duration; write it like \"10s\", \"5m\" or \"30d\"".into());
     }
-    humantime::parse_duration(trimmed)
-        .map_err(|e| format!("invalid duration {text:?} ({e}); write it like \"10s\", \"5m\" or \"30d\""))
+    humantime::parse_duration(trimmed).map_err(|e| {
+        format!("invalid duration {text:?} ({e}); write it like \"10s\", \"5m\" or \"30d\"")
+    })
 }
 
 /// Parses a byte size such as `"64KiB"`, `"16MiB"`, `"1GB"` or a bare number of bytes.
 /// Binary (`KiB`, `MiB`, `GiB`) and decimal (`KB`, `MB`, `GB`) units are both accepted,
 /// case-insensitively.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid size {text:?}; write it like \"64KiB\", \"16MiB\" or a number of bytes");
+    let bad = || {
+        format!("invalid size {text:?}; write it like \"64KiB\", \"16MiB\" or a number of bytes")
+    };
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !c.is_ascii_digit())
@@ -95,6 +98,9 @@ mod tests {
     fn durations_print_for_people() {
         assert_eq!(format_duration(Duration::from_millis(350)), "350ms");
         assert_eq!(format_duration(Duration::from_secs(250)), "4m 10s");
-        assert_eq!(format_duration(Duration::from_secs(90 * 86_400 - 3600)), "89d 23h");
+        assert_eq!(
+            format_duration(Duration::from_secs(90 * 86_400 - 3600)),
+            "89d 23h"
+        );
     }
 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
 use super::inspect::{CertSummary, rfc3339, sha256_fingerprint};
@@ -52,7 +52,9 @@ pub struct DevCa {
 
 impl std::fmt::Debug for DevCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevCa").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("DevCa")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,8 +84,12 @@ impl DevCa {
         let now = SystemTime::now();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, ca_common_name());
-        params.distinguished_name.push(DnType::OrganizationName, "wssd development CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, ca_common_name());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "wssd development CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -118,10 +124,14 @@ impl DevCa {
         let key = KeyPair::from_pem(&key_pem)
             .map_err(|_| corrupt(format!("{CA_KEY_FILE} is not a usable private key")))?;
         let spki_matches = x509_parser::parse_x509_certificate(&cert_der)
-            .map(|(_, c)| c.public_key().raw == rcgen::PublicKeyData::subject_public_key_info(&key).as_slice())
+            .map(|(_, c)| {
+                c.public_key().raw == rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+            })
             .unwrap_or(false);
         if !spki_matches {
-            return Err(corrupt(format!("{CA_KEY_FILE} does not match {CA_CERT_FILE}")));
+            return Err(corrupt(format!(
+                "{CA_KEY_FILE} does not match {CA_CERT_FILE}"
+            )));
         }
         if SystemTime::now() > summary.not_after {
             return Err(DevCaError::Expired {
@@ -129,7 +139,8 @@ impl DevCa {
                 not_after: rfc3339(summary.not_after),
             });
         }
-        let issuer = Issuer::from_ca_cert_der(&chain[0], key).map_err(|e| corrupt(e.to_string()))?;
+        let issuer =
+            Issuer::from_ca_cert_der(&chain[0], key).map_err(|e| corrupt(e.to_string()))?;
         Ok(DevCa {
             dir: dir.to_path_buf(),
             cert_pem,
@@ -179,9 +190,13 @@ impl DevCa {
             .collect::<Result<Vec<_>, rcgen::Error>>()?;
         params.distinguished_name = DistinguishedName::new();
         if let Some(first) = domains.first() {
-            params.distinguished_name.push(DnType::CommonName, first.to_string());
+            params
+                .distinguished_name
+                .push(DnType::CommonName, first.to_string());
         }
-        params.distinguished_name.push(DnType::OrganizationName, "wssd development certificate");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "wssd development certificate");
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if key_type == KeyType::Rsa2048 {

@@ -27,7 +27,11 @@ pub struct LoadedPair {
 impl LoadedPair {
     /// The leaf certificate, DER: two loads of the same files compare equal on this.
     pub fn leaf_der(&self) -> &[u8] {
-        self.key.cert.first().map(|c| c.as_ref()).unwrap_or_default()
+        self.key
+            .cert
+            .first()
+            .map(|c| c.as_ref())
+            .unwrap_or_default()
     }
 }
 
@@ -132,7 +136,11 @@ pub fn pair_from_pem(
             key: key_path.to_path_buf(),
         });
     }
-    let leaf = certified.cert.first().map(|c| c.as_ref()).unwrap_or_default();
+    let leaf = certified
+        .cert
+        .first()
+        .map(|c| c.as_ref())
+        .unwrap_or_default();
     let summary = CertSummary::from_der(leaf).map_err(|e| PairError::BadCertificate {
         path: cert_path.to_path_buf(),
         reason: e.to_string(),
@@ -163,7 +171,10 @@ pub fn pair_from_pem(
 }
 
 /// Every CERTIFICATE block in a PEM file, in order (leaf first).
-pub fn parse_chain(pem_bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, PairError> {
+pub fn parse_chain(
+    pem_bytes: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, PairError> {
     let chain = CertificateDer::pem_slice_iter(pem_bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PairError::BadPem {
@@ -180,7 +191,9 @@ pub fn parse_chain(pem_bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'
 
 fn pem_reason(e: &pem::Error) -> String {
     match e {
-        pem::Error::MissingSectionEnd { .. } => "a PEM section has no END line (truncated file?)".into(),
+        pem::Error::MissingSectionEnd { .. } => {
+            "a PEM section has no END line (truncated file?)".into()
+        }
         pem::Error::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed".into(),
         pem::Error::Base64Decode(_) => "a PEM section is not valid base64".into(),
         pem::Error::SectionTooLarge => "a PEM section is too large".into(),

@@ -53,7 +53,11 @@ pub fn ensure_selfsigned(
 ) -> Result<Provisioned, ProvisionError> {
     let (ca, _) = DevCa::load_or_create(ca_dir)?;
     if let Ok(existing) = pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, now) {
-        let due = schedule::renew_at(existing.summary.not_before, existing.summary.not_after, None);
+        let due = schedule::renew_at(
+            existing.summary.not_before,
+            existing.summary.not_after,
+            None,
+        );
         if now < due && issued_by(&existing, &ca) {
             return Ok(Provisioned::Fresh(existing.summary));
         }

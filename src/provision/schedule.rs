@@ -7,7 +7,11 @@
 use std::time::{Duration, SystemTime};
 
 /// The moment renewal becomes due.
-pub fn renew_at(not_before: SystemTime, not_after: SystemTime, renew_before: Option<Duration>) -> SystemTime {
+pub fn renew_at(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    renew_before: Option<Duration>,
+) -> SystemTime {
     let lifetime = not_after.duration_since(not_before).unwrap_or_default();
     let before = renew_before.unwrap_or(lifetime / 3).min(lifetime);
     not_after - before
@@ -29,8 +33,14 @@ mod tests {
     #[test]
     fn renew_before_overrides_but_never_precedes_issuance() {
         let start = SystemTime::UNIX_EPOCH + 1000 * DAY;
-        assert_eq!(renew_at(start, start + 90 * DAY, Some(30 * DAY)), start + 60 * DAY);
-        assert_eq!(renew_at(start, start + 90 * DAY, Some(10 * DAY)), start + 80 * DAY);
+        assert_eq!(
+            renew_at(start, start + 90 * DAY, Some(30 * DAY)),
+            start + 60 * DAY
+        );
+        assert_eq!(
+            renew_at(start, start + 90 * DAY, Some(10 * DAY)),
+            start + 80 * DAY
+        );
         assert_eq!(renew_at(start, start + 6 * DAY, Some(30 * DAY)), start);
     }
 }

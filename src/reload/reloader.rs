@@ -75,17 +75,17 @@ impl Reloader {
 
     /// Swaps an already validated pair into slot `index`.
     pub fn install(&self, index: usize, pair: LoadedPair, reason: &str) -> Reloaded {
-        if let Some(current) = self.resolver.get(index) {
-            if current.cert == pair.key.cert {
-                return Reloaded::Unchanged;
-            }
+        if let Some(current) = self.resolver.get(index)
+            && current.cert == pair.key.cert
+        {
+            return Reloaded::Unchanged;
         }
         let summary = pair.summary.clone();
         self.resolver.set(index, pair.key);
-        if let Ok(mut served) = self.served.lock() {
-            if let Some(slot) = served.get_mut(index) {
-                *slot = Some(summary.clone());
-            }
+        if let Ok(mut served) = self.served.lock()
+            && let Some(slot) = served.get_mut(index)
+        {
+            *slot = Some(summary.clone());
         }
         Metrics::inc(&self.metrics.certificate_reloads_ok);
         info!(

@@ -103,7 +103,9 @@ impl Resolver {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         // A writer that panicked left the slots whole (each update is one assignment).
-        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn update(&self, change: impl FnOnce(&mut Slots)) {
@@ -197,12 +199,20 @@ mod tests {
         ]);
         assert_eq!(tag(r.lookup(Some("a.example"), false)), None);
         r.set(1, key(2));
-        assert_eq!(tag(r.lookup(Some("nope.example"), false)), Some(2), "only loaded slot is default");
+        assert_eq!(
+            tag(r.lookup(Some("nope.example"), false)),
+            Some(2),
+            "only loaded slot is default"
+        );
         r.set(0, key(1));
         assert_eq!(tag(r.lookup(Some("www.a.example"), false)), Some(1));
         assert_eq!(tag(r.lookup(Some("b.example"), false)), Some(2));
         assert_eq!(tag(r.lookup(Some("x.b.example"), false)), Some(2));
-        assert_eq!(tag(r.lookup(Some("y.x.b.example"), false)), Some(1), "wildcard covers one label");
+        assert_eq!(
+            tag(r.lookup(Some("y.x.b.example"), false)),
+            Some(1),
+            "wildcard covers one label"
+        );
         assert_eq!(tag(r.lookup(None, false)), Some(1));
         assert!(r.all_loaded());
     }
@@ -214,7 +224,11 @@ mod tests {
         r.set_challenge("A.example", key(9));
         assert_eq!(tag(r.lookup(Some("a.example"), false)), Some(1));
         assert_eq!(tag(r.lookup(Some("a.example"), true)), Some(9));
-        assert_eq!(tag(r.lookup(Some("other.example"), true)), None, "no fallback for acme-tls/1");
+        assert_eq!(
+            tag(r.lookup(Some("other.example"), true)),
+            None,
+            "no fallback for acme-tls/1"
+        );
         r.clear_challenge("a.example");
         assert_eq!(tag(r.lookup(Some("a.example"), true)), None);
     }

@@ -132,7 +132,9 @@ fn start_watcher(
         }
         for path in &event.paths {
             let (dir, name) = split(path);
-            let Some(watched) = table.get(&dir) else { continue };
+            let Some(watched) = table.get(&dir) else {
+                continue;
+            };
             if name.to_string_lossy().starts_with("..") {
                 for slot in &watched.slots {
                     let _ = tx.send(Request::Slot(*slot, "file change"));
@@ -164,7 +166,10 @@ fn split(path: &Path) -> (PathBuf, std::ffi::OsString) {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     (dir, name)
 }
 

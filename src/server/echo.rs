@@ -15,7 +15,8 @@ use super::upgrade::Upgrade;
 
 /// The 101 for an echo connection.
 pub fn switching_protocols(upgrade: &Upgrade) -> Vec<u8> {
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
+    let accept =
+        tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
     let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
     );
@@ -46,7 +47,21 @@ where
         .write_buffer_size(0)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
-    let mut ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await;
+    let mut ws =
+        WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await;
+    let result = echo_loop(&mut ws, drain).await;
+    // End TLS properly (close_notify), so the client sees a clean end, not a truncation.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.get_mut().shutdown()).await;
+    result
+}
+
+async fn echo_loop<S>(
+    ws: &mut WebSocketStream<S>,
+    drain: &CancellationToken,
+) -> Result<u64, tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut echoed = 0u64;
     loop {
         tokio::select! {

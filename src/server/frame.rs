@@ -211,10 +211,18 @@ mod tests {
         stream.extend(frame(true, OP_CONTINUATION, 60, true));
         let mut t = FrameTracker::new(100);
         let third = second + 2 + 4 + 60;
-        assert_eq!(t.advance(&stream, false), Advance::TooBig { header_at: Some(third) });
+        assert_eq!(
+            t.advance(&stream, false),
+            Advance::TooBig {
+                header_at: Some(third)
+            }
+        );
         let mut t = FrameTracker::new(100);
         t.advance(&stream[..third + 1], false);
-        assert_eq!(t.advance(&stream[third + 1..], false), Advance::TooBig { header_at: None });
+        assert_eq!(
+            t.advance(&stream[third + 1..], false),
+            Advance::TooBig { header_at: None }
+        );
     }
 
     #[test]
@@ -225,7 +233,11 @@ mod tests {
         let m = close_frame(1009, "too big", true);
         assert_eq!(m[1], 0x80 | 9);
         let key = &m[2..6];
-        let unmasked: Vec<u8> = m[6..].iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
+        let unmasked: Vec<u8> = m[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
         assert_eq!(&unmasked[..2], &1009u16.to_be_bytes());
     }
 }

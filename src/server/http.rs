@@ -14,7 +14,10 @@ pub const MAX_HEADERS: usize = 64;
 /// Headers on every response wssd makes itself.
 pub const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("Strict-Transport-Security", "max-age=31536000"),
-    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
     ("X-Frame-Options", "DENY"),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
@@ -35,7 +38,10 @@ pub enum HeadError {
 /// Reads from `stream` until a complete head (ending in an empty line) is in `buf`.
 /// Returns the head's length; bytes after it (a client that did not wait for the 101)
 /// stay in `buf` for the next layer.
-pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Result<usize, HeadError> {
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<usize, HeadError> {
     let mut searched = 0;
     loop {
         if let Some(end) = find_head_end(buf, searched) {
@@ -85,12 +91,16 @@ impl Request {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(head) {
             Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(HeadError::Malformed("incomplete head".into())),
+            Ok(httparse::Status::Partial) => {
+                return Err(HeadError::Malformed("incomplete head".into()));
+            }
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
             Err(e) => return Err(HeadError::Malformed(e.to_string())),
         }
         if req.version != Some(1) {
-            return Err(HeadError::Malformed("only HTTP/1.1 can upgrade to WebSocket".into()));
+            return Err(HeadError::Malformed(
+                "only HTTP/1.1 can upgrade to WebSocket".into(),
+            ));
         }
         Ok(Request {
             method: req.method.unwrap_or_default().to_string(),
@@ -127,7 +137,9 @@ impl Response {
         let mut res = httparse::Response::new(&mut headers);
         match res.parse(head) {
             Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(HeadError::Malformed("incomplete head".into())),
+            Ok(httparse::Status::Partial) => {
+                return Err(HeadError::Malformed("incomplete head".into()));
+            }
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
             Err(e) => return Err(HeadError::Malformed(e.to_string())),
         }
@@ -154,7 +166,10 @@ fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-fn tokens<'a>(headers: &'a [(String, Vec<u8>)], name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+fn tokens<'a>(
+    headers: &'a [(String, Vec<u8>)],
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .iter()
         .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
@@ -219,19 +234,28 @@ mod tests {
         input.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
         let mut reader = input.as_slice();
         let mut buf = Vec::new();
-        assert!(matches!(read_head(&mut reader, &mut buf).await, Err(HeadError::TooLarge)));
+        assert!(matches!(
+            read_head(&mut reader, &mut buf).await,
+            Err(HeadError::TooLarge)
+        ));
     }
 
     #[tokio::test]
     async fn truncated_head_is_closed() {
         let mut reader: &[u8] = b"GET / HTTP/1.1\r\nHost";
         let mut buf = Vec::new();
-        assert!(matches!(read_head(&mut reader, &mut buf).await, Err(HeadError::Closed)));
+        assert!(matches!(
+            read_head(&mut reader, &mut buf).await,
+            Err(HeadError::Closed)
+        ));
     }
 
     #[test]
     fn tokens_across_repeated_headers() {
-        let req = Request::parse(b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nConnection: x\r\n\r\n").unwrap();
+        let req = Request::parse(
+            b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nConnection: x\r\n\r\n",
+        )
+        .unwrap();
         let t: Vec<_> = req.tokens("connection").collect();
         assert_eq!(t, ["keep-alive", "Upgrade", "x"]);
     }

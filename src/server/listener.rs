@@ -72,8 +72,14 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: Cancell
     tasks.close();
     let open = tasks.len();
     info!(connections = open, timeout = ?server.settings.drain_timeout, "draining");
-    if tokio::time::timeout(server.settings.drain_timeout, tasks.wait()).await.is_err() {
-        warn!(connections = tasks.len(), "drain timeout reached; closing the rest");
+    if tokio::time::timeout(server.settings.drain_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            connections = tasks.len(),
+            "drain timeout reached; closing the rest"
+        );
     }
 }
 
@@ -146,7 +152,13 @@ async fn handle(
         Ok(u) => u,
         Err(rejection) => {
             debug!(%peer, status = rejection.status, target = %request.target, "request refused");
-            reject(&mut tls, rejection.status, &rejection.headers, &rejection.message).await;
+            reject(
+                &mut tls,
+                rejection.status,
+                &rejection.headers,
+                &rejection.message,
+            )
+            .await;
             return;
         }
     };
@@ -155,7 +167,9 @@ async fn handle(
 
     match &settings.upstream {
         None => {
-            if let Err(e) = echo::serve(tls, early, &upgrade, settings.max_message_size, &drain).await {
+            if let Err(e) =
+                echo::serve(tls, early, &upgrade, settings.max_message_size, &drain).await
+            {
                 debug!(%peer, error = %e, "echo connection ended with an error");
             }
         }
@@ -180,7 +194,15 @@ async fn handle(
                 max_message_size: settings.max_message_size,
                 idle_timeout: settings.idle_timeout,
             };
-            let stats = relay::relay(tls, &early, connected.stream, &connected.early, limits, &drain).await;
+            let stats = relay::relay(
+                tls,
+                &early,
+                connected.stream,
+                &connected.early,
+                limits,
+                &drain,
+            )
+            .await;
             debug!(%peer, ?stats, "connection closed");
         }
     }
@@ -192,6 +214,8 @@ async fn reject<S: tokio::io::AsyncWrite + Unpin>(
     headers: &[(&str, &str)],
     body: &str,
 ) {
-    let _ = stream.write_all(&http::error_response(status, headers, body)).await;
+    let _ = stream
+        .write_all(&http::error_response(status, headers, body))
+        .await;
     let _ = stream.shutdown().await;
 }

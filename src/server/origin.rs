@@ -14,12 +14,20 @@ pub fn normalize_pattern(pattern: &str) -> Result<String, String> {
         )
     };
     let (scheme, rest) = p.split_once("://").ok_or_else(bad)?;
-    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') {
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+    {
         return Err(bad());
     }
     let host = rest.strip_prefix("*.").unwrap_or(rest);
     let host_only = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() { h } else { "/" }
+        if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() {
+            h
+        } else {
+            "/"
+        }
     });
     if host_only.is_empty()
         || !host_only
@@ -66,7 +74,10 @@ mod tests {
     use super::*;
 
     fn allowed(patterns: &[&str], origin: Option<&str>) -> bool {
-        let patterns: Vec<String> = patterns.iter().map(|p| normalize_pattern(p).unwrap()).collect();
+        let patterns: Vec<String> = patterns
+            .iter()
+            .map(|p| normalize_pattern(p).unwrap())
+            .collect();
         is_allowed(&patterns, origin)
     }
 
@@ -82,8 +93,14 @@ mod tests {
         assert!(allowed(&list, Some("https://app.example.com")));
         assert!(allowed(&list, Some("HTTPS://APP.example.com")));
         assert!(allowed(&list, Some("http://localhost:3000")));
-        assert!(!allowed(&list, Some("http://app.example.com")), "scheme matters");
-        assert!(!allowed(&list, Some("https://app.example.com:8443")), "port matters");
+        assert!(
+            !allowed(&list, Some("http://app.example.com")),
+            "scheme matters"
+        );
+        assert!(
+            !allowed(&list, Some("https://app.example.com:8443")),
+            "port matters"
+        );
         assert!(!allowed(&list, Some("https://app.example.com.evil.io")));
         assert!(!allowed(&list, None), "a list needs an Origin");
         assert!(!allowed(&list, Some("null")));
@@ -98,12 +115,20 @@ mod tests {
         assert!(!allowed(&list, Some("https://evilexample.com")));
         assert!(!allowed(&list, Some("http://a.example.com")));
         assert!(!allowed(&list, Some("https://a.example.com:444")));
-        assert!(allowed(&["https://*.example.com:8443"], Some("https://a.example.com:8443")));
+        assert!(allowed(
+            &["https://*.example.com:8443"],
+            Some("https://a.example.com:8443")
+        ));
     }
 
     #[test]
     fn bad_patterns_are_refused() {
-        for bad in ["example.com", "https://", "https://a.example.com/path", "://x"] {
+        for bad in [
+            "example.com",
+            "https://",
+            "https://a.example.com/path",
+            "://x",
+        ] {
             assert!(normalize_pattern(bad).is_err(), "{bad} accepted");
         }
     }

@@ -87,10 +87,13 @@ pub async fn connect(
         upstream: name.clone(),
         reason,
     };
-    let mut stream = tokio::time::timeout_at(deadline, TcpStream::connect((upstream.host.as_str(), upstream.port)))
-        .await
-        .map_err(|_| connect_err("timed out".into()))?
-        .map_err(|e| connect_err(e.to_string()))?;
+    let mut stream = tokio::time::timeout_at(
+        deadline,
+        TcpStream::connect((upstream.host.as_str(), upstream.port)),
+    )
+    .await
+    .map_err(|_| connect_err("timed out".into()))?
+    .map_err(|e| connect_err(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     let head = upstream_request(req, peer.ip(), upstream);
     let io = |source| ProxyError::Io {
@@ -109,11 +112,17 @@ pub async fn connect(
         .map_err(|e| refused(e.to_string()))?;
     let response = Response::parse(&buf[..end]).map_err(|e| refused(e.to_string()))?;
     if response.status != 101 {
-        return Err(refused(format!("it answered {} instead of 101", response.status)));
+        return Err(refused(format!(
+            "it answered {} instead of 101",
+            response.status
+        )));
     }
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
+    let accept =
+        tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
     if response.header("sec-websocket-accept") != Some(accept.as_str()) {
-        return Err(refused("its Sec-WebSocket-Accept does not match the key".into()));
+        return Err(refused(
+            "its Sec-WebSocket-Accept does not match the key".into(),
+        ));
     }
     Ok(Connected {
         stream,
@@ -123,7 +132,10 @@ pub async fn connect(
 }
 
 /// Sends `response` to the client: the upstream's 101, or an error status.
-pub async fn respond<S: AsyncWrite + Unpin>(client: &mut S, response: &[u8]) -> std::io::Result<()> {
+pub async fn respond<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    response: &[u8],
+) -> std::io::Result<()> {
     client.write_all(response).await?;
     client.flush().await
 }
@@ -135,12 +147,20 @@ pub fn upstream_request(req: &Request, peer: IpAddr, upstream: &Upstream) -> Vec
         .map(str::to_string)
         .unwrap_or_else(|| format!("{}:{}", upstream.host, upstream.port));
     let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(format!("GET {} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n", req.target).as_bytes());
+    out.extend_from_slice(
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+            req.target
+        )
+        .as_bytes(),
+    );
     // Headers the client named in Connection are hop-by-hop too.
     let named: Vec<&str> = req.tokens("connection").collect();
     for (name, value) in &req.headers {
         let lower = name.to_ascii_lowercase();
-        if NOT_FORWARDED.contains(&lower.as_str()) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        if NOT_FORWARDED.contains(&lower.as_str())
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+        {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -209,24 +229,38 @@ mod tests {
             b"GET /chat/room?id=7&x=%20 HTTP/1.1\r\nHost: app.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Secret\r\nX-Secret: hop\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nCookie: a=b\r\n\r\n",
         )
         .unwrap();
-        let text = String::from_utf8(upstream_request(&req, "10.1.2.3".parse().unwrap(), &up())).unwrap();
-        assert!(text.starts_with("GET /chat/room?id=7&x=%20 HTTP/1.1\r\nHost: app.example.com\r\n"), "{text}");
+        let text =
+            String::from_utf8(upstream_request(&req, "10.1.2.3".parse().unwrap(), &up())).unwrap();
+        assert!(
+            text.starts_with("GET /chat/room?id=7&x=%20 HTTP/1.1\r\nHost: app.example.com\r\n"),
+            "{text}"
+        );
         assert!(text.contains("Sec-WebSocket-Protocol: chat, superchat\r\n"));
         assert!(text.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
         assert!(text.contains("Cookie: a=b\r\n"));
         assert!(text.contains("X-Forwarded-For: 10.1.2.3\r\n"));
         assert!(text.contains("X-Forwarded-Proto: https\r\n"));
         assert!(text.contains("Forwarded: for=10.1.2.3;proto=https;host=\"app.example.com\"\r\n"));
-        assert!(!text.contains("6.6.6.6"), "client forwarding headers must not pass: {text}");
-        assert!(!text.contains("X-Secret"), "headers named in Connection are hop-by-hop");
+        assert!(
+            !text.contains("6.6.6.6"),
+            "client forwarding headers must not pass: {text}"
+        );
+        assert!(
+            !text.contains("X-Secret"),
+            "headers named in Connection are hop-by-hop"
+        );
         assert!(text.ends_with("\r\n\r\n"));
     }
 
     #[test]
     fn ipv6_peers_are_quoted_in_forwarded() {
         let req = Request::parse(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
-        let text = String::from_utf8(upstream_request(&req, "::1".parse().unwrap(), &up())).unwrap();
-        assert!(text.contains("Forwarded: for=\"[::1]\";proto=https"), "{text}");
+        let text =
+            String::from_utf8(upstream_request(&req, "::1".parse().unwrap(), &up())).unwrap();
+        assert!(
+            text.contains("Forwarded: for=\"[::1]\";proto=https"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -235,11 +269,16 @@ mod tests {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nSec-WebSocket-Protocol: superchat\r\nX-Frame-Options: SAMEORIGIN\r\n\r\n",
         )
         .unwrap();
-        let text = String::from_utf8(client_response(&res, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")).unwrap();
+        let text =
+            String::from_utf8(client_response(&res, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")).unwrap();
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(!text.contains("abc"));
         assert!(text.contains("Sec-WebSocket-Protocol: superchat\r\n"));
-        assert_eq!(text.matches("X-Frame-Options").count(), 1, "the upstream's own value wins");
+        assert_eq!(
+            text.matches("X-Frame-Options").count(),
+            1,
+            "the upstream's own value wins"
+        );
         assert!(text.contains("Strict-Transport-Security"));
     }
 }

@@ -74,7 +74,11 @@ impl Shared {
 
     fn close_frame(&self, masked: bool) -> Vec<u8> {
         let code = self.code.load(Ordering::Relaxed);
-        close_frame(code, self.reason.get().copied().unwrap_or("going away"), masked)
+        close_frame(
+            code,
+            self.reason.get().copied().unwrap_or("going away"),
+            masked,
+        )
     }
 }
 
@@ -180,15 +184,19 @@ impl Pump {
         }
     }
 
-    async fn run<R, W>(&mut self, src: &mut R, dst: &mut W, early: &[u8], shared: &Shared) -> std::io::Result<()>
+    async fn run<R, W>(
+        &mut self,
+        src: &mut R,
+        dst: &mut W,
+        early: &[u8],
+        shared: &Shared,
+    ) -> std::io::Result<()>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        if !early.is_empty() {
-            if let Flow::Done = self.forward(early, dst, shared).await? {
-                return Ok(());
-            }
+        if !early.is_empty() && matches!(self.forward(early, dst, shared).await?, Flow::Done) {
+            return Ok(());
         }
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -219,7 +227,12 @@ impl Pump {
         }
     }
 
-    async fn forward<W: AsyncWrite + Unpin>(&mut self, chunk: &[u8], dst: &mut W, shared: &Shared) -> std::io::Result<Flow> {
+    async fn forward<W: AsyncWrite + Unpin>(
+        &mut self,
+        chunk: &[u8],
+        dst: &mut W,
+        shared: &Shared,
+    ) -> std::io::Result<Flow> {
         if self.injected {
             return Ok(self.after_injection(chunk));
         }
@@ -249,7 +262,11 @@ impl Pump {
         }
     }
 
-    async fn write<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    async fn write<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut W,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -259,7 +276,11 @@ impl Pump {
         Ok(())
     }
 
-    async fn inject<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, shared: &Shared) -> std::io::Result<()> {
+    async fn inject<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut W,
+        shared: &Shared,
+    ) -> std::io::Result<()> {
         let frame = shared.close_frame(self.direction == Direction::Up);
         dst.write_all(&frame).await?;
         dst.flush().await?;
@@ -276,6 +297,10 @@ impl Pump {
             return Flow::Done;
         }
         let _ = self.tracker.advance(rest, false);
-        if self.tracker.close_seen { Flow::Done } else { Flow::Continue }
+        if self.tracker.close_seen {
+            Flow::Done
+        } else {
+            Flow::Continue
+        }
     }
 }

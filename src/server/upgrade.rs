@@ -35,7 +35,9 @@ impl Rejection {
 
 /// Checks `req` as an upgrade, with `allowed_origins` (empty: any).
 pub fn check(req: &Request, allowed_origins: &[String]) -> Result<Upgrade, Rejection> {
-    let wants_websocket = req.tokens("upgrade").any(|t| t.eq_ignore_ascii_case("websocket"));
+    let wants_websocket = req
+        .tokens("upgrade")
+        .any(|t| t.eq_ignore_ascii_case("websocket"));
     if !wants_websocket {
         return Err(Rejection::new(
             426,
@@ -47,22 +49,31 @@ pub fn check(req: &Request, allowed_origins: &[String]) -> Result<Upgrade, Rejec
     if req.method != "GET" {
         return Err(Rejection::new(405, "WebSocket upgrades use GET.\n").with("Allow", "GET"));
     }
-    if !req.tokens("connection").any(|t| t.eq_ignore_ascii_case("upgrade")) {
+    if !req
+        .tokens("connection")
+        .any(|t| t.eq_ignore_ascii_case("upgrade"))
+    {
         return Err(Rejection::new(400, "Connection: Upgrade is missing.\n"));
     }
     if req.header("sec-websocket-version") != Some("13") {
         return Err(
-            Rejection::new(426, "Only WebSocket version 13 is supported.\n").with("Sec-WebSocket-Version", "13"),
+            Rejection::new(426, "Only WebSocket version 13 is supported.\n")
+                .with("Sec-WebSocket-Version", "13"),
         );
     }
     let key = req.header("sec-websocket-key").unwrap_or_default();
     if !is_valid_key(key) {
-        return Err(Rejection::new(400, "Sec-WebSocket-Key is missing or malformed.\n"));
+        return Err(Rejection::new(
+            400,
+            "Sec-WebSocket-Key is missing or malformed.\n",
+        ));
     }
     if !origin::is_allowed(allowed_origins, req.header("origin")) {
         return Err(Rejection::new(403, "This Origin is not allowed.\n"));
     }
-    Ok(Upgrade { key: key.to_string() })
+    Ok(Upgrade {
+        key: key.to_string(),
+    })
 }
 
 /// A key is 16 random bytes, base64: 24 characters ending in `==`.
@@ -79,7 +90,8 @@ mod tests {
     use super::*;
 
     fn req(extra: &str) -> Request {
-        Request::parse(format!("GET /chat?x=1 HTTP/1.1\r\nHost: a\r\n{extra}\r\n").as_bytes()).unwrap()
+        Request::parse(format!("GET /chat?x=1 HTTP/1.1\r\nHost: a\r\n{extra}\r\n").as_bytes())
+            .unwrap()
     }
 
     const GOOD: &str = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";

@@ -1,0 +1,372 @@
+//! Shared test helpers: start the real `wssd` binary on `127.0.0.1:0`, make certificates
+//! with a throwaway CA, and connect real TLS + WebSocket clients. Every process started
+//! here is killed when its handle drops, also when a test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use pki_types::pem::PemObject;
+use pki_types::{CertificateDer, ServerName};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub const WSSD: &str = env!("CARGO_BIN_EXE_wssd");
+
+/// A running `wssd` process; killed on drop.
+pub struct Wssd {
+    child: Child,
+    pub addr: SocketAddr,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// Runs a `wssd` command to completion with its own data dir (XDG_DATA_HOME).
+pub fn wssd_cmd(home: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(WSSD)
+        .args(args)
+        .env("XDG_DATA_HOME", home.join("xdg"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run wssd")
+}
+
+impl Wssd {
+    /// Writes `config` to `dir/wssd.toml` and runs `wssd run --config` on it, waiting for
+    /// the "listening" line.
+    pub fn start(dir: &Path, config: &str) -> Wssd {
+        let path = dir.join("wssd.toml");
+        std::fs::write(&path, config).expect("write config");
+        Wssd::spawn(dir, &["run", "--config", path.to_str().unwrap()])
+    }
+
+    /// Runs `wssd ARGS` in `dir` and waits for the "listening" log line.
+    pub fn spawn(dir: &Path, args: &[&str]) -> Wssd {
+        let mut child = Command::new(WSSD)
+            .args(args)
+            .current_dir(dir)
+            .env("XDG_DATA_HOME", dir.join("xdg"))
+            .env("RUST_LOG", "wssd=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wssd");
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        let mut wssd = Wssd {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            stdout,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(addr) = wssd.logs().lines().find_map(|l| {
+                l.contains(" listening")
+                    .then(|| l.split("addr=").nth(1))
+                    .flatten()
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|a| a.parse().ok())
+            }) {
+                wssd.addr = addr;
+                return wssd;
+            }
+            if let Ok(Some(status)) = wssd.child.try_wait() {
+                panic!(
+                    "wssd exited with {status} before listening:\n{}",
+                    wssd.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wssd did not start:\n{}",
+                wssd.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a real signal (`HUP`, `TERM`, `INT`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count_logs(&self, needle: &str) -> usize {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until at least `n` log lines contain `needle`.
+    pub async fn wait_for_logs(&self, needle: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.count_logs(needle) < n {
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} log lines with {needle:?}, got {}:\n{}",
+                self.count_logs(needle),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Wssd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect<R: std::io::Read + Send + 'static>(reader: R) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// A throwaway CA for tests that need certificates the dev CA would not make
+/// (expired ones, mismatched pairs).
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert_pem: String,
+}
+
+/// A generated pair, PEM, with its serial (lowercase hex, as wssd prints it).
+#[derive(Clone)]
+pub struct Pair {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub serial: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        // A unique name: two CAs with one name make webpki try the wrong one's signature.
+        let id: String = (0..4).map(|_| format!("{:02x}", rand_byte())).collect();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("wssd test CA {id}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for `names` valid from `from` to `to` (relative to now, in seconds).
+    pub fn leaf_between(&self, names: &[&str], from: i64, to: i64) -> Pair {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let now = SystemTime::now();
+        let at = |offset: i64| {
+            if offset >= 0 {
+                now + Duration::from_secs(offset as u64)
+            } else {
+                now - Duration::from_secs(offset.unsigned_abs())
+            }
+        };
+        params.not_before = at(from).into();
+        params.not_after = at(to).into();
+        let mut serial = [0u8; 16];
+        for b in serial.iter_mut() {
+            *b = rand_byte();
+        }
+        serial[0] = 0x40 | (serial[0] & 0x3f);
+        params.serial_number = Some(serial.to_vec().into());
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Pair {
+            cert_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            key_pem: key.serialize_pem(),
+            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+
+    /// A leaf for `names` valid for 90 days.
+    pub fn leaf(&self, names: &[&str]) -> Pair {
+        self.leaf_between(names, -60, 90 * 86_400)
+    }
+}
+
+fn rand_byte() -> u8 {
+    let mut b = [0u8; 1];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    b[0]
+}
+
+/// A rustls client config trusting the CA certificates in `ca_pem`.
+pub fn client_config(ca_pem: &str) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = ClientConfig::builder_with_provider(wssd::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+pub type Wss = WebSocketStream<TlsStream<TcpStream>>;
+
+/// A TLS handshake to `addr` for `localhost`, returning the stream and the leaf's serial.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+) -> std::io::Result<(TlsStream<TcpStream>, String)> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    let serial = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|leaf| {
+            wssd::cert::inspect::CertSummary::from_der(leaf)
+                .unwrap()
+                .serial
+        })
+        .unwrap_or_default();
+    Ok((tls, serial))
+}
+
+/// The serial a fresh handshake sees now.
+pub async fn served_serial(addr: SocketAddr, config: &Arc<ClientConfig>) -> String {
+    tls_connect(addr, config).await.expect("TLS handshake").1
+}
+
+/// Polls fresh handshakes until one sees `serial`.
+pub async fn wait_for_serial(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    serial: &str,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = served_serial(addr, config).await;
+        if seen == serial {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still serving {seen}, expected {serial}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A WebSocket connection over TLS to `wss://localhost:PORT{path}`.
+pub async fn ws_connect(addr: SocketAddr, config: &Arc<ClientConfig>, path: &str) -> (Wss, String) {
+    let (tls, serial) = tls_connect(addr, config).await.expect("TLS handshake");
+    let url = format!("wss://localhost:{}{path}", addr.port());
+    let (ws, _) = tokio_tungstenite::client_async(url.into_client_request().unwrap(), tls)
+        .await
+        .expect("WebSocket upgrade");
+    (ws, serial)
+}
+
+/// Sends `text` and expects it back.
+pub async fn echo(ws: &mut Wss, text: &str) -> Result<(), String> {
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str() == text => return Ok(()),
+            Some(Ok(Message::Text(t))) => {
+                return Err(format!("expected {text:?}, got {:?}", t.as_str()));
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => return Err(format!("expected {text:?}, got {other:?}")),
+        }
+    }
+}
+
+/// Writes `contents` to `path` by temp file + rename.
+pub fn replace_file(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp-test");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A TOML config for one `files` certificate for localhost with the built-in echo.
+pub fn files_config(dir: &Path, extra_listener: &str, extra_top: &str) -> String {
+    format!(
+        "{extra_top}\ndata_dir = \"{data}\"\n[listener]\nbind = \"127.0.0.1:0\"\n{extra_listener}\n\n[[certificate]]\ndomains = [\"localhost\"]\nsource = \"files\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n",
+        data = dir.join("data").display(),
+        cert = dir.join("tls").join("cert.pem").display(),
+        key = dir.join("tls").join("key.pem").display(),
+    )
+}
+
+/// Writes `pair` as `dir/tls/cert.pem` and `dir/tls/key.pem`.
+pub fn write_pair(dir: &Path, pair: &Pair) -> PathBuf {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::write(tls.join("cert.pem"), &pair.cert_pem).unwrap();
+    std::fs::write(tls.join("key.pem"), &pair.key_pem).unwrap();
+    tls
+}

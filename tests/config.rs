@@ -1,0 +1,197 @@
+//! Configuration errors name the key, the line and the file, and exit 2; the example
+//! configs in config/ load.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn check(dir: &Path, config: &str) -> (Option<i32>, String) {
+    let path = dir.join("wssd.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = wssd_cmd(dir, &["check", "--config", path.to_str().unwrap()]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = r#"
+[listener]
+bind = "127.0.0.1:0"
+
+[[certificate]]
+domains = ["localhost"]
+source = "selfsigned"
+"#;
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = check(dir.path(), &GOOD.replace("bind =", "bnid = \"x\"\nbind ="));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.contains("unknown field `bnid`"), "{err}");
+    assert!(err.contains("listener"), "{err}");
+    assert!(err.contains("wssd.toml"), "{err}");
+}
+
+#[test]
+fn bad_duration_is_named_with_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = check(
+        dir.path(),
+        &GOOD.replace(
+            "bind = \"127.0.0.1:0\"",
+            "bind = \"127.0.0.1:0\"\nhandshake_timeout = \"10 parsecs\"",
+        ),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("listener.handshake_timeout"), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("10 parsecs"), "{err}");
+}
+
+#[test]
+fn bad_size_is_named_with_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = check(
+        dir.path(),
+        &GOOD.replace(
+            "bind = \"127.0.0.1:0\"",
+            "bind = \"127.0.0.1:0\"\nmax_message_size = \"lots\"",
+        ),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("listener.max_message_size") && err.contains("line 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_cert_file_is_named_with_key_line_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#"
+[[certificate]]
+domains = ["localhost"]
+source = "files"
+cert_file = "/nonexistent/wssd/cert.pem"
+key_file = "/nonexistent/wssd/key.pem"
+"#;
+    let (code, err) = check(dir.path(), config);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("certificate[0].cert_file"), "{err}");
+    assert!(err.contains("line 5"), "{err}");
+    assert!(err.contains("/nonexistent/wssd/cert.pem"), "{err}");
+    // `run` refuses the same config the same way.
+    let out = wssd_cmd(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            dir.path().join("wssd.toml").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("certificate[0].cert_file"));
+}
+
+#[test]
+fn bad_domain_and_bad_upstream_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = check(
+        dir.path(),
+        &GOOD.replace("[\"localhost\"]", "[\"bad name!\"]"),
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("certificate[0].domains[0]")
+            && err.contains("bad name!")
+            && err.contains("line 6"),
+        "{err}"
+    );
+    let (code, err) = check(
+        dir.path(),
+        &GOOD.replace("bind = \"127.0.0.1:0\"", "upstream = \"http://x:1/path\""),
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("listener.upstream") && err.contains("ws://"),
+        "{err}"
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = check(dir.path(), "[listener\nbind = 1\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn invalid_files_pair_fails_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let a = ca.leaf(&["localhost"]);
+    let b = ca.leaf(&["localhost"]);
+    write_pair(
+        dir.path(),
+        &Pair {
+            key_pem: b.key_pem,
+            ..a
+        },
+    );
+    let (code, err) = check(dir.path(), &files_config(dir.path(), "", ""));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("does not match"), "{err}");
+}
+
+#[test]
+fn example_configs_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dev = root.join("config/dev.toml");
+    let text = std::fs::read_to_string(&dev).unwrap();
+    wssd::config::Config::from_toml(&text, &dev).unwrap();
+    // dev.toml needs no files: `wssd check` passes as is.
+    let dir = tempfile::tempdir().unwrap();
+    let out = wssd_cmd(dir.path(), &["check", "--config", dev.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let sidecar = root.join("config/sidecar-files.toml");
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    let config = wssd::config::Config::from_toml(&text, &sidecar).unwrap();
+    assert!(config.listener.upstream.is_some());
+    assert_eq!(config.certificates[0].source, wssd::config::Source::Files);
+    // With its files present, `wssd check` passes on the same text.
+    let ca = TestCa::new();
+    let pair = ca.leaf(
+        &config.certificates[0]
+            .domains
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    std::fs::write(dir.path().join("tls.crt"), &pair.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &pair.key_pem).unwrap();
+    let local = text
+        .replace(
+            &config.certificates[0].cert_file.display().to_string(),
+            dir.path().join("tls.crt").to_str().unwrap(),
+        )
+        .replace(
+            &config.certificates[0].key_file.display().to_string(),
+            dir.path().join("tls.key").to_str().unwrap(),
+        );
+    let (code, err) = check(dir.path(), &local);
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -1,0 +1,249 @@
+//! `wssd selfsigned`: a leaf from the persistent dev CA that verifies, with the asked-for
+//! names, a private key file only its owner can read, and the same CA on every run.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use pki_types::pem::PemObject;
+use pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+fn chain(path: &std::path::Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn leaf_verifies_against_the_ca_with_the_requested_names() {
+    let home = tempfile::tempdir().unwrap();
+    let out_dir = home.path().join("certs");
+    let ca_dir = home.path().join("ca");
+    let out = wssd_cmd(
+        home.path(),
+        &[
+            "selfsigned",
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+            "--domain",
+            "app.test",
+            "--domain",
+            "10.1.2.3",
+            "--domain",
+            "::1",
+            "--days",
+            "30",
+            "--ca-dir",
+            ca_dir.to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "SHA-256 fingerprint",
+        "update-ca-certificates",
+        "certutil",
+        "security add-trusted-cert",
+        "created now",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing:\n{stdout}");
+    }
+
+    // rustls/webpki: the chain verifies for each name.
+    let certs = chain(&out_dir.join("cert.pem"));
+    assert_eq!(certs.len(), 2, "cert.pem is the leaf, then the CA");
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in chain(&out_dir.join("ca.pem")) {
+        roots.add(ca).unwrap();
+    }
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots.into(), wssd::tls::provider())
+        .build()
+        .unwrap();
+    for name in ["app.test", "10.1.2.3", "::1"] {
+        verifier
+            .verify_server_cert(
+                &certs[0],
+                &certs[1..],
+                &ServerName::try_from(name).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    assert!(
+        verifier
+            .verify_server_cert(
+                &certs[0],
+                &[],
+                &ServerName::try_from("other.test").unwrap(),
+                &[],
+                UnixTime::now()
+            )
+            .is_err()
+    );
+
+    // openssl agrees.
+    let openssl = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(out_dir.join("ca.pem"))
+        .arg(out_dir.join("cert.pem"))
+        .output()
+        .expect("openssl");
+    assert!(
+        openssl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&openssl.stdout)
+    );
+    assert!(String::from_utf8_lossy(&openssl.stdout).contains(": OK"));
+
+    // Names, EKU, validity; the CA is CA:TRUE with pathlen 0.
+    let (_, leaf) = X509Certificate::from_der(&certs[0]).unwrap();
+    let summary = wssd::cert::inspect::CertSummary::from_der(&certs[0]).unwrap();
+    assert_eq!(summary.dns_names, ["app.test"]);
+    assert_eq!(
+        summary.ip_addresses,
+        [
+            "10.1.2.3".parse::<std::net::IpAddr>().unwrap(),
+            "::1".parse().unwrap()
+        ]
+    );
+    assert!(
+        leaf.extended_key_usage()
+            .unwrap()
+            .unwrap()
+            .value
+            .server_auth
+    );
+    let lifetime = summary.lifetime();
+    assert!(
+        lifetime > Duration::from_secs(30 * 86_400) && lifetime < Duration::from_secs(31 * 86_400)
+    );
+    let (_, ca) = X509Certificate::from_der(&certs[1]).unwrap();
+    let bc = ca.basic_constraints().unwrap().unwrap().value;
+    assert!(bc.ca);
+    assert_eq!(bc.path_len_constraint, Some(0));
+    assert_eq!(
+        ca.public_key().algorithm.algorithm.to_id_string(),
+        "1.2.840.10045.2.1",
+        "ECDSA"
+    );
+
+    // Key and CA key are private; the key is PKCS#8.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out_dir.join("key.pem")), 0o600);
+    assert_eq!(mode(&ca_dir.join("ca-key.pem")), 0o600);
+    assert_eq!(mode(&ca_dir) & 0o077, 0, "CA directory open to others");
+    assert!(
+        std::fs::read_to_string(out_dir.join("key.pem"))
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+}
+
+#[test]
+fn second_run_reuses_the_ca() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |out: &str| {
+        let out_dir = home.path().join(out);
+        let output = wssd_cmd(
+            home.path(),
+            &["selfsigned", "--out-dir", out_dir.to_str().unwrap()],
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (
+            std::fs::read(out_dir.join("ca.pem")).unwrap(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            out_dir,
+        )
+    };
+    let (ca1, out1, dir1) = run("one");
+    let (ca2, out2, dir2) = run("two");
+    assert_eq!(ca1, ca2, "the CA must be reused");
+    assert!(
+        out1.contains("created now") && out2.contains("reused"),
+        "{out1}\n{out2}"
+    );
+    let fingerprint = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("SHA-256"))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(fingerprint(&out1), fingerprint(&out2));
+    // The default CA lives in the platform data dir, and default names are the loopback ones.
+    assert!(home.path().join("xdg/wssd/ca/ca.pem").exists());
+    let leaf = &chain(&dir2.join("cert.pem"))[0];
+    let summary = wssd::cert::inspect::CertSummary::from_der(leaf).unwrap();
+    assert_eq!(summary.dns_names, ["localhost"]);
+    assert_eq!(summary.ip_addresses.len(), 2);
+    assert_ne!(
+        std::fs::read(dir1.join("key.pem")).unwrap(),
+        std::fs::read(dir2.join("key.pem")).unwrap()
+    );
+}
+
+#[test]
+fn bad_domain_is_refused_with_exit_2() {
+    let home = tempfile::tempdir().unwrap();
+    let out_dir = home.path().join("out");
+    let out = wssd_cmd(
+        home.path(),
+        &[
+            "selfsigned",
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+            "--domain",
+            "bad name!",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad name!") && err.contains("not a valid DNS name"),
+        "{err}"
+    );
+    assert!(!out_dir.exists(), "nothing is written on bad input");
+}
+
+#[test]
+fn unwritable_out_dir_is_refused_with_exit_2() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let out_dir = file.join("certs");
+    let out = wssd_cmd(
+        home.path(),
+        &["selfsigned", "--out-dir", out_dir.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--out-dir") && err.contains("a-file/certs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn days_out_of_range_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let out = wssd_cmd(
+        home.path(),
+        &["selfsigned", "--out-dir", "x", "--days", "0"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
