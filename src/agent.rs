@@ -101,6 +101,7 @@ pub async fn run(
                 })?;
                 if let Provisioned::Issued(s) = &provisioned {
                     info!(certificate = index, %domains, serial = %s.serial, not_after = %rfc3339(s.not_after), "issued a certificate from the dev CA");
+                    deploy_hook(index, cert).await;
                 }
             }
             Source::Files => {}
@@ -225,6 +226,7 @@ async fn renew_selfsigned(
                 due = schedule::renew_at(s.not_before, s.not_after, None);
                 if let Provisioned::Issued(s) = &provisioned {
                     info!(certificate = index, domains = %cert.domain_list(), serial = %s.serial, "renewed from the dev CA");
+                    deploy_hook(index, &cert).await;
                 }
                 // Through the reload task, not the watcher: watching may be off.
                 reload.reload_slot(index, "renewal");
@@ -238,5 +240,20 @@ async fn renew_selfsigned(
                 error!(certificate = index, error = %e, "renewal task failed");
             }
         }
+    }
+}
+
+/// Runs a certificate's deploy hook off the runtime; a failure is logged, never fatal.
+async fn deploy_hook(index: usize, cert: &crate::config::CertificateConfig) {
+    if cert.deploy_hook.is_none() {
+        return;
+    }
+    let c = cert.clone();
+    match tokio::task::spawn_blocking(move || crate::hooks::run_deploy_hook(&c)).await {
+        Ok(Ok(())) => info!(certificate = index, domains = %cert.domain_list(), "deploy hook ran"),
+        Ok(Err(e)) => {
+            warn!(certificate = index, domains = %cert.domain_list(), error = %e, "deploy hook failed")
+        }
+        Err(e) => warn!(certificate = index, error = %e, "deploy hook task failed"),
     }
 }

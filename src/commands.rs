@@ -47,6 +47,26 @@ impl From<config::ConfigError> for CommandError {
 
 pub type Outcome = Result<i32, CommandError>;
 
+/// This build cannot provision ACME certificates: say so as a configuration error.
+pub fn refuse_acme(config: &Config) -> Result<(), CommandError> {
+    match config
+        .certificates
+        .iter()
+        .position(|c| c.source == Source::Acme)
+    {
+        None => Ok(()),
+        Some(index) => Err(CommandError::usage(anyhow::anyhow!(
+            "{}: certificate[{index}] ({}): source = \"acme\" is not available in this build yet; use \"selfsigned\" or \"files\"",
+            config
+                .file
+                .as_deref()
+                .unwrap_or(Path::new("config"))
+                .display(),
+            config.certificates[index].domain_list()
+        ))),
+    }
+}
+
 /// `wssd selfsigned`
 pub fn selfsigned(
     out_dir: &Path,
@@ -135,6 +155,7 @@ pub fn print_trust_instructions(ca: &Path) {
 pub fn check(path: &Path) -> Outcome {
     crate::tls::install_default_provider();
     let config = Config::load(path)?;
+    refuse_acme(&config)?;
     println!("{}: configuration is valid", path.display());
     let l = &config.listener;
     match &l.upstream {
@@ -225,6 +246,10 @@ pub fn status(path: &Path, json: bool) -> Outcome {
         let renew_before = config.acme.as_ref().and_then(|a| a.renew_before);
         let (next_renewal, renewal_reason) = match (cert.source, summary) {
             (Source::Files, _) => (None, Some("files are renewed outside wssd".to_string())),
+            (Source::Acme, None) => (
+                None,
+                Some("source = \"acme\" is not available in this build yet".to_string()),
+            ),
             (_, None) => (
                 Some(rfc3339(now)),
                 Some("missing or invalid: issued at the next run".to_string()),
@@ -305,7 +330,10 @@ pub fn issue(path: &Path) -> Outcome {
                         "certificate[{index}] {domains}: issued serial {} (expires {})",
                         s.serial,
                         rfc3339(s.not_after)
-                    )
+                    );
+                    if let Err(e) = crate::hooks::run_deploy_hook(cert) {
+                        eprintln!("certificate[{index}] {domains}: {e}");
+                    }
                 }
                 Ok(Provisioned::Fresh(s)) => {
                     println!(

@@ -318,7 +318,7 @@ struct RawListener {
     #[serde(default, deserialize_with = "de_upstream")]
     upstream: Option<Upstream>,
     allowed_origins: Option<Vec<Spanned<String>>>,
-    max_connections: Option<usize>,
+    max_connections: Option<std::num::NonZeroUsize>,
     #[serde(default, deserialize_with = "de_duration")]
     handshake_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
@@ -449,7 +449,9 @@ impl Config {
                     listener.allowed_origins.push(normalized);
                 }
             }
-            listener.max_connections = l.max_connections.unwrap_or(listener.max_connections);
+            listener.max_connections = l
+                .max_connections
+                .map_or(listener.max_connections, |n| n.get());
             listener.handshake_timeout = l.handshake_timeout.unwrap_or(listener.handshake_timeout);
             listener.idle_timeout = l.idle_timeout.unwrap_or(listener.idle_timeout);
             listener.max_message_size = l.max_message_size.unwrap_or(listener.max_message_size);

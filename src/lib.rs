@@ -21,6 +21,7 @@ pub mod cert;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod hooks;
 pub mod metrics;
 pub mod probe;
 pub mod provision;

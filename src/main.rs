@@ -82,6 +82,7 @@ fn run(config_path: Option<&Path>) -> Outcome {
         None if default_file.exists() => Config::load(default_file)?,
         None => Config::dev_mode(),
     };
+    commands::refuse_acme(&config)?;
     let rt = runtime()?;
     rt.block_on(wssd::agent::run(config, announce))
         .map_err(CommandError::runtime)?;

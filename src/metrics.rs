@@ -9,6 +9,8 @@ pub struct Metrics {
     pub certificate_reloads_error: AtomicU64,
     pub connections_active: AtomicI64,
     pub connections_total: AtomicU64,
+    /// Refused over `max_connections`.
+    pub connections_refused: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
     pub acme_orders_ok: AtomicU64,
     pub acme_orders_error: AtomicU64,

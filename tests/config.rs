@@ -195,3 +195,32 @@ fn example_configs_load() {
     let (code, err) = check(dir.path(), &local);
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// Every TOML example in the README and the config reference parses with the real parser
+/// (fragments are completed with a minimal certificate), so the docs cannot drift from
+/// the code: a renamed or removed key fails here.
+#[test]
+fn every_toml_example_in_the_docs_parses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for doc in ["README.md", "docs/config.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        for (i, block) in text.split("```toml\n").skip(1).enumerate() {
+            let block = block.split("```").next().unwrap();
+            let mut toml = block.to_string();
+            if toml.contains("source = \"acme\"") && !toml.contains("[acme]") {
+                toml.push_str("\n[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\n");
+            }
+            if !toml.contains("[[certificate]]") {
+                toml.push_str(
+                    "\n[[certificate]]\ndomains = [\"localhost\"]\nsource = \"selfsigned\"\n",
+                );
+            }
+            if let Err(e) = wssd::config::Config::from_toml(&toml, Path::new(doc)) {
+                panic!("{doc}, TOML block {}: {e}\n{block}", i + 1);
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} examples found");
+}

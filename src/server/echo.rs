@@ -2,6 +2,8 @@
 //! mode, smoke tests, `wssd probe --send`): every text or binary message comes back
 //! unchanged; pings are answered; a close is returned with the same code.
 
+use std::time::Duration;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
@@ -34,6 +36,7 @@ pub async fn serve<S>(
     early: Vec<u8>,
     upgrade: &Upgrade,
     max_message_size: u64,
+    idle_timeout: Duration,
     drain: &CancellationToken,
 ) -> Result<u64, tokio_tungstenite::tungstenite::Error>
 where
@@ -49,7 +52,7 @@ where
         .max_frame_size(Some(limit));
     let mut ws =
         WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await;
-    let result = echo_loop(&mut ws, drain).await;
+    let result = echo_loop(&mut ws, idle_timeout, drain).await;
     // End TLS properly (close_notify), so the client sees a clean end, not a truncation.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.get_mut().shutdown()).await;
     result
@@ -57,6 +60,7 @@ where
 
 async fn echo_loop<S>(
     ws: &mut WebSocketStream<S>,
+    idle_timeout: Duration,
     drain: &CancellationToken,
 ) -> Result<u64, tokio_tungstenite::tungstenite::Error>
 where
@@ -65,7 +69,9 @@ where
     let mut echoed = 0u64;
     loop {
         tokio::select! {
-            message = ws.next() => match message {
+            message = tokio::time::timeout(idle_timeout, ws.next()) => match message {
+                Err(_) => return close(ws, "idle timeout").await.map(|()| echoed),
+                Ok(message) => match message {
                 Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
                     ws.send(m).await?;
                     echoed += 1;
@@ -73,14 +79,26 @@ where
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e),
                 None => return Ok(echoed),
-            },
-            _ = drain.cancelled() => {
-                let frame = CloseFrame { code: CloseCode::Away, reason: "going away".into() };
-                ws.close(Some(frame)).await?;
-                let wait = async { while let Some(Ok(_)) = ws.next().await {} };
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), wait).await;
-                return Ok(echoed);
-            }
+            }},
+            _ = drain.cancelled() => return close(ws, "going away").await.map(|()| echoed),
         }
     }
+}
+
+/// Closes with 1001 and waits briefly for the client's close reply.
+async fn close<S>(
+    ws: &mut WebSocketStream<S>,
+    reason: &str,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::Away,
+        reason: reason.into(),
+    };
+    ws.close(Some(frame)).await?;
+    let wait = async { while let Some(Ok(_)) = ws.next().await {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+    Ok(())
 }

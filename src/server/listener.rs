@@ -56,6 +56,7 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: Cancell
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            Metrics::inc(&server.metrics.connections_refused);
             debug!(%peer, "max_connections reached; connection refused");
             drop(stream);
             continue;
@@ -167,8 +168,15 @@ async fn handle(
 
     match &settings.upstream {
         None => {
-            if let Err(e) =
-                echo::serve(tls, early, &upgrade, settings.max_message_size, &drain).await
+            if let Err(e) = echo::serve(
+                tls,
+                early,
+                &upgrade,
+                settings.max_message_size,
+                settings.idle_timeout,
+                &drain,
+            )
+            .await
             {
                 debug!(%peer, error = %e, "echo connection ended with an error");
             }

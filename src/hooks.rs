@@ -1,0 +1,101 @@
+//! Deploy hooks: the user's command, run after wssd writes a new certificate, so that
+//! other programs using the same files can pick it up (`systemctl reload my-app`).
+//!
+//! The hook runs through `sh -c` with `WSSD_DOMAINS` (comma-separated), `WSSD_CERT_FILE`
+//! and `WSSD_KEY_FILE` in its environment. A failing hook is reported with its exit
+//! status and the tail of its stderr; it never undoes the certificate, which is already
+//! written and served.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::CertificateConfig;
+
+/// How long a hook may run before it is killed.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("cannot start deploy hook {hook:?}: {source}")]
+    Start {
+        hook: String,
+        source: std::io::Error,
+    },
+    #[error("deploy hook {hook:?} failed ({status}){}", stderr_suffix(stderr))]
+    Failed {
+        hook: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(": {stderr}")
+    }
+}
+
+/// Runs `cert`'s deploy hook, if it has one, and waits for it (blocking).
+pub fn run_deploy_hook(cert: &CertificateConfig) -> Result<(), HookError> {
+    let Some(hook) = &cert.deploy_hook else {
+        return Ok(());
+    };
+    let start = |source| HookError::Start {
+        hook: hook.clone(),
+        source,
+    };
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(hook)
+        .env("WSSD_DOMAINS", cert.domain_list())
+        .env("WSSD_CERT_FILE", &cert.cert_file)
+        .env("WSSD_KEY_FILE", &cert.key_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(start)?;
+    // Read stderr on the side so a chatty hook cannot fill the pipe and stall.
+    let mut pipe = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(p) = pipe.as_mut() {
+            let _ = p.read_to_string(&mut text);
+        }
+        text
+    });
+    let deadline = Instant::now() + HOOK_TIMEOUT;
+    let status = loop {
+        match child.try_wait().map_err(start)? {
+            Some(status) if status.success() => {
+                let _ = reader.join();
+                return Ok(());
+            }
+            Some(status) => break status.to_string(),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break format!("killed after {}s", HOOK_TIMEOUT.as_secs());
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let stderr = reader.join().unwrap_or_default();
+    let tail: String = stderr
+        .trim()
+        .chars()
+        .rev()
+        .take(1000)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(HookError::Failed {
+        hook: hook.clone(),
+        status,
+        stderr: tail,
+    })
+}
