@@ -1,0 +1,121 @@
+//! `source = "selfsigned"` in `wssd run`: a due certificate is re-issued from the same dev
+//! CA at start-up, and a running wssd re-issues when the renewal time comes, swapping the
+//! new certificate in while a live connection keeps echoing.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use rcgen::{CertificateParams, Issuer, KeyPair};
+
+const DAY: u64 = 86_400;
+
+/// Signs a localhost leaf with the dev CA in `ca_dir`, valid from `not_before` for 90 days,
+/// and writes it where the config expects it. Returns its serial.
+fn plant_leaf(ca_dir: &Path, cert_dir: &Path, not_before: SystemTime) -> String {
+    let ca_pem = std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap();
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca-key.pem")).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = not_before.into();
+    params.not_after = (not_before + Duration::from_secs(90 * DAY)).into();
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    std::fs::create_dir_all(cert_dir).unwrap();
+    std::fs::write(cert_dir.join("cert.pem"), format!("{}{ca_pem}", leaf.pem())).unwrap();
+    std::fs::write(cert_dir.join("key.pem"), key.serialize_pem()).unwrap();
+    wssd::cert::inspect::CertSummary::from_der(leaf.der())
+        .unwrap()
+        .serial
+}
+
+fn setup() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    // Make the dev CA the way a user would.
+    let out = wssd_cmd(
+        dir.path(),
+        &[
+            "selfsigned",
+            "--out-dir",
+            dir.path().join("scratch").to_str().unwrap(),
+            "--ca-dir",
+            ca_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    let config = format!(
+        "data_dir = \"{data}\"\nca_dir = \"{ca}\"\n[listener]\nbind = \"127.0.0.1:0\"\n[[certificate]]\ndomains = [\"localhost\"]\nsource = \"selfsigned\"\n",
+        data = dir.path().join("data").display(),
+        ca = ca_dir.display()
+    );
+    (dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_certificate_is_reissued_at_startup() {
+    let (dir, config) = setup();
+    let cert_dir = dir.path().join("data/certs/localhost");
+    // 80 of 90 days gone: inside the last third.
+    let old = plant_leaf(
+        &dir.path().join("ca"),
+        &cert_dir,
+        SystemTime::now() - Duration::from_secs(80 * DAY),
+    );
+    let wssd = Wssd::start(dir.path(), &config);
+    let ca = std::fs::read_to_string(dir.path().join("ca/ca.pem")).unwrap();
+    let served = served_serial(wssd.addr, &client_config(&ca)).await;
+    assert_ne!(served, old, "a due certificate must be replaced");
+    assert!(wssd.logs().contains("issued a certificate from the dev CA"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_wssd_renews_and_swaps_without_dropping_connections() {
+    let (dir, config) = setup();
+    let cert_dir = dir.path().join("data/certs/localhost");
+    // Renewal falls due 3 seconds from now (two thirds into a 90-day lifetime).
+    let not_before = SystemTime::now() + Duration::from_secs(3) - Duration::from_secs(60 * DAY);
+    let old = plant_leaf(&dir.path().join("ca"), &cert_dir, not_before);
+    let wssd = Wssd::start(dir.path(), &config);
+    let ca = std::fs::read_to_string(dir.path().join("ca/ca.pem")).unwrap();
+    let client = client_config(&ca);
+    assert_eq!(
+        served_serial(wssd.addr, &client).await,
+        old,
+        "not due yet at start-up"
+    );
+    let (mut live, _) = ws_connect(wssd.addr, &client, "/").await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        echo(&mut live, "during renewal").await.unwrap();
+        let now = served_serial(wssd.addr, &client).await;
+        if now != old {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewal:\n{}",
+            wssd.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    echo(&mut live, "after renewal").await.unwrap();
+    assert!(
+        wssd.logs().contains("renewed from the dev CA"),
+        "{}",
+        wssd.logs()
+    );
+    // The renewed certificate is on disk, from the same CA, with a full lifetime.
+    let pair = wssd::cert::pair::load_pair(
+        &cert_dir.join("cert.pem"),
+        &cert_dir.join("key.pem"),
+        &[wssd::config::Domain::parse("localhost").unwrap()],
+        SystemTime::now(),
+    )
+    .unwrap();
+    assert_eq!(pair.summary.days_left(SystemTime::now()), 89);
+}
