@@ -13,6 +13,12 @@
 //! boundary (masked towards the upstream), and stops forwarding. The client's close
 //! reply ends the connection.
 //!
+//! Measured before choosing (release build, 50 connections echoing through wssd to a
+//! local upstream, wssd's user+sys CPU per round trip, 2 cores shared with the client):
+//! pass-through 12.7 µs at 64 B and 20.4 µs at 16 KiB; decoding and re-encoding every
+//! message with tokio-tungstenite on both sides 17.6 µs and 33.6 µs, with ~15% lower
+//! throughput at 64 B. `examples/loadgen.rs` and `examples/upstream_echo.rs` reproduce it.
+//!
 //! Both directions run in the connection's own task (no extra spawn), each with one
 //! fixed buffer; the write of a chunk completes before the next read, so a slow reader
 //! on one side slows the other side's sender (TCP backpressure), and memory stays flat.
@@ -25,8 +31,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{Advance, FrameTracker, close_frame};
 
-/// Bytes read per chunk in each direction (one TLS record's worth of plaintext).
-const CHUNK: usize = 16 * 1024;
+/// Each direction's read buffer starts small, so an idle connection costs little, and
+/// doubles whenever a read fills it, up to a size where a 16 KiB message plus its frame
+/// header moves in one read and one write (measured: 16 KiB buffers cost ~25% more CPU
+/// per 16 KiB message than 64 KiB ones, as each message took two reads and two writes).
+const CHUNK_START: usize = 4 * 1024;
+const CHUNK_MAX: usize = 64 * 1024;
 /// After one side has gone, how long the other may take to finish.
 const LINGER: Duration = Duration::from_secs(5);
 
@@ -198,7 +208,7 @@ impl Pump {
         if !early.is_empty() && matches!(self.forward(early, dst, shared).await?, Flow::Done) {
             return Ok(());
         }
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; CHUNK_START];
         loop {
             let n = tokio::select! {
                 biased;
@@ -223,6 +233,9 @@ impl Pump {
             shared.touch();
             if let Flow::Done = self.forward(&buf[..n], dst, shared).await? {
                 return Ok(());
+            }
+            if n == buf.len() && buf.len() < CHUNK_MAX {
+                buf.resize(buf.len() * 2, 0);
             }
         }
     }
