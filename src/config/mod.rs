@@ -16,7 +16,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::units;
+mod names;
+mod raw;
+
+pub use names::{Domain, Upstream};
+use raw::RawConfig;
 
 /// Where the zero-config dev mode listens, and the default `[listener] bind`.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8443";
@@ -89,61 +93,6 @@ impl Default for ListenerConfig {
     }
 }
 
-/// A plain `ws://host:port` upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    pub host: String,
-    pub port: u16,
-}
-
-impl fmt::Display for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "ws://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "ws://{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl std::str::FromStr for Upstream {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let uri: tokio_tungstenite::tungstenite::http::Uri = text
-            .parse()
-            .map_err(|e| format!("invalid URL {text:?}: {e}"))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => {
-                return Err(format!(
-                    "{text:?}: a wss:// upstream is not supported; wssd terminates TLS and speaks plain ws:// to the upstream"
-                ));
-            }
-            _ => {
-                return Err(format!(
-                    "{text:?}: the upstream must be a ws:// URL, like \"ws://127.0.0.1:9000\""
-                ));
-            }
-        }
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("{text:?}: the upstream URL has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
-                "{text:?}: the upstream URL must not have a path or query; each client's own path and query are forwarded unchanged"
-            ));
-        }
-        Ok(Upstream {
-            host,
-            port: uri.port_u16().unwrap_or(80),
-        })
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
@@ -176,67 +125,6 @@ pub enum KeyType {
     EcdsaP384,
     #[serde(rename = "rsa2048")]
     Rsa2048,
-}
-
-/// A name a certificate covers: a DNS name (possibly `*.` wildcard) or an IP address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub enum Domain {
-    Dns(String),
-    Ip(IpAddr),
-}
-
-impl Domain {
-    /// Parses a name from the command line or the config file.
-    pub fn parse(text: &str) -> Result<Domain, String> {
-        let text = text.trim();
-        if let Ok(ip) = text
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
-            return Ok(Domain::Ip(ip));
-        }
-        let name = text.trim_end_matches('.').to_ascii_lowercase();
-        let labels = name.strip_prefix("*.").unwrap_or(&name);
-        let valid_label = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        };
-        if name.is_empty() || name.len() > 253 || !labels.split('.').all(valid_label) {
-            return Err(format!(
-                "{text:?} is not a valid DNS name or IP address (letters, digits, '-' and '.' only; a wildcard only as a leading \"*.\")"
-            ));
-        }
-        Ok(Domain::Dns(name))
-    }
-
-    /// A file-system-safe form, for default paths under `data_dir`.
-    pub fn dir_name(&self) -> String {
-        self.to_string()
-            .replace("*.", "_wildcard.")
-            .replace(':', "_")
-    }
-}
-
-impl TryFrom<String> for Domain {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        Domain::parse(&text)
-    }
-}
-
-impl fmt::Display for Domain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Domain::Dns(name) => f.write_str(name),
-            Domain::Ip(ip) => write!(f, "{ip}"),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -294,94 +182,6 @@ pub struct AcmeConfig {
     pub eab_kid: Option<String>,
     pub eab_hmac_key: Option<Secret>,
     pub profile: Option<String>,
-}
-
-// ---- the file as serde reads it ----
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    data_dir: Option<PathBuf>,
-    ca_dir: Option<PathBuf>,
-    watch: Option<bool>,
-    listener: Option<RawListener>,
-    admin: Option<RawAdmin>,
-    #[serde(default)]
-    certificate: Vec<Spanned<RawCertificate>>,
-    acme: Option<Spanned<RawAcme>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListener {
-    bind: Option<SocketAddr>,
-    #[serde(default, deserialize_with = "de_upstream")]
-    upstream: Option<Upstream>,
-    allowed_origins: Option<Vec<Spanned<String>>>,
-    max_connections: Option<std::num::NonZeroUsize>,
-    #[serde(default, deserialize_with = "de_duration")]
-    handshake_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    idle_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_size")]
-    max_message_size: Option<u64>,
-    #[serde(default, deserialize_with = "de_duration")]
-    drain_timeout: Option<Duration>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    bind: SocketAddr,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCertificate {
-    #[serde(default)]
-    domains: Vec<Domain>,
-    source: Source,
-    cert_file: Option<Spanned<PathBuf>>,
-    key_file: Option<Spanned<PathBuf>>,
-    deploy_hook: Option<String>,
-    key_type: Option<KeyType>,
-    profile: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAcme {
-    directory: String,
-    #[serde(default)]
-    contact: Vec<String>,
-    challenge: Option<Challenge>,
-    http01_bind: Option<SocketAddr>,
-    dns01_hook: Option<PathBuf>,
-    ca_file: Option<Spanned<PathBuf>>,
-    #[serde(default, deserialize_with = "de_duration")]
-    renew_before: Option<Duration>,
-    eab_kid: Option<String>,
-    eab_hmac_key: Option<Secret>,
-    profile: Option<String>,
-}
-
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    units::parse_duration(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
-fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let text = String::deserialize(d)?;
-    units::parse_size(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
-fn de_upstream<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Upstream>, D::Error> {
-    let text = String::deserialize(d)?;
-    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 impl Config {

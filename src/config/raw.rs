@@ -1,0 +1,104 @@
+//! The config file exactly as serde reads it: every section rejects unknown keys, and
+//! values are checked for shape as they are read (durations, sizes, addresses, names),
+//! so an error carries its key path and line. [`super::Config::from_toml`] turns these
+//! into the typed settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Challenge, Domain, KeyType, Secret, Source, Upstream};
+use crate::units;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) data_dir: Option<PathBuf>,
+    pub(super) ca_dir: Option<PathBuf>,
+    pub(super) watch: Option<bool>,
+    pub(super) listener: Option<RawListener>,
+    pub(super) admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub(super) certificate: Vec<Spanned<RawCertificate>>,
+    pub(super) acme: Option<Spanned<RawAcme>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub(super) bind: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "de_upstream")]
+    pub(super) upstream: Option<Upstream>,
+    pub(super) allowed_origins: Option<Vec<Spanned<String>>>,
+    pub(super) max_connections: Option<std::num::NonZeroUsize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub(super) handshake_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub(super) idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_size")]
+    pub(super) max_message_size: Option<u64>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub(super) drain_timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) bind: SocketAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertificate {
+    #[serde(default)]
+    pub(super) domains: Vec<Domain>,
+    pub(super) source: Source,
+    pub(super) cert_file: Option<Spanned<PathBuf>>,
+    pub(super) key_file: Option<Spanned<PathBuf>>,
+    pub(super) deploy_hook: Option<String>,
+    pub(super) key_type: Option<KeyType>,
+    pub(super) profile: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAcme {
+    pub(super) directory: String,
+    #[serde(default)]
+    pub(super) contact: Vec<String>,
+    pub(super) challenge: Option<Challenge>,
+    pub(super) http01_bind: Option<SocketAddr>,
+    pub(super) dns01_hook: Option<PathBuf>,
+    pub(super) ca_file: Option<Spanned<PathBuf>>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub(super) renew_before: Option<Duration>,
+    pub(super) eab_kid: Option<String>,
+    pub(super) eab_hmac_key: Option<Secret>,
+    pub(super) profile: Option<String>,
+}
+
+pub(super) fn de_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    units::parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+pub(super) fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    units::parse_size(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+pub(super) fn de_upstream<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Upstream>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
