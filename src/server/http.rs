@@ -89,14 +89,7 @@ impl Request {
     pub fn parse(head: &[u8]) -> Result<Request, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        match req.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => {
-                return Err(HeadError::Malformed("incomplete head".into()));
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(e) => return Err(HeadError::Malformed(e.to_string())),
-        }
+        complete(req.parse(head))?;
         if req.version != Some(1) {
             return Err(HeadError::Malformed(
                 "only HTTP/1.1 can upgrade to WebSocket".into(),
@@ -105,11 +98,7 @@ impl Request {
         Ok(Request {
             method: req.method.unwrap_or_default().to_string(),
             target: req.path.unwrap_or_default().to_string(),
-            headers: req
-                .headers
-                .iter()
-                .map(|h| (h.name.to_string(), h.value.to_vec()))
-                .collect(),
+            headers: owned(req.headers),
         })
     }
 
@@ -135,27 +124,33 @@ impl Response {
     pub fn parse(head: &[u8]) -> Result<Response, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut headers);
-        match res.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => {
-                return Err(HeadError::Malformed("incomplete head".into()));
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(e) => return Err(HeadError::Malformed(e.to_string())),
-        }
+        complete(res.parse(head))?;
         Ok(Response {
             status: res.code.unwrap_or_default(),
-            headers: res
-                .headers
-                .iter()
-                .map(|h| (h.name.to_string(), h.value.to_vec()))
-                .collect(),
+            headers: owned(res.headers),
         })
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
     }
+}
+
+/// A head read by [`read_head`] is complete; anything else is malformed.
+fn complete(parsed: httparse::Result<usize>) -> Result<(), HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(_)) => Ok(()),
+        Ok(httparse::Status::Partial) => Err(HeadError::Malformed("incomplete head".into())),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
+fn owned(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|h| (h.name.to_string(), h.value.to_vec()))
+        .collect()
 }
 
 fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
