@@ -81,6 +81,19 @@ pub async fn run(
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
 
+    for (index, cert) in config.certificates.iter().enumerate().skip(1) {
+        if let Some(ip) = cert
+            .domains
+            .iter()
+            .find(|d| matches!(d, crate::config::Domain::Ip(_)))
+        {
+            warn!(
+                certificate = index,
+                %ip,
+                "clients connecting to an IP address send no SNI and get certificate[0]; list IP addresses in the first certificate"
+            );
+        }
+    }
     let metrics = Arc::new(Metrics::default());
     let reloader = Arc::new(Reloader::new(config.certificates.clone(), metrics.clone()));
     for (index, cert) in config.certificates.iter().enumerate() {
@@ -117,6 +130,8 @@ pub async fn run(
 
     let shutdown = CancellationToken::new();
     let reload = watch::spawn(reloader.clone(), config.watch, shutdown.clone())?;
+    // A change between the first load and the watcher's start would go unseen: look again.
+    reload.reload_all("startup");
     let tls = crate::tls::server_config(reloader.resolver())?;
     let listener = TcpListener::bind(config.listener.bind)
         .await
@@ -243,17 +258,19 @@ async fn renew_selfsigned(
     }
 }
 
-/// Runs a certificate's deploy hook off the runtime; a failure is logged, never fatal.
+/// Starts a certificate's deploy hook in the background: a slow hook must hold up
+/// neither start-up nor renewal. A failure is logged, never fatal.
 async fn deploy_hook(index: usize, cert: &crate::config::CertificateConfig) {
     if cert.deploy_hook.is_none() {
         return;
     }
     let c = cert.clone();
-    match tokio::task::spawn_blocking(move || crate::hooks::run_deploy_hook(&c)).await {
-        Ok(Ok(())) => info!(certificate = index, domains = %cert.domain_list(), "deploy hook ran"),
-        Ok(Err(e)) => {
-            warn!(certificate = index, domains = %cert.domain_list(), error = %e, "deploy hook failed")
+    tokio::spawn(async move {
+        let domains = c.domain_list();
+        match tokio::task::spawn_blocking(move || crate::hooks::run_deploy_hook(&c)).await {
+            Ok(Ok(())) => info!(certificate = index, %domains, "deploy hook ran"),
+            Ok(Err(e)) => warn!(certificate = index, %domains, error = %e, "deploy hook failed"),
+            Err(e) => warn!(certificate = index, error = %e, "deploy hook task failed"),
         }
-        Err(e) => warn!(certificate = index, error = %e, "deploy hook task failed"),
-    }
+    });
 }

@@ -237,7 +237,8 @@ struct StatusEntry {
 /// `wssd status`
 pub fn status(path: &Path, json: bool) -> Outcome {
     crate::tls::install_default_provider();
-    let config = Config::load(path)?;
+    // A missing file is what status is for: report it rather than refuse.
+    let config = Config::parse_file(path)?;
     let now = SystemTime::now();
     let mut entries = Vec::new();
     for (index, cert) in config.certificates.iter().enumerate() {

@@ -7,6 +7,7 @@
 //! written and served.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,26 +57,31 @@ pub fn run_deploy_hook(cert: &CertificateConfig) -> Result<(), HookError> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // Its own process group, so a timeout can stop everything the hook started.
+        .process_group(0)
         .spawn()
         .map_err(start)?;
-    // Read stderr on the side so a chatty hook cannot fill the pipe and stall.
+    // Read stderr on the side so a chatty hook cannot fill the pipe and stall. A hook
+    // that leaves a background process holding the pipe must not hold wssd: the text is
+    // taken from a channel with a deadline, and the reader thread is left to finish.
     let mut pipe = child.stderr.take();
-    let reader = std::thread::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut text = String::new();
         if let Some(p) = pipe.as_mut() {
             let _ = p.read_to_string(&mut text);
         }
-        text
+        let _ = tx.send(text);
     });
     let deadline = Instant::now() + HOOK_TIMEOUT;
     let status = loop {
         match child.try_wait().map_err(start)? {
-            Some(status) if status.success() => {
-                let _ = reader.join();
-                return Ok(());
-            }
+            Some(status) if status.success() => return Ok(()),
             Some(status) => break status.to_string(),
             None if Instant::now() >= deadline => {
+                let _ = Command::new("kill")
+                    .args(["-s", "KILL", "--", &format!("-{}", child.id())])
+                    .status();
                 let _ = child.kill();
                 let _ = child.wait();
                 break format!("killed after {}s", HOOK_TIMEOUT.as_secs());
@@ -83,7 +89,7 @@ pub fn run_deploy_hook(cert: &CertificateConfig) -> Result<(), HookError> {
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let stderr = reader.join().unwrap_or_default();
+    let stderr = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
     let tail: String = stderr
         .trim()
         .chars()

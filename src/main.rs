@@ -84,8 +84,10 @@ fn run(config_path: Option<&Path>) -> Outcome {
     };
     commands::refuse_acme(&config)?;
     let rt = runtime()?;
-    rt.block_on(wssd::agent::run(config, announce))
-        .map_err(CommandError::runtime)?;
+    let result = rt.block_on(wssd::agent::run(config, announce));
+    // Blocking work still running (a slow deploy hook) must not delay the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result.map_err(CommandError::runtime)?;
     Ok(0)
 }
 

@@ -193,10 +193,11 @@ fn parse_url(url: &str) -> Result<Target, String> {
 
 async fn run(opts: &ProbeOptions, report: &mut ProbeReport) -> Result<(), String> {
     let target = parse_url(&opts.url)?;
-    let url = opts
-        .url
-        .replacen("https://", "wss://", 1)
-        .replacen("http://", "ws://", 1);
+    // tungstenite wants ws(s)://; only the scheme changes, never the rest of the URL.
+    let url = match opts.url.split_once("://") {
+        Some((_, rest)) => format!("{}://{rest}", if target.tls { "wss" } else { "ws" }),
+        None => opts.url.clone(),
+    };
     let started = Instant::now();
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await

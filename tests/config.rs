@@ -71,6 +71,31 @@ fn bad_size_is_named_with_key_and_line() {
 }
 
 #[test]
+fn zero_timeouts_and_sizes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value, message) in [
+        ("handshake_timeout", "\"0s\"", "longer than zero"),
+        ("idle_timeout", "\"0s\"", "longer than zero"),
+        ("max_message_size", "\"0\"", "larger than zero"),
+        ("drain_timeout", "\"500000 years\"", "longer than ten years"),
+        ("max_connections", "0", "nonzero"),
+    ] {
+        let config = GOOD.replace(
+            "bind = \"127.0.0.1:0\"",
+            &format!("bind = \"127.0.0.1:0\"\n{key} = {value}"),
+        );
+        let (code, err) = check(dir.path(), &config);
+        assert_eq!(code, Some(2), "{key}: {err}");
+        assert!(
+            err.contains(&format!("listener.{key}"))
+                && err.contains("line 4")
+                && err.contains(message),
+            "{key}: {err}"
+        );
+    }
+}
+
+#[test]
 fn missing_cert_file_is_named_with_key_line_and_path() {
     let dir = tempfile::tempdir().unwrap();
     let config = r#"

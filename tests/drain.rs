@@ -87,3 +87,26 @@ async fn sigterm_closes_proxied_clients_with_1001_and_exits_0() {
     });
     drain(&format!("upstream = \"ws://{up}\"")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_closes_an_oversize_message_with_1009() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    write_pair(dir.path(), &ca.leaf(&["localhost"]));
+    let wssd = Wssd::start(
+        dir.path(),
+        &files_config(dir.path(), "max_message_size = \"1KiB\"", ""),
+    );
+    let (mut ws, _) = ws_connect(wssd.addr, &client_config(&ca.cert_pem), "/").await;
+    echo(&mut ws, &"a".repeat(1024)).await.unwrap();
+    futures_util::SinkExt::send(&mut ws, Message::text("b".repeat(2048)))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1009),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+}

@@ -116,3 +116,22 @@ fn acme_is_refused_clearly_in_this_build() {
         );
     }
 }
+
+#[test]
+fn a_hook_that_leaves_a_background_process_does_not_hold_wssd() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "data_dir = \"{}\"\nca_dir = \"{}\"\n[[certificate]]\ndomains = [\"localhost\"]\nsource = \"selfsigned\"\ndeploy_hook = \"sleep 30 &\"\n",
+        dir.path().join("data").display(),
+        dir.path().join("ca").display()
+    );
+    let path = dir.path().join("wssd.toml");
+    std::fs::write(&path, config).unwrap();
+    let started = std::time::Instant::now();
+    let out = wssd_cmd(dir.path(), &["issue", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "wssd waited for the hook's background child"
+    );
+}

@@ -313,3 +313,46 @@ async fn upstream_refusing_the_upgrade_gets_a_502() {
         other => panic!("expected HTTP 502, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_message_is_closed_with_1009_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    write_pair(dir.path(), &ca.leaf(&["localhost"]));
+    let (up, mut seen) = upstream().await;
+    let config = files_config(
+        dir.path(),
+        &format!("upstream = \"ws://{up}\"\nmax_message_size = \"64KiB\""),
+        "",
+    );
+    let wssd = Wssd::start(dir.path(), &config);
+    let (mut ws, _) = ws_connect(wssd.addr, &client_config(&ca.cert_pem), "/").await;
+    let fits = vec![7u8; 64 * 1024];
+    ws.send(Message::binary(fits.clone())).await.unwrap();
+    assert_eq!(
+        next_data(&mut ws).await,
+        Message::binary(fits),
+        "a message at the limit passes"
+    );
+    ws.send(Message::binary(vec![7u8; 128 * 1024]))
+        .await
+        .unwrap();
+    match next_data(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1009),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+    // The upstream is told too, and never sees the oversize message.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Seen::Close(close) => {
+                assert_eq!(close.map(|c| c.0), Some(1009));
+                break;
+            }
+            Seen::Request { .. } => continue,
+        }
+    }
+}

@@ -67,6 +67,32 @@ async fn zero_config_serves_localhost_8443_and_probe_succeeds() {
         wssd_cmd(dir.path(), &full).status.success(),
         "printed command failed: {line}"
     );
+    // Relative paths are watched too: a new pair written into ./wssd-data is served.
+    let before = wssd::cert::inspect::CertSummary::from_der(
+        &pki_types::pem::PemObject::from_pem_file(
+            dir.path().join("wssd-data/certs/localhost/cert.pem"),
+        )
+        .map(|c: pki_types::CertificateDer<'static>| c.to_vec())
+        .unwrap(),
+    )
+    .unwrap();
+    let out = wssd_cmd(
+        dir.path(),
+        &["selfsigned", "--out-dir", "wssd-data/certs/localhost"],
+    );
+    assert!(out.status.success());
+    let after = wssd::cert::inspect::CertSummary::from_der(
+        &pki_types::pem::PemObject::from_pem_file(
+            dir.path().join("wssd-data/certs/localhost/cert.pem"),
+        )
+        .map(|c: pki_types::CertificateDer<'static>| c.to_vec())
+        .unwrap(),
+    )
+    .unwrap();
+    assert_ne!(before.serial, after.serial);
+    let client = client_config(&std::fs::read_to_string(&ca).unwrap());
+    wait_for_serial(wssd.addr, &client, &after.serial, Duration::from_secs(10)).await;
+
     // A dev certificate landed under ./wssd-data with a 0600 key.
     use std::os::unix::fs::PermissionsExt;
     let key = dir.path().join("wssd-data/certs/localhost/key.pem");

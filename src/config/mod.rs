@@ -187,13 +187,18 @@ pub struct AcmeConfig {
 impl Config {
     /// Reads and parses a config file, then checks the files it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::parse_file(path)?;
+        config.check_files()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a config file without looking at the files it names.
+    pub fn parse_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let config = Config::from_toml(&text, path)?;
-        config.check_files()?;
-        Ok(config)
+        Config::from_toml(&text, path)
     }
 
     /// Parses config text; `file` is only used to name the file in errors.

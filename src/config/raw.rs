@@ -34,11 +34,11 @@ pub(super) struct RawListener {
     pub(super) upstream: Option<Upstream>,
     pub(super) allowed_origins: Option<Vec<Spanned<String>>>,
     pub(super) max_connections: Option<std::num::NonZeroUsize>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_timeout")]
     pub(super) handshake_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_timeout")]
     pub(super) idle_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_size")]
+    #[serde(default, deserialize_with = "de_nonzero_size")]
     pub(super) max_message_size: Option<u64>,
     #[serde(default, deserialize_with = "de_duration")]
     pub(super) drain_timeout: Option<Duration>,
@@ -80,20 +80,45 @@ pub(super) struct RawAcme {
     pub(super) profile: Option<String>,
 }
 
+/// The longest duration accepted anywhere: beyond it, deadline arithmetic could overflow,
+/// and no real setting is that long.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86_400);
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    let value = units::parse_duration(&text).map_err(serde::de::Error::custom)?;
+    if value > MAX_DURATION {
+        return Err(serde::de::Error::custom(format!(
+            "{text:?} is longer than ten years"
+        )));
+    }
+    Ok(value)
+}
+
 pub(super) fn de_duration<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    units::parse_duration(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    duration(d).map(Some)
 }
 
-pub(super) fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+/// A timeout: zero would fail every connection.
+pub(super) fn de_timeout<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    match duration(d)? {
+        Duration::ZERO => Err(serde::de::Error::custom("must be longer than zero")),
+        value => Ok(Some(value)),
+    }
+}
+
+pub(super) fn de_nonzero_size<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u64>, D::Error> {
     let text = String::deserialize(d)?;
-    units::parse_size(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    match units::parse_size(&text).map_err(serde::de::Error::custom)? {
+        0 => Err(serde::de::Error::custom("must be larger than zero")),
+        value => Ok(Some(value)),
+    }
 }
 
 pub(super) fn de_upstream<'de, D: serde::Deserializer<'de>>(

@@ -130,6 +130,13 @@ fn start_watcher(
         if matches!(event.kind, EventKind::Access(AccessKind::Open(_))) {
             return;
         }
+        // The kernel's event queue overflowed: anything may have changed.
+        if event.need_rescan() {
+            for slot in table.values().flat_map(|w| &w.slots) {
+                let _ = tx.send(Request::Slot(*slot, "file change"));
+            }
+            return;
+        }
         for path in &event.paths {
             let (dir, name) = split(path);
             let Some(watched) = table.get(&dir) else {
@@ -161,11 +168,14 @@ fn start_watcher(
     Ok(watcher)
 }
 
+/// The absolute directory and the file name of `path`. Absolute, because notify reports
+/// events under absolute paths even for a relative watch, and the two must compare equal.
 fn split(path: &Path) -> (PathBuf, std::ffi::OsString) {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
     let name = path
         .file_name()
         .map(|n| n.to_os_string())

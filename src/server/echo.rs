@@ -7,9 +7,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::http::SECURITY_HEADERS;
@@ -38,7 +38,7 @@ pub async fn serve<S>(
     max_message_size: u64,
     idle_timeout: Duration,
     drain: &CancellationToken,
-) -> Result<u64, tokio_tungstenite::tungstenite::Error>
+) -> Result<u64, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -62,43 +62,62 @@ async fn echo_loop<S>(
     ws: &mut WebSocketStream<S>,
     idle_timeout: Duration,
     drain: &CancellationToken,
-) -> Result<u64, tokio_tungstenite::tungstenite::Error>
+) -> Result<u64, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut echoed = 0u64;
     loop {
-        tokio::select! {
-            message = tokio::time::timeout(idle_timeout, ws.next()) => match message {
-                Err(_) => return close(ws, "idle timeout").await.map(|()| echoed),
-                Ok(message) => match message {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    ws.send(m).await?;
-                    echoed += 1;
+        let message = tokio::select! {
+            message = tokio::time::timeout(idle_timeout, ws.next()) => message,
+            _ = drain.cancelled() => return close(ws, CloseCode::Away, "going away").await.map(|()| echoed),
+        };
+        match message {
+            Err(_) => {
+                return close(ws, CloseCode::Away, "idle timeout")
+                    .await
+                    .map(|()| echoed);
+            }
+            Ok(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
+                // A client that stops reading must not hold the connection forever.
+                match tokio::time::timeout(idle_timeout, ws.send(m)).await {
+                    Ok(sent) => sent?,
+                    Err(_) => return Ok(echoed),
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e),
-                None => return Ok(echoed),
-            }},
-            _ = drain.cancelled() => return close(ws, "going away").await.map(|()| echoed),
+                echoed += 1;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(WsError::Capacity(e)))) => {
+                close(ws, CloseCode::Size, "message too big").await?;
+                return Err(WsError::Capacity(e));
+            }
+            Ok(Some(Err(WsError::Protocol(e)))) => {
+                close(ws, CloseCode::Protocol, "protocol error").await?;
+                return Err(WsError::Protocol(e));
+            }
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(None) => return Ok(echoed),
         }
     }
 }
 
-/// Closes with 1001 and waits briefly for the client's close reply.
-async fn close<S>(
-    ws: &mut WebSocketStream<S>,
-    reason: &str,
-) -> Result<(), tokio_tungstenite::tungstenite::Error>
+/// Closes with `code` and waits briefly for the client's close reply; gives up on a
+/// client that does not read.
+async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let frame = CloseFrame {
-        code: CloseCode::Away,
+        code,
         reason: reason.into(),
     };
-    ws.close(Some(frame)).await?;
-    let wait = async { while let Some(Ok(_)) = ws.next().await {} };
-    let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
-    Ok(())
+    let handshake = async {
+        ws.close(Some(frame)).await?;
+        while let Some(Ok(_)) = ws.next().await {}
+        Ok::<(), WsError>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), handshake).await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
 }

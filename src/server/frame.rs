@@ -20,10 +20,23 @@ pub enum Advance {
     Consumed,
     /// A frame boundary was reached after this many bytes (asked for by `stop_at_boundary`).
     Boundary(usize),
-    /// A frame header pushed its message past the size limit. `header_at` is the offset
-    /// of that header's first byte in the data, or `None` if it began in an earlier chunk.
-    TooBig { header_at: Option<usize> },
+    /// A frame header breaks a rule wssd enforces: `code` is the close code to answer
+    /// with (1009 message too big, 1002 protocol error). `header_at` is the offset of that
+    /// header's first byte in the data, or `None` if it began in an earlier chunk;
+    /// `resume_at` is where the data after the header starts.
+    Violation {
+        code: u16,
+        header_at: Option<usize>,
+        resume_at: usize,
+    },
 }
+
+/// Close code for a message over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a frame no endpoint may send.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// The largest control frame payload (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: u64 = 125;
 
 #[derive(Debug, Clone)]
 pub struct FrameTracker {
@@ -32,6 +45,8 @@ pub struct FrameTracker {
     payload_left: u64,
     message_len: u64,
     limit: u64,
+    /// Still checking frames (until the first violation).
+    strict: bool,
     /// A close frame has gone by.
     pub close_seen: bool,
     /// Complete data messages that have gone by.
@@ -47,6 +62,7 @@ impl FrameTracker {
             payload_left: 0,
             message_len: 0,
             limit,
+            strict: true,
             close_seen: false,
             messages: 0,
         }
@@ -83,19 +99,36 @@ impl FrameTracker {
             let (fin, opcode, payload_len) = self.parse_header();
             self.header_len = 0;
             self.payload_left = payload_len;
-            match opcode {
-                OP_CLOSE => self.close_seen = true,
+            let violation = match opcode {
                 OP_CONTINUATION | OP_TEXT | OP_BINARY => {
                     self.message_len = self.message_len.saturating_add(payload_len);
-                    if self.message_len > self.limit {
-                        return Advance::TooBig { header_at };
-                    }
-                    if fin {
+                    if fin && self.message_len <= self.limit {
                         self.messages += 1;
                         self.message_len = 0;
                     }
+                    (self.message_len > self.limit).then_some(CLOSE_TOO_BIG)
                 }
-                _ => {}
+                0x8..=0xA if self.strict && (payload_len > MAX_CONTROL_PAYLOAD || !fin) => {
+                    Some(CLOSE_PROTOCOL_ERROR)
+                }
+                OP_CLOSE => {
+                    self.close_seen = true;
+                    None
+                }
+                0x9 | 0xA => None,
+                _ if self.strict => Some(CLOSE_PROTOCOL_ERROR),
+                _ => None,
+            };
+            if let Some(code) = violation {
+                // Report once; what follows is only walked for frame boundaries.
+                self.limit = u64::MAX;
+                self.message_len = 0;
+                self.strict = false;
+                return Advance::Violation {
+                    code,
+                    header_at,
+                    resume_at: i,
+                };
             }
         }
     }
@@ -209,19 +242,66 @@ mod tests {
         let second = stream.len();
         stream.extend(frame(false, OP_BINARY, 60, true));
         stream.extend(frame(true, OP_CONTINUATION, 60, true));
-        let mut t = FrameTracker::new(100);
         let third = second + 2 + 4 + 60;
+        stream.extend(frame(true, OP_CLOSE, 2, true));
+        let mut t = FrameTracker::new(100);
         assert_eq!(
             t.advance(&stream, false),
-            Advance::TooBig {
-                header_at: Some(third)
+            Advance::Violation {
+                code: CLOSE_TOO_BIG,
+                header_at: Some(third),
+                resume_at: third + 6
             }
         );
+        // After a violation the tracker keeps its place: the close after the frame is seen.
+        assert_eq!(t.advance(&stream[third + 6..], false), Advance::Consumed);
+        assert!(t.close_seen);
+        assert_eq!(t.messages, 1);
+
         let mut t = FrameTracker::new(100);
         t.advance(&stream[..third + 1], false);
         assert_eq!(
             t.advance(&stream[third + 1..], false),
-            Advance::TooBig { header_at: None }
+            Advance::Violation {
+                code: CLOSE_TOO_BIG,
+                header_at: None,
+                resume_at: 5
+            }
+        );
+    }
+
+    #[test]
+    fn oversize_control_frames_and_reserved_opcodes_are_protocol_errors() {
+        let mut t = FrameTracker::new(u64::MAX);
+        let ping = frame(true, 0x9, 126, true);
+        assert!(matches!(
+            t.advance(&ping, false),
+            Advance::Violation {
+                code: CLOSE_PROTOCOL_ERROR,
+                ..
+            }
+        ));
+        let mut t = FrameTracker::new(u64::MAX);
+        let fragmented_close = frame(false, OP_CLOSE, 2, true);
+        assert!(matches!(
+            t.advance(&fragmented_close, false),
+            Advance::Violation {
+                code: CLOSE_PROTOCOL_ERROR,
+                ..
+            }
+        ));
+        let mut t = FrameTracker::new(u64::MAX);
+        assert!(matches!(
+            t.advance(&frame(true, 0x3, 1, true), false),
+            Advance::Violation {
+                code: CLOSE_PROTOCOL_ERROR,
+                ..
+            }
+        ));
+        let mut t = FrameTracker::new(u64::MAX);
+        assert_eq!(
+            t.advance(&frame(true, 0x9, 125, true), false),
+            Advance::Consumed
         );
     }
 

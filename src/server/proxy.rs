@@ -145,7 +145,8 @@ pub fn upstream_request(req: &Request, peer: IpAddr, upstream: &Upstream) -> Vec
     let host = req
         .header("host")
         .map(str::to_string)
-        .unwrap_or_else(|| format!("{}:{}", upstream.host, upstream.port));
+        // `upgrade::check` refuses requests without Host; this is for completeness.
+        .unwrap_or_else(|| upstream.to_string().trim_start_matches("ws://").to_string());
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(
         format!(

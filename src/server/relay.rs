@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{Advance, FrameTracker, close_frame};
+use super::frame::{Advance, CLOSE_TOO_BIG, FrameTracker, close_frame};
 
 /// Each direction's read buffer starts small, so an idle connection costs little, and
 /// doubles whenever a read fills it, up to a size where a 16 KiB message plus its frame
@@ -41,7 +41,6 @@ const CHUNK_MAX: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(5);
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
-pub const CLOSE_TOO_BIG: u16 = 1009;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -132,10 +131,17 @@ where
         tokio::pin!(up, down, idle);
         // When one direction ends cleanly, the other gets a moment to finish (the
         // peer's close reply, its EOF); when one fails, the connection is over.
+        // Once wssd has asked for a close, the peers get LINGER to finish it, however
+        // they behave (a client that stopped reading leaves a write pending forever).
+        let close_deadline = async {
+            shared.close.cancelled().await;
+            tokio::time::sleep(LINGER).await;
+        };
         tokio::select! {
             r = &mut up => if r.is_ok() { let _ = tokio::time::timeout(LINGER, &mut down).await; },
             r = &mut down => if r.is_ok() { let _ = tokio::time::timeout(LINGER, &mut up).await; },
             _ = &mut idle => {}
+            _ = close_deadline => {}
         }
     }
     // Close both sides for real: TLS close_notify to the client, FIN to the upstream.
@@ -259,18 +265,27 @@ impl Pump {
                 self.inject(dst, shared).await?;
                 Ok(self.after_injection(&chunk[at..]))
             }
-            Advance::TooBig { header_at } => {
-                shared.request_close(CLOSE_TOO_BIG, "message too big");
+            Advance::Violation {
+                code,
+                header_at,
+                resume_at,
+            } => {
+                let reason = if code == CLOSE_TOO_BIG {
+                    "message too big"
+                } else {
+                    "protocol error"
+                };
+                shared.request_close(code, reason);
                 self.closing = true;
                 if let Some(at) = header_at {
                     self.write(dst, &chunk[..at]).await?;
                     self.inject(dst, shared).await?;
                 } else {
-                    // Part of the oversize frame's header already went out; the peer gets
+                    // Part of the offending frame's header already went out; the peer gets
                     // no close frame, only the end of the connection.
                     self.injected = true;
                 }
-                Ok(self.after_injection(&[]))
+                Ok(self.after_injection(&chunk[resume_at..]))
             }
         }
     }

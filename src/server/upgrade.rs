@@ -61,6 +61,9 @@ pub fn check(req: &Request, allowed_origins: &[String]) -> Result<Upgrade, Rejec
                 .with("Sec-WebSocket-Version", "13"),
         );
     }
+    if req.header("host").is_none_or(str::is_empty) {
+        return Err(Rejection::new(400, "Host is missing.\n"));
+    }
     let key = req.header("sec-websocket-key").unwrap_or_default();
     if !is_valid_key(key) {
         return Err(Rejection::new(
@@ -122,6 +125,12 @@ mod tests {
         assert_eq!(check(&req(&old), &[]).unwrap_err().status, 426);
         let bad = GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
         assert_eq!(check(&req(&bad), &[]).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn missing_host_is_a_bad_request() {
+        let r = Request::parse(format!("GET / HTTP/1.1\r\n{GOOD}\r\n").as_bytes()).unwrap();
+        assert_eq!(check(&r, &[]).unwrap_err().status, 400);
     }
 
     #[test]

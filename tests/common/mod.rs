@@ -35,6 +35,7 @@ pub struct Wssd {
 pub fn wssd_cmd(home: &Path, args: &[&str]) -> std::process::Output {
     Command::new(WSSD)
         .args(args)
+        .current_dir(home)
         .env("XDG_DATA_HOME", home.join("xdg"))
         .env_remove("RUST_LOG")
         .output()
