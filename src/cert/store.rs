@@ -4,6 +4,13 @@
 //! created with its final mode (0600 for keys) before any byte is written, flushed with
 //! fsync, renamed over the target, and the directory fsynced so the rename survives a
 //! crash. A reader (wssd's own watcher, nginx, the app) sees the old file or the new one.
+//!
+//! A certificate and its key are two files, and no rename replaces two files at once, so
+//! pairs that wssd manages go through [`write_pair`], which uses the layout of a
+//! Kubernetes Secret volume: the files live in a versioned directory, `..data` is a
+//! symlink to the current version, and `cert.pem`/`key.pem` are symlinks through
+//! `..data`. One rename of `..data` switches both, so a reader (and a crash at any
+//! point) finds the old pair or the new pair, never one of each.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -30,6 +37,12 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{} and {} must be two different files in one directory, so that they can be replaced together",
+        cert.display(),
+        key.display()
+    )]
+    SplitPair { cert: PathBuf, key: PathBuf },
 }
 
 /// Creates `dir` (and parents) if missing; a directory this creates gets `mode`.
@@ -86,22 +99,143 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Store
     result.map_err(err)
 }
 
-/// Writes a certificate chain and its key. The key goes first: until the certificate
-/// follows, a reader sees a mismatched pair, which validation refuses and retries, so the
-/// old certificate keeps serving; it never sees a certificate without its key.
+/// The symlink that names the current version of a pair.
+const DATA_LINK: &str = "..data";
+/// Versioned directories are called `..wssd-<nanoseconds>-<n>`.
+const VERSION_PREFIX: &str = "..wssd-";
+
+/// Writes a certificate chain and its key as one unit (see the module docs). Both paths
+/// must be in the same directory; they end up as symlinks into `..data/`.
 pub fn write_pair(
     cert_path: &Path,
     key_path: &Path,
     cert_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<(), StoreError> {
-    for path in [cert_path, key_path] {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            ensure_dir(dir, PRIVATE_DIR_MODE)?;
+    let (dir, cert_name, key_name) = pair_names(cert_path, key_path)?;
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Write { path, source }
+    };
+    ensure_dir(&dir, PRIVATE_DIR_MODE)?;
+    // A pair of plain files (written by hand, or by an older wssd) first becomes a version
+    // of its own, so that turning the names into symlinks never mixes old and new.
+    let linked = is_link_into_data(&dir, &cert_name) && is_link_into_data(&dir, &key_name);
+    if !linked {
+        if let (Ok(old_cert), Ok(old_key)) = (fs::read(cert_path), fs::read(key_path)) {
+            switch_version(&dir, &cert_name, &key_name, &old_cert, &old_key)?;
+        }
+        for name in [&cert_name, &key_name] {
+            let target = Path::new(DATA_LINK).join(name);
+            let tmp = dir.join(format!(".{}.tmp-link", name.to_string_lossy()));
+            let _ = fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&target, &tmp).map_err(err(&tmp))?;
+            fs::rename(&tmp, dir.join(name)).map_err(err(&dir.join(name)))?;
+        }
+        sync_dir(&dir)?;
+    }
+    let current = switch_version(&dir, &cert_name, &key_name, cert_pem, key_pem)?;
+    // Older versions are no longer reachable; a failure to remove one costs only space.
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(VERSION_PREFIX) && name != current.as_os_str() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
         }
     }
-    write_atomic(key_path, key_pem, KEY_MODE)?;
-    write_atomic(cert_path, cert_pem, CERT_MODE)
+    Ok(())
+}
+
+/// Writes a new version directory and points `..data` at it. Returns its name.
+fn switch_version(
+    dir: &Path,
+    cert_name: &std::ffi::OsStr,
+    key_name: &std::ffi::OsStr,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<PathBuf, StoreError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let name = PathBuf::from(format!(
+        "{VERSION_PREFIX}{nanos}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let version = dir.join(&name);
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Write { path, source }
+    };
+    fs::DirBuilder::new()
+        .mode(PRIVATE_DIR_MODE)
+        .create(&version)
+        .map_err(err(&version))?;
+    write_new(&version.join(key_name), key_pem, KEY_MODE)?;
+    write_new(&version.join(cert_name), cert_pem, CERT_MODE)?;
+    sync_dir(&version)?;
+    let tmp = dir.join("..data_tmp");
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&name, &tmp).map_err(err(&tmp))?;
+    fs::rename(&tmp, dir.join(DATA_LINK)).map_err(err(&dir.join(DATA_LINK)))?;
+    sync_dir(dir)?;
+    Ok(name)
+}
+
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), StoreError> {
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(contents)?;
+        file.sync_all()
+    })();
+    result.map_err(|source| StoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+fn is_link_into_data(dir: &Path, name: &std::ffi::OsStr) -> bool {
+    fs::read_link(dir.join(name)).is_ok_and(|target| target == Path::new(DATA_LINK).join(name))
+}
+
+/// The shared directory and the two file names of a pair.
+fn pair_names(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(PathBuf, std::ffi::OsString, std::ffi::OsString), StoreError> {
+    let parent = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let split = || StoreError::SplitPair {
+        cert: cert_path.to_path_buf(),
+        key: key_path.to_path_buf(),
+    };
+    let dir = parent(cert_path);
+    if parent(key_path) != dir {
+        return Err(split());
+    }
+    match (cert_path.file_name(), key_path.file_name()) {
+        (Some(c), Some(k)) if c != k => Ok((dir, c.to_os_string(), k.to_os_string())),
+        _ => Err(split()),
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +253,53 @@ mod tests {
         assert_eq!(mode, 0o600);
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temporary files left behind");
+    }
+
+    #[test]
+    fn pairs_switch_together_through_data_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        // Start from plain files, as a user might leave them.
+        fs::write(&cert, "old cert").unwrap();
+        fs::write(&key, "old key").unwrap();
+        write_pair(&cert, &key, b"cert 1", b"key 1").unwrap();
+        assert_eq!(fs::read(&cert).unwrap(), b"cert 1");
+        assert_eq!(fs::read(&key).unwrap(), b"key 1");
+        assert!(
+            fs::symlink_metadata(&cert)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        write_pair(&cert, &key, b"cert 2", b"key 2").unwrap();
+        assert_eq!(fs::read(&cert).unwrap(), b"cert 2");
+        assert_eq!(fs::read(&key).unwrap(), b"key 2");
+        let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let versions = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(VERSION_PREFIX)
+            })
+            .count();
+        assert_eq!(versions, 1, "old versions are removed");
+    }
+
+    #[test]
+    fn split_pairs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_pair(
+            &dir.path().join("a/cert.pem"),
+            &dir.path().join("b/key.pem"),
+            b"c",
+            b"k",
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::SplitPair { .. }));
     }
 
     #[test]

@@ -355,6 +355,19 @@ impl Config {
                     ));
                 }
             };
+            if c.source != Source::Files
+                && (cert_file.parent() != key_file.parent()
+                    || cert_file.file_name() == key_file.file_name())
+            {
+                return Err(invalid(
+                    line,
+                    &key("key_file"),
+                    format!(
+                        "for source = \"{}\", cert_file and key_file must be two files in one directory: wssd replaces them together",
+                        c.source
+                    ),
+                ));
+            }
             certificates.push(CertificateConfig {
                 domains: c.domains,
                 source: c.source,
