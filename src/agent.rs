@@ -18,9 +18,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::acme::Acme;
+use crate::acme::challenge::{Http01Tokens, Solver, serve_http01};
+use crate::acme::renew::{self, Renewal};
 use crate::cert::inspect::rfc3339;
 use crate::cert::pair::PairError;
-use crate::config::{Config, Source};
+use crate::config::{Challenge, Config, Source};
 use crate::metrics::Metrics;
 use crate::provision::{self, ProvisionError, Provisioned, schedule};
 use crate::reload::reloader::Reloader;
@@ -41,10 +44,8 @@ pub enum AgentError {
         domains: String,
         source: PairError,
     },
-    #[error(
-        "certificate[{index}] ({domains}): source = \"acme\" is not available in this build yet; use \"selfsigned\" or \"files\""
-    )]
-    AcmeUnavailable { index: usize, domains: String },
+    #[error("ACME: {0}")]
+    Acme(#[from] crate::acme::AcmeError),
     #[error("cannot listen on {addr}: {source}{}", bind_hint(source))]
     Bind {
         addr: SocketAddr,
@@ -96,10 +97,18 @@ pub async fn run(
     }
     let metrics = Arc::new(Metrics::default());
     let reloader = Arc::new(Reloader::new(config.certificates.clone(), metrics.clone()));
+    let shutdown = CancellationToken::new();
+    let acme = start_acme(&config, &reloader, &shutdown).await?;
     for (index, cert) in config.certificates.iter().enumerate() {
         let domains = cert.domain_list();
         match cert.source {
-            Source::Acme => return Err(AgentError::AcmeUnavailable { index, domains }),
+            Source::Acme => {
+                // Ordered once the listener is up (tls-alpn-01 is answered by it).
+                if let Err(e) = reloader.reload(index, "startup") {
+                    info!(certificate = index, %domains, reason = %e, "no valid certificate yet; it will be ordered");
+                }
+                continue;
+            }
             Source::Selfsigned => {
                 let (c, ca_dir) = (cert.clone(), config.ca_dir.clone());
                 let result = tokio::task::spawn_blocking(move || {
@@ -114,7 +123,7 @@ pub async fn run(
                 })?;
                 if let Provisioned::Issued(s) = &provisioned {
                     info!(certificate = index, %domains, serial = %s.serial, not_after = %rfc3339(s.not_after), "issued a certificate from the dev CA");
-                    deploy_hook(index, cert).await;
+                    crate::hooks::spawn_deploy_hook(index, cert);
                 }
             }
             Source::Files => {}
@@ -128,11 +137,15 @@ pub async fn run(
             })?;
     }
 
-    let shutdown = CancellationToken::new();
     let reload = watch::spawn(reloader.clone(), config.watch, shutdown.clone())?;
     // A change between the first load and the watcher's start would go unseen: look again.
     reload.reload_all("startup");
-    let tls = crate::tls::server_config(reloader.resolver())?;
+    let acme_tls = config
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == Challenge::TlsAlpn01)
+        && acme.is_some();
+    let tls = crate::tls::server_config(reloader.resolver(), acme_tls)?;
     let listener = TcpListener::bind(config.listener.bind)
         .await
         .map_err(|source| AgentError::Bind {
@@ -145,14 +158,27 @@ pub async fn run(
     })?;
 
     for (index, cert) in config.certificates.iter().enumerate() {
-        if cert.source == Source::Selfsigned {
-            tokio::spawn(renew_selfsigned(
-                index,
-                config.clone(),
-                reloader.clone(),
-                reload.clone(),
-                shutdown.clone(),
-            ));
+        match (cert.source, &acme) {
+            (Source::Selfsigned, _) => {
+                tokio::spawn(renew_selfsigned(
+                    index,
+                    config.clone(),
+                    reloader.clone(),
+                    reload.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            (Source::Acme, Some(acme)) => {
+                tokio::spawn(renew::run(Renewal {
+                    index,
+                    cert: cert.clone(),
+                    acme: acme.clone(),
+                    reload: reload.clone(),
+                    metrics: metrics.clone(),
+                    shutdown: shutdown.clone(),
+                }));
+            }
+            _ => {}
         }
     }
     if config.admin.is_some() {
@@ -162,7 +188,7 @@ pub async fn run(
     let server = Arc::new(Server {
         tls,
         settings: config.listener.clone(),
-        metrics,
+        metrics: metrics.clone(),
     });
     let mode = match &config.listener.upstream {
         Some(up) => format!("proxy to {up}"),
@@ -191,6 +217,48 @@ pub async fn run(
     server::serve(listener, server, shutdown).await;
     info!("stopped");
     Ok(())
+}
+
+/// The ACME client, when any certificate comes from ACME, with its challenge solver
+/// running: the http-01 responder bound, or the resolver ready for tls-alpn-01.
+async fn start_acme(
+    config: &Config,
+    reloader: &Reloader,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<Acme>>, AgentError> {
+    let Some(acme_config) = &config.acme else {
+        return Ok(None);
+    };
+    if !config.certificates.iter().any(|c| c.source == Source::Acme) {
+        return Ok(None);
+    }
+    let solver = match acme_config.challenge {
+        Challenge::Http01 => {
+            let bind = acme_config.http01_bind;
+            let listener = TcpListener::bind(bind)
+                .await
+                .map_err(|source| AgentError::Bind { addr: bind, source })?;
+            let tokens = Http01Tokens::default();
+            info!(addr = %bind, "http-01 responder listening");
+            tokio::spawn(serve_http01(
+                listener,
+                tokens.clone(),
+                config.listener.bind.port(),
+                shutdown.clone(),
+            ));
+            Solver::Http01(tokens)
+        }
+        Challenge::TlsAlpn01 => Solver::TlsAlpn01(reloader.resolver()),
+        Challenge::Dns01 => match &acme_config.dns01_hook {
+            Some(hook) => Solver::Dns01(hook.clone()),
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(Acme::new(
+        acme_config.clone(),
+        config.data_dir.clone(),
+        solver,
+    )?))
 }
 
 fn join_error(e: tokio::task::JoinError) -> crate::cert::store::StoreError {
@@ -241,7 +309,7 @@ async fn renew_selfsigned(
                 due = schedule::renew_at(s.not_before, s.not_after, None);
                 if let Provisioned::Issued(s) = &provisioned {
                     info!(certificate = index, domains = %cert.domain_list(), serial = %s.serial, "renewed from the dev CA");
-                    deploy_hook(index, &cert).await;
+                    crate::hooks::spawn_deploy_hook(index, &cert);
                 }
                 // Through the reload task, not the watcher: watching may be off.
                 reload.reload_slot(index, "renewal");
@@ -256,21 +324,4 @@ async fn renew_selfsigned(
             }
         }
     }
-}
-
-/// Starts a certificate's deploy hook in the background: a slow hook must hold up
-/// neither start-up nor renewal. A failure is logged, never fatal.
-async fn deploy_hook(index: usize, cert: &crate::config::CertificateConfig) {
-    if cert.deploy_hook.is_none() {
-        return;
-    }
-    let c = cert.clone();
-    tokio::spawn(async move {
-        let domains = c.domain_list();
-        match tokio::task::spawn_blocking(move || crate::hooks::run_deploy_hook(&c)).await {
-            Ok(Ok(())) => info!(certificate = index, %domains, "deploy hook ran"),
-            Ok(Err(e)) => warn!(certificate = index, %domains, error = %e, "deploy hook failed"),
-            Err(e) => warn!(certificate = index, error = %e, "deploy hook task failed"),
-        }
-    });
 }

@@ -7,13 +7,14 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::acme::oneshot::Ensured;
 use crate::cert::devca::DevCa;
 use crate::cert::inspect::{CertSummary, rfc3339};
 use crate::cert::pair::{self, PairError};
 use crate::cert::store::{self, CERT_MODE, KEY_MODE, PRIVATE_DIR_MODE};
 use crate::config::{self, Config, Domain, KeyType, Source};
 use crate::probe::{self, ProbeOptions};
-use crate::provision::{self, Provisioned, schedule};
+use crate::provision::{self, Provisioned};
 use crate::units::format_duration;
 
 /// An error with the exit code it should produce.
@@ -46,26 +47,6 @@ impl From<config::ConfigError> for CommandError {
 }
 
 pub type Outcome = Result<i32, CommandError>;
-
-/// This build cannot provision ACME certificates: say so as a configuration error.
-pub fn refuse_acme(config: &Config) -> Result<(), CommandError> {
-    match config
-        .certificates
-        .iter()
-        .position(|c| c.source == Source::Acme)
-    {
-        None => Ok(()),
-        Some(index) => Err(CommandError::usage(anyhow::anyhow!(
-            "{}: certificate[{index}] ({}): source = \"acme\" is not available in this build yet; use \"selfsigned\" or \"files\"",
-            config
-                .file
-                .as_deref()
-                .unwrap_or(Path::new("config"))
-                .display(),
-            config.certificates[index].domain_list()
-        ))),
-    }
-}
 
 /// `wssd selfsigned`
 pub fn selfsigned(
@@ -155,7 +136,6 @@ pub fn print_trust_instructions(ca: &Path) {
 pub fn check(path: &Path) -> Outcome {
     crate::tls::install_default_provider();
     let config = Config::load(path)?;
-    refuse_acme(&config)?;
     println!("{}: configuration is valid", path.display());
     let l = &config.listener;
     match &l.upstream {
@@ -231,6 +211,9 @@ struct StatusEntry {
     days_left: Option<i64>,
     next_renewal: Option<String>,
     renewal_reason: Option<String>,
+    /// Failed attempts in a row (ACME).
+    failures: u32,
+    last_error: Option<String>,
     error: Option<String>,
 }
 
@@ -245,28 +228,28 @@ pub fn status(path: &Path, json: bool) -> Outcome {
         let loaded = pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, now);
         let summary: Option<&CertSummary> = loaded.as_ref().ok().map(|p| &p.summary);
         let renew_before = config.acme.as_ref().and_then(|a| a.renew_before);
-        let (next_renewal, renewal_reason) = match (cert.source, summary) {
-            (Source::Files, _) => (None, Some("files are renewed outside wssd".to_string())),
-            (Source::Acme, None) => (
-                None,
-                Some("source = \"acme\" is not available in this build yet".to_string()),
-            ),
-            (_, None) => (
+        // What the renewal loop (or the last `wssd issue`) decided, when there is a record.
+        let recorded = (cert.source == Source::Acme)
+            .then(|| crate::acme::renew::load_state(&config.data_dir).remove(&cert.domain_list()))
+            .flatten();
+        let (next_renewal, renewal_reason) = match (cert.source, summary, &recorded) {
+            (Source::Files, _, _) => (None, Some("files are renewed outside wssd".to_string())),
+            (Source::Acme, _, Some(state)) if state.reason.is_some() => {
+                (state.next_attempt.clone(), state.reason.clone())
+            }
+            (_, None, _) => (
                 Some(rfc3339(now)),
                 Some("missing or invalid: issued at the next run".to_string()),
             ),
-            (source, Some(s)) => {
+            (source, Some(s), _) => {
                 let before = if source == Source::Acme {
                     renew_before
                 } else {
                     None
                 };
-                let at = schedule::renew_at(s.not_before, s.not_after, before);
-                let reason = match before {
-                    Some(b) => format!("renew_before = {}", format_duration(b)),
-                    None => "last third of the lifetime".to_string(),
-                };
-                (Some(rfc3339(at.max(now))), Some(reason))
+                let (at, reason) =
+                    crate::acme::renew::plan(s.not_before, s.not_after, before, None, 0.0);
+                (Some(rfc3339(at.max(now))), Some(reason.to_string()))
             }
         };
         entries.push(StatusEntry {
@@ -280,6 +263,8 @@ pub fn status(path: &Path, json: bool) -> Outcome {
             days_left: summary.map(|s| s.days_left(now)),
             next_renewal,
             renewal_reason,
+            failures: recorded.as_ref().map_or(0, |r| r.failures),
+            last_error: recorded.and_then(|r| r.last_error),
             error: loaded.as_ref().err().map(ToString::to_string),
         });
     }
@@ -304,6 +289,9 @@ pub fn status(path: &Path, json: bool) -> Outcome {
             (None, Some(err)) => println!("  not servable: {err}"),
             _ => {}
         }
+        if let Some(last) = &e.last_error {
+            println!("  {} failed attempt(s); last: {last}", e.failures);
+        }
         if let Some(next) = &e.next_renewal {
             println!(
                 "  next renewal {next} ({})",
@@ -317,11 +305,15 @@ pub fn status(path: &Path, json: bool) -> Outcome {
 }
 
 /// `wssd issue`
-pub fn issue(path: &Path) -> Outcome {
+pub async fn issue(path: &Path) -> Outcome {
     crate::tls::install_default_provider();
     let config = Config::load(path)?;
     let now = SystemTime::now();
     let mut all_good = true;
+    let oneshot = match crate::acme::oneshot::OneShot::start(&config).await {
+        Ok(o) => o,
+        Err(e) => return Err(CommandError::runtime(e)),
+    };
     for (index, cert) in config.certificates.iter().enumerate() {
         let domains = cert.domain_list();
         match cert.source {
@@ -360,10 +352,32 @@ pub fn issue(path: &Path) -> Outcome {
                 }
             }
             Source::Acme => {
-                all_good = false;
-                eprintln!(
-                    "certificate[{index}] {domains}: source = \"acme\" is not available in this build yet"
-                );
+                let Some(oneshot) = &oneshot else { continue };
+                match oneshot.ensure(cert).await {
+                    Ok(Ensured::Issued(s)) => {
+                        println!(
+                            "certificate[{index}] {domains}: issued serial {} (expires {})",
+                            s.serial,
+                            rfc3339(s.not_after)
+                        );
+                        let c = cert.clone();
+                        if let Ok(Err(e)) =
+                            tokio::task::spawn_blocking(move || crate::hooks::run_deploy_hook(&c))
+                                .await
+                        {
+                            eprintln!("certificate[{index}] {domains}: {e}");
+                        }
+                    }
+                    Ok(Ensured::Fresh(s, at, reason)) => println!(
+                        "certificate[{index}] {domains}: valid until {}, not due (renews from {}: {reason})",
+                        rfc3339(s.not_after),
+                        rfc3339(at)
+                    ),
+                    Err(e) => {
+                        all_good = false;
+                        eprintln!("certificate[{index}] {domains}: {e}");
+                    }
+                }
             }
         }
     }

@@ -105,3 +105,22 @@ pub fn run_deploy_hook(cert: &CertificateConfig) -> Result<(), HookError> {
         stderr: tail,
     })
 }
+
+/// Runs `cert`'s deploy hook in the background (a slow hook must hold up neither
+/// start-up nor renewal); the outcome is logged, a failure never fatal.
+pub fn spawn_deploy_hook(index: usize, cert: &CertificateConfig) {
+    if cert.deploy_hook.is_none() {
+        return;
+    }
+    let cert = cert.clone();
+    tokio::spawn(async move {
+        let domains = cert.domain_list();
+        match tokio::task::spawn_blocking(move || run_deploy_hook(&cert)).await {
+            Ok(Ok(())) => tracing::info!(certificate = index, %domains, "deploy hook ran"),
+            Ok(Err(e)) => {
+                tracing::warn!(certificate = index, %domains, error = %e, "deploy hook failed")
+            }
+            Err(e) => tracing::warn!(certificate = index, error = %e, "deploy hook task failed"),
+        }
+    });
+}

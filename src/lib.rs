@@ -16,6 +16,7 @@
 //! * [`probe`] is the client side: it checks a `wss://` endpoint the way a user would.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod agent;
 pub mod cert;
 pub mod cli;

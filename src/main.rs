@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             days,
             ca_dir,
         } => commands::selfsigned(&out_dir, domains, days, ca_dir),
-        Command::Issue { config } => commands::issue(&config),
+        Command::Issue { config } => runtime().and_then(|rt| rt.block_on(commands::issue(&config))),
         Command::Check { config } => commands::check(&config),
         Command::Status { config, json } => commands::status(&config, json),
         Command::Probe {
@@ -82,7 +82,6 @@ fn run(config_path: Option<&Path>) -> Outcome {
         None if default_file.exists() => Config::load(default_file)?,
         None => Config::dev_mode(),
     };
-    commands::refuse_acme(&config)?;
     let rt = runtime()?;
     let result = rt.block_on(wssd::agent::run(config, announce));
     // Blocking work still running (a slow deploy hook) must not delay the exit.

@@ -49,14 +49,21 @@ pub fn install_default_provider() {
     let _ = CryptoProvider::install_default((*provider()).clone());
 }
 
-/// The listener's TLS configuration around a certificate resolver.
+/// The listener's TLS configuration around a certificate resolver. With `acme_tls`, the
+/// listener also answers tls-alpn-01 validation (ALPN `acme-tls/1`, RFC 8737).
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
+    acme_tls: bool,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    if acme_tls {
+        config
+            .alpn_protocols
+            .push(crate::reload::resolver::ALPN_ACME_TLS.to_vec());
+    }
     Ok(Arc::new(config))
 }

@@ -179,6 +179,8 @@ pub struct AcmeConfig {
     pub dns01_hook: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
     pub renew_before: Option<Duration>,
+    /// The first wait after a failed attempt; it doubles with each failure (up to 6 h).
+    pub retry_backoff: Duration,
     pub eab_kid: Option<String>,
     pub eab_hmac_key: Option<Secret>,
     pub profile: Option<String>,
@@ -300,6 +302,7 @@ impl Config {
                     dns01_hook: a.dns01_hook,
                     ca_file: a.ca_file.map(|p| spanned_path("acme.ca_file".into(), p)),
                     renew_before: a.renew_before,
+                    retry_backoff: a.retry_backoff.unwrap_or(Duration::from_secs(30)),
                     eab_kid: a.eab_kid,
                     eab_hmac_key: a.eab_hmac_key,
                     profile: a.profile,

@@ -75,6 +75,8 @@ pub(super) struct RawAcme {
     pub(super) ca_file: Option<Spanned<PathBuf>>,
     #[serde(default, deserialize_with = "de_duration")]
     pub(super) renew_before: Option<Duration>,
+    #[serde(default, deserialize_with = "de_timeout")]
+    pub(super) retry_backoff: Option<Duration>,
     pub(super) eab_kid: Option<String>,
     pub(super) eab_hmac_key: Option<Secret>,
     pub(super) profile: Option<String>,

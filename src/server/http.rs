@@ -191,6 +191,8 @@ pub fn error_response(status: u16, extra_headers: &[(&str, &str)], body: &str) -
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
+        200 => "OK",
+        301 => "Moved Permanently",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",

@@ -114,6 +114,12 @@ async fn handle(
         }
     };
 
+    // A tls-alpn-01 validation is complete once the handshake is: nothing more to say.
+    if tls.get_ref().1.alpn_protocol() == Some(crate::reload::resolver::ALPN_ACME_TLS) {
+        debug!(%peer, "answered a tls-alpn-01 validation");
+        let _ = tls.shutdown().await;
+        return;
+    }
     let mut buf = Vec::with_capacity(2048);
     let head = tokio::select! {
         _ = drain.cancelled() => return,

@@ -21,6 +21,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+pub mod pebble;
+
 pub const WSSD: &str = env!("CARGO_BIN_EXE_wssd");
 
 /// A running `wssd` process; killed on drop.

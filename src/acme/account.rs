@@ -1,0 +1,138 @@
+//! The ACME account: created on first use (with `contact` and agreement to the CA's
+//! terms), then stored under `data_dir` and reused on every later run, so wssd never
+//! piles up accounts at the CA. One account per directory URL: pointing wssd at another
+//! CA makes another account rather than sending this one's key there.
+
+use std::path::{Path, PathBuf};
+
+use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::AcmeError;
+use super::http::AcmeHttp;
+use crate::cert::store::{self, KEY_MODE, PRIVATE_DIR_MODE};
+use crate::config::AcmeConfig;
+
+/// What is stored: the directory it belongs to, and instant-acme's credentials (the
+/// account key, PKCS#8, and the account URL).
+#[derive(Serialize, Deserialize)]
+struct StoredAccount {
+    directory: String,
+    credentials: AccountCredentials,
+}
+
+/// Where the account for `directory` lives.
+pub fn account_path(data_dir: &Path, directory: &str) -> PathBuf {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, directory.as_bytes());
+    let short: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    data_dir.join("acme").join(format!("account-{short}.json"))
+}
+
+/// Loads the stored account for the configured CA, or creates and stores one.
+pub async fn load_or_create(
+    config: &AcmeConfig,
+    data_dir: &Path,
+    http: &AcmeHttp,
+) -> Result<Account, AcmeError> {
+    let path = account_path(data_dir, &config.directory);
+    let unreachable = |e| AcmeError::from_acme(e, &config.directory, None);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let stored: StoredAccount =
+            serde_json::from_str(&text).map_err(|e| AcmeError::AccountFile {
+                path: path.clone(),
+                reason: format!(
+                    "not a wssd account file ({e}); move it away to create a new account"
+                ),
+            })?;
+        let account = Account::builder_with_http(Box::new(http.clone()))
+            .from_credentials(stored.credentials)
+            .await
+            .map_err(unreachable)?;
+        info!(account = account.id(), directory = %config.directory, "using the stored ACME account");
+        return Ok(account);
+    }
+
+    let eab = match (&config.eab_kid, &config.eab_hmac_key) {
+        (Some(kid), Some(hmac)) => {
+            Some(ExternalAccountKey::new(kid.clone(), &decode_hmac(&hmac.0)?))
+        }
+        _ => None,
+    };
+    let contact: Vec<&str> = config.contact.iter().map(String::as_str).collect();
+    let new = NewAccount {
+        contact: &contact,
+        terms_of_service_agreed: true,
+        only_return_existing: false,
+    };
+    let (account, credentials) = retry_bad_nonce!(
+        Account::builder_with_http(Box::new(http.clone()))
+            .create(&new, config.directory.clone(), eab.as_ref())
+            .await
+    )
+    .map_err(|e| {
+        let e = AcmeError::from_acme(e, &config.directory, None);
+        match (&e, eab.is_some()) {
+            (AcmeError::Problem { .. }, true) => AcmeError::Account {
+                reason: format!("{e} (check eab_kid and eab_hmac_key)"),
+            },
+            _ => e,
+        }
+    })?;
+    let stored = StoredAccount {
+        directory: config.directory.clone(),
+        credentials,
+    };
+    let json = serde_json::to_vec_pretty(&stored).map_err(|e| AcmeError::AccountFile {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if let Some(dir) = path.parent() {
+        store::ensure_dir(dir, PRIVATE_DIR_MODE)?;
+    }
+    store::write_atomic(&path, &json, KEY_MODE)?;
+    info!(account = account.id(), directory = %config.directory, file = %path.display(), "created an ACME account");
+    Ok(account)
+}
+
+/// EAB HMAC keys are handed out base64url-encoded (some CAs pad, some use the standard
+/// alphabet); accept all of those.
+fn decode_hmac(text: &str) -> Result<Vec<u8>, AcmeError> {
+    use base64::Engine;
+    let cleaned = text.trim().trim_end_matches('=');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cleaned)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(cleaned))
+        .map_err(|_| AcmeError::Account {
+            reason: "acme.eab_hmac_key is not base64url (as the CA gives it)".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_are_per_directory() {
+        let a = account_path(
+            Path::new("/d"),
+            "https://acme-v02.api.letsencrypt.org/directory",
+        );
+        let b = account_path(
+            Path::new("/d"),
+            "https://acme-staging-v02.api.letsencrypt.org/directory",
+        );
+        assert_ne!(a, b);
+        assert!(a.starts_with("/d/acme"));
+    }
+
+    #[test]
+    fn hmac_keys_in_either_alphabet() {
+        let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+        assert_eq!(decode_hmac(key).unwrap().len(), 48);
+        assert!(decode_hmac("not base64!").is_err());
+    }
+}

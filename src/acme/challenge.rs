@@ -1,0 +1,403 @@
+//! Answering ACME challenges: proving control of a name to the CA.
+//!
+//! * `http-01`: the key authorization is served at
+//!   `http://NAME/.well-known/acme-challenge/TOKEN` by wssd's own responder on
+//!   `http01_bind` ([`serve_http01`]); every other request there is redirected to https.
+//! * `tls-alpn-01` (RFC 8737): a self-signed certificate carrying the key authorization's
+//!   digest is put in the live listener's resolver under the name being validated; it is
+//!   only ever served to handshakes that offer ALPN `acme-tls/1`, so ordinary clients on
+//!   the same port never see it.
+//! * `dns-01`: the user's hook publishes the TXT record (`HOOK set FQDN VALUE`) and
+//!   removes it afterwards (`HOOK clear FQDN VALUE`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use instant_acme::{ChallengeType, Identifier, KeyAuthorization};
+use rustls::sign::CertifiedKey;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::config::Challenge;
+use crate::reload::resolver::Resolver;
+use crate::server::http::{self, Request};
+
+/// How long a dns-01 hook may take.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// http-01 tokens being answered now: token → key authorization.
+#[derive(Clone, Default)]
+pub struct Http01Tokens(Arc<RwLock<HashMap<String, String>>>);
+
+impl Http01Tokens {
+    fn get(&self, token: &str) -> Option<String> {
+        self.0.read().ok()?.get(token).cloned()
+    }
+
+    fn set(&self, token: &str, key_authorization: &str) {
+        if let Ok(mut map) = self.0.write() {
+            map.insert(token.to_string(), key_authorization.to_string());
+        }
+    }
+
+    fn clear(&self, token: &str) {
+        if let Ok(mut map) = self.0.write() {
+            map.remove(token);
+        }
+    }
+}
+
+/// How this wssd answers challenges.
+#[derive(Clone)]
+pub enum Solver {
+    Http01(Http01Tokens),
+    TlsAlpn01(Arc<Resolver>),
+    Dns01(PathBuf),
+}
+
+/// What was put in place for one challenge, to take away afterwards.
+pub struct Presented {
+    kind: Presentation,
+}
+
+enum Presentation {
+    Token(String),
+    AlpnName(String),
+    Txt {
+        hook: PathBuf,
+        fqdn: String,
+        value: String,
+    },
+}
+
+impl Solver {
+    pub fn challenge_type(&self) -> ChallengeType {
+        match self {
+            Solver::Http01(_) => ChallengeType::Http01,
+            Solver::TlsAlpn01(_) => ChallengeType::TlsAlpn01,
+            Solver::Dns01(_) => ChallengeType::Dns01,
+        }
+    }
+
+    pub fn kind(&self) -> Challenge {
+        match self {
+            Solver::Http01(_) => Challenge::Http01,
+            Solver::TlsAlpn01(_) => Challenge::TlsAlpn01,
+            Solver::Dns01(_) => Challenge::Dns01,
+        }
+    }
+
+    /// Puts the response to one challenge in place.
+    pub async fn present(
+        &self,
+        identifier: &Identifier,
+        wildcard: bool,
+        token: &str,
+        key_authorization: &KeyAuthorization,
+    ) -> Result<Presented, String> {
+        if wildcard && !matches!(self, Solver::Dns01(_)) {
+            return Err("wildcard names can only be validated with challenge = \"dns-01\"".into());
+        }
+        let kind = match self {
+            Solver::Http01(tokens) => {
+                tokens.set(token, key_authorization.as_str());
+                Presentation::Token(token.to_string())
+            }
+            Solver::TlsAlpn01(resolver) => {
+                let (sni, key) = alpn_certificate(identifier, key_authorization)?;
+                resolver.set_challenge(&sni, key);
+                Presentation::AlpnName(sni)
+            }
+            Solver::Dns01(hook) => {
+                let Identifier::Dns(name) = identifier else {
+                    return Err(
+                        "dns-01 cannot validate an IP address; use http-01 or tls-alpn-01".into(),
+                    );
+                };
+                let fqdn = format!("_acme-challenge.{}", name.trim_start_matches("*."));
+                let value = key_authorization.dns_value();
+                run_hook(hook, "set", &fqdn, &value).await?;
+                Presentation::Txt {
+                    hook: hook.clone(),
+                    fqdn,
+                    value,
+                }
+            }
+        };
+        Ok(Presented { kind })
+    }
+
+    /// Takes a response away again; failures are logged (the certificate does not depend
+    /// on them).
+    pub async fn clean_up(&self, presented: Presented) {
+        match (self, presented.kind) {
+            (Solver::Http01(tokens), Presentation::Token(token)) => tokens.clear(&token),
+            (Solver::TlsAlpn01(resolver), Presentation::AlpnName(name)) => {
+                resolver.clear_challenge(&name)
+            }
+            (_, Presentation::Txt { hook, fqdn, value }) => {
+                if let Err(e) = run_hook(&hook, "clear", &fqdn, &value).await {
+                    warn!(%fqdn, error = %e, "dns-01 hook could not clear the TXT record");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The tls-alpn-01 certificate for `identifier` (RFC 8737 §3; RFC 8738 §6 for IPs, which
+/// are validated under their reverse-DNS name), and the SNI it is served under.
+fn alpn_certificate(
+    identifier: &Identifier,
+    key_authorization: &KeyAuthorization,
+) -> Result<(String, Arc<CertifiedKey>), String> {
+    let (san, sni) = match identifier {
+        Identifier::Dns(name) => (
+            rcgen::SanType::DnsName(name.clone().try_into().map_err(|e| format!("{e}"))?),
+            name.to_ascii_lowercase(),
+        ),
+        Identifier::Ip(ip) => (rcgen::SanType::IpAddress(*ip), reverse_dns_name(*ip)),
+        other => return Err(format!("cannot validate identifier {other:?}")),
+    };
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![san];
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(
+        key_authorization.digest().as_ref(),
+    )];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let signer = crate::tls::provider()
+        .key_provider
+        .load_private_key(
+            key.serialize_der()
+                .try_into()
+                .map_err(|e: &str| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+    Ok((
+        sni,
+        Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer)),
+    ))
+}
+
+/// `127.0.0.1` → `1.0.0.127.in-addr.arpa`; IPv6 by nibbles under `ip6.arpa`.
+pub fn reverse_dns_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut name = String::new();
+            for byte in v6.octets().iter().rev() {
+                name.push_str(&format!("{:x}.{:x}.", byte & 0x0f, byte >> 4));
+            }
+            name.push_str("ip6.arpa");
+            name
+        }
+    }
+}
+
+/// Runs the dns-01 hook: `HOOK set|clear FQDN VALUE`.
+async fn run_hook(hook: &PathBuf, action: &str, fqdn: &str, value: &str) -> Result<(), String> {
+    let child = tokio::process::Command::new(hook)
+        .args([action, fqdn, value])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(HOOK_TIMEOUT, child)
+        .await
+        .map_err(|_| {
+            format!(
+                "dns01_hook {} {action} {fqdn} did not finish within {}s",
+                hook.display(),
+                HOOK_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| format!("cannot run dns01_hook {}: {e}", hook.display()))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Err(format!(
+        "dns01_hook {} {action} {fqdn} failed ({}): {}",
+        hook.display(),
+        output.status,
+        stderr.trim()
+    ))
+}
+
+/// The http-01 responder: answers challenge tokens, and redirects every other request to
+/// the same host and path over https (on `https_port`).
+pub async fn serve_http01(
+    listener: TcpListener,
+    tokens: Http01Tokens,
+    https_port: u16,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "http-01 accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let tokens = tokens.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(1024);
+            let head = tokio::time::timeout(
+                Duration::from_secs(10),
+                http::read_head(&mut stream, &mut buf),
+            )
+            .await;
+            let response = match head {
+                Ok(Ok(end)) => match Request::parse(&buf[..end]) {
+                    Ok(req) => http01_response(&req, &tokens, https_port),
+                    Err(_) => http::error_response(400, &[], "Malformed HTTP request.\n"),
+                },
+                _ => return,
+            };
+            debug!(%peer, "http-01 request answered");
+            let _ = stream.write_all(&response).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+fn http01_response(req: &Request, tokens: &Http01Tokens, https_port: u16) -> Vec<u8> {
+    const PREFIX: &str = "/.well-known/acme-challenge/";
+    if let Some(token) = req.target.strip_prefix(PREFIX) {
+        return match tokens.get(token) {
+            Some(key_authorization) if req.method == "GET" || req.method == "HEAD" => {
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    key_authorization.len()
+                );
+                for (name, value) in http::SECURITY_HEADERS {
+                    out.push_str(&format!("{name}: {value}\r\n"));
+                }
+                out.push_str("\r\n");
+                if req.method == "GET" {
+                    out.push_str(&key_authorization);
+                }
+                out.into_bytes()
+            }
+            _ => http::error_response(404, &[], "No such challenge.\n"),
+        };
+    }
+    let host = strip_port(req.header("host").unwrap_or(""));
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+    {
+        return http::error_response(400, &[], "A Host header is required.\n");
+    }
+    let location = if https_port == 443 {
+        format!("https://{host}{}", req.target)
+    } else {
+        format!("https://{host}:{https_port}{}", req.target)
+    };
+    http::error_response(301, &[("Location", location.as_str())], "Moved to https.\n")
+}
+
+/// `a.example:80` → `a.example`; `[::1]:80` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_names_for_ip_validation() {
+        assert_eq!(
+            reverse_dns_name("127.0.0.1".parse().unwrap()),
+            "1.0.0.127.in-addr.arpa"
+        );
+        let v6 = reverse_dns_name("2001:db8::567:89ab".parse().unwrap());
+        assert_eq!(
+            v6,
+            "b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
+        );
+    }
+
+    fn req(text: &str) -> Request {
+        Request::parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn tokens_answered_and_everything_else_redirected() {
+        let tokens = Http01Tokens::default();
+        tokens.set("abc", "abc.thumb");
+        let ok = String::from_utf8(http01_response(
+            &req("GET /.well-known/acme-challenge/abc HTTP/1.1\r\nHost: a.example\r\n\r\n"),
+            &tokens,
+            443,
+        ))
+        .unwrap();
+        assert!(
+            ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nabc.thumb"),
+            "{ok}"
+        );
+        let missing = String::from_utf8(http01_response(
+            &req("GET /.well-known/acme-challenge/zzz HTTP/1.1\r\nHost: a\r\n\r\n"),
+            &tokens,
+            443,
+        ))
+        .unwrap();
+        assert!(missing.starts_with("HTTP/1.1 404"));
+        let redirect = String::from_utf8(http01_response(
+            &req("GET /chat?x=1 HTTP/1.1\r\nHost: a.example:80\r\n\r\n"),
+            &tokens,
+            8443,
+        ))
+        .unwrap();
+        assert!(
+            redirect.starts_with("HTTP/1.1 301 Moved Permanently\r\n"),
+            "{redirect}"
+        );
+        assert!(
+            redirect.contains("Location: https://a.example:8443/chat?x=1\r\n"),
+            "{redirect}"
+        );
+        assert!(redirect.contains("Strict-Transport-Security"));
+        let plain = String::from_utf8(http01_response(
+            &req("GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"),
+            &tokens,
+            443,
+        ))
+        .unwrap();
+        assert!(
+            plain.contains("Location: https://a.example/\r\n"),
+            "{plain}"
+        );
+        let evil = String::from_utf8(http01_response(
+            &req("GET / HTTP/1.1\r\nHost: a\"b\r\n\r\n"),
+            &tokens,
+            443,
+        ))
+        .unwrap();
+        assert!(evil.starts_with("HTTP/1.1 400"));
+    }
+}

@@ -1,0 +1,150 @@
+//! The HTTP client wssd's ACME client talks through.
+//!
+//! Two reasons to bring our own instead of instant-acme's default: the roots (the system's
+//! plus every certificate in `[acme] ca_file`, for Pebble or a private step-ca), and
+//! `Retry-After`. instant-acme turns an error response into a problem document and drops
+//! its headers; a rate-limited order (HTTP 429, `rateLimited`) must wait as long as the
+//! CA asks, so this client remembers the last `Retry-After` the CA sent with an error.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
+use pki_types::CertificateDer;
+use pki_types::pem::PemObject;
+
+type Inner = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>;
+
+/// The ACME HTTP client; cheap to clone.
+#[derive(Clone)]
+pub struct AcmeHttp {
+    inner: Inner,
+    retry_after: Arc<Mutex<Option<SystemTime>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    #[error("cannot read [acme] ca_file {}: {reason}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("no trusted CA certificates: the system has none and [acme] ca_file is not set")]
+    NoRoots,
+}
+
+impl AcmeHttp {
+    /// A client trusting the system's roots plus those in `ca_file`.
+    pub fn new(ca_file: Option<&Path>) -> Result<AcmeHttp, HttpSetupError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if let Some(path) = ca_file {
+            let bad = |reason: String| HttpSetupError::CaFile {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        if roots.is_empty() {
+            return Err(HttpSetupError::NoRoots);
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|_| HttpSetupError::NoRoots)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let inner = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(AcmeHttp {
+            inner,
+            retry_after: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The `Retry-After` of the most recent error response, taken (so it is used once).
+    pub fn take_retry_after(&self) -> Option<SystemTime> {
+        self.retry_after
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+    }
+}
+
+impl HttpClient for AcmeHttp {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let response = HttpClient::request(&self.inner, req);
+        let slot = self.retry_after.clone();
+        Box::pin(async move {
+            let response = response.await?;
+            let status = response.parts.status;
+            if (status.is_client_error() || status.is_server_error())
+                && let Some(at) = retry_after(&response.parts.headers)
+                && let Ok(mut slot) = slot.lock()
+            {
+                *slot = Some(at);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// `Retry-After: <seconds>` or `Retry-After: <HTTP date>` (RFC 9110 §10.2.3).
+fn retry_after(headers: &http::HeaderMap) -> Option<SystemTime> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(SystemTime::now() + Duration::from_secs(secs.min(86_400 * 7)));
+    }
+    httpdate::parse_http_date(value).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, "120".parse().unwrap());
+        let at = retry_after(&h).unwrap();
+        let wait = at.duration_since(SystemTime::now()).unwrap();
+        assert!(wait > Duration::from_secs(118) && wait <= Duration::from_secs(120));
+        h.insert(
+            http::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after(&h).unwrap(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480)
+        );
+        h.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+}

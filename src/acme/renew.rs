@@ -1,0 +1,339 @@
+//! When to order a certificate again, and the renewal loop of `wssd run`.
+//!
+//! The decision is a pure function ([`plan`]) of the certificate's validity, the
+//! configured `renew_before`, the CA's renewal window (ARI, RFC 9773) when it offers one,
+//! and the failures so far. The default window is the last third of the lifetime, so
+//! 90-day and 6-day certificates are both renewed in time; a random point early in the
+//! window spreads many instances out. A failed attempt waits with capped exponential
+//! backoff and jitter, or as long as the CA's `Retry-After` says when it rate-limits.
+//!
+//! The plan is kept in `data_dir/acme/state.json`, so `wssd status` in another process can
+//! show when each certificate renews next and why.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::{Acme, AcmeError};
+use crate::cert::inspect::rfc3339;
+use crate::cert::pair::{self, LoadedPair};
+use crate::cert::store::{self, CERT_MODE, PRIVATE_DIR_MODE};
+use crate::config::CertificateConfig;
+use crate::metrics::Metrics;
+use crate::provision::schedule::renew_at;
+use crate::reload::watch::ReloadHandle;
+
+/// The longest wait between attempts after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+/// How often to look at the CA's renewal window again while waiting.
+const ARI_RECHECK: Duration = Duration::from_secs(6 * 3600);
+
+/// Why a certificate renews when it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// No valid certificate yet.
+    Missing,
+    /// In the last third of its lifetime (the default window).
+    LifetimeFraction,
+    /// `renew_before` before expiry.
+    RenewBefore(Duration),
+    /// Inside the CA's suggested window.
+    RenewalInfo { start: SystemTime, end: SystemTime },
+    /// Waiting after failed attempts.
+    Backoff { failures: u32 },
+    /// The CA asked us to wait.
+    RateLimited,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Missing => f.write_str("no valid certificate yet"),
+            Reason::LifetimeFraction => f.write_str("last third of the lifetime"),
+            Reason::RenewBefore(d) => {
+                write!(f, "renew_before = {}", crate::units::format_duration(*d))
+            }
+            Reason::RenewalInfo { start, end } => {
+                write!(
+                    f,
+                    "the CA's renewal window {} .. {}",
+                    rfc3339(*start),
+                    rfc3339(*end)
+                )
+            }
+            Reason::Backoff { failures } => write!(f, "backoff after {failures} failed attempt(s)"),
+            Reason::RateLimited => f.write_str("rate limited: the CA's Retry-After"),
+        }
+    }
+}
+
+/// When to renew a certificate valid from `not_before` to `not_after`. `jitter` is a
+/// random number in [0, 1).
+pub fn plan(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    renew_before: Option<Duration>,
+    renewal_info: Option<(SystemTime, SystemTime)>,
+    jitter: f64,
+) -> (SystemTime, Reason) {
+    if let Some((start, end)) = renewal_info {
+        let span = end.duration_since(start).unwrap_or_default();
+        return (
+            start + span.mul_f64(jitter),
+            Reason::RenewalInfo { start, end },
+        );
+    }
+    let due = renew_at(not_before, not_after, renew_before);
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    // Up to 2% of the lifetime early (29 h of a 90-day certificate, 3 h of a 6-day one),
+    // never before issuance.
+    let early = (lifetime / 50).mul_f64(jitter);
+    let at = due.checked_sub(early).unwrap_or(due).max(not_before);
+    let reason = match renew_before {
+        Some(d) => Reason::RenewBefore(d),
+        None => Reason::LifetimeFraction,
+    };
+    (at, reason)
+}
+
+/// The wait after the `failures`-th failure in a row: `initial`, doubling, at most six
+/// hours, ±10% jitter (`jitter` in [0, 1)).
+pub fn backoff(failures: u32, initial: Duration, jitter: f64) -> Duration {
+    let doubled = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    doubled.min(MAX_BACKOFF).mul_f64(0.9 + 0.2 * jitter)
+}
+
+/// A random number in [0, 1).
+pub fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One certificate's renewal state, as stored for `wssd status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CertState {
+    pub next_attempt: Option<String>,
+    pub reason: Option<String>,
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub last_attempt: Option<String>,
+}
+
+/// `data_dir/acme/state.json`: renewal state by certificate (keyed by its domains).
+pub fn state_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("acme").join("state.json")
+}
+
+pub fn load_state(data_dir: &Path) -> BTreeMap<String, CertState> {
+    std::fs::read(state_path(data_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Updates one certificate's entry; a failure to write only costs `status` its detail.
+pub fn save_state(data_dir: &Path, key: &str, state: &CertState) {
+    let path = state_path(data_dir);
+    let mut all = load_state(data_dir);
+    all.insert(key.to_string(), state.clone());
+    let written = serde_json::to_vec_pretty(&all)
+        .map_err(|e| e.to_string())
+        .and_then(|json| {
+            if let Some(dir) = path.parent() {
+                store::ensure_dir(dir, PRIVATE_DIR_MODE).map_err(|e| e.to_string())?;
+            }
+            store::write_atomic(&path, &json, CERT_MODE).map_err(|e| e.to_string())
+        });
+    if let Err(e) = written {
+        tracing::warn!(file = %path.display(), error = %e, "cannot record the renewal state");
+    }
+}
+
+/// The valid pair on disk for `cert`, if there is one.
+pub fn current_pair(cert: &CertificateConfig) -> Option<LoadedPair> {
+    pair::load_pair(
+        &cert.cert_file,
+        &cert.key_file,
+        &cert.domains,
+        SystemTime::now(),
+    )
+    .ok()
+}
+
+/// When `cert` (with `current` on disk) should be renewed, asking the CA's renewal
+/// window when it has one.
+pub async fn next_renewal(acme: &Acme, current: Option<&LoadedPair>) -> (SystemTime, Reason) {
+    let Some(pair) = current else {
+        return (SystemTime::now(), Reason::Missing);
+    };
+    let window = acme.renewal_window(pair).await;
+    plan(
+        pair.summary.not_before,
+        pair.summary.not_after,
+        acme.config().renew_before,
+        window,
+        random_unit(),
+    )
+}
+
+/// What the renewal loop needs from the rest of wssd.
+pub struct Renewal {
+    pub index: usize,
+    pub cert: CertificateConfig,
+    pub acme: Arc<Acme>,
+    pub reload: ReloadHandle,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+}
+
+/// Keeps one certificate current until shutdown: waits for its renewal time, orders,
+/// and hands the new pair to the reloader. Never gives up; a failure keeps the current
+/// certificate serving and is retried with backoff.
+pub async fn run(r: Renewal) {
+    let domains = r.cert.domain_list();
+    let mut state = CertState::default();
+    let initial = r.acme.config().retry_backoff;
+    loop {
+        let current = current_pair(&r.cert);
+        let (at, reason) = if state.failures > 0 {
+            match r.acme.take_retry_after() {
+                Some(until)
+                    if state
+                        .last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("rateLimited")) =>
+                {
+                    (until, Reason::RateLimited)
+                }
+                _ => (
+                    SystemTime::now() + backoff(state.failures, initial, random_unit()),
+                    Reason::Backoff {
+                        failures: state.failures,
+                    },
+                ),
+            }
+        } else {
+            next_renewal(&r.acme, current.as_ref()).await
+        };
+        state.next_attempt = Some(rfc3339(at));
+        state.reason = Some(reason.to_string());
+        save_state(r.acme.data_dir(), &domains, &state);
+        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+        if !wait.is_zero() {
+            info!(certificate = r.index, %domains, next = %rfc3339(at), %reason, "next ACME renewal");
+        }
+        // Wake up to look at the CA's window again now and then; ARI may move it.
+        let nap = if matches!(reason, Reason::RenewalInfo { .. }) {
+            wait.min(ARI_RECHECK)
+        } else {
+            wait
+        };
+        tokio::select! {
+            _ = r.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(nap) => {}
+        }
+        if nap < wait {
+            continue;
+        }
+        state.last_attempt = Some(rfc3339(SystemTime::now()));
+        let attempt = tokio::select! {
+            _ = r.shutdown.cancelled() => return,
+            result = r.acme.obtain(&r.cert, current.as_ref()) => result,
+        };
+        match attempt {
+            Ok(summary) => {
+                Metrics::inc(&r.metrics.acme_orders_ok);
+                state.failures = 0;
+                state.last_error = None;
+                info!(certificate = r.index, %domains, serial = %summary.serial, "renewed from the CA");
+                r.reload.reload_slot(r.index, "acme renewal");
+                crate::hooks::spawn_deploy_hook(r.index, &r.cert);
+            }
+            Err(e) => {
+                Metrics::inc(&r.metrics.acme_orders_error);
+                state.failures += 1;
+                state.last_error = Some(failure_text(&e));
+                error!(
+                    certificate = r.index,
+                    %domains,
+                    error = %e,
+                    failures = state.failures,
+                    "ACME renewal failed; the current certificate keeps serving"
+                );
+            }
+        }
+    }
+}
+
+/// The error as stored, with the problem type kept searchable for the rate-limit check.
+fn failure_text(e: &AcmeError) -> String {
+    if e.is_rate_limited() {
+        format!("rateLimited: {e}")
+    } else {
+        e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn t(days: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + 20_000 * DAY + days * DAY
+    }
+
+    #[test]
+    fn default_window_is_the_last_third_with_early_jitter_only() {
+        let (at, reason) = plan(t(0), t(90), None, None, 0.0);
+        assert_eq!((at, reason), (t(60), Reason::LifetimeFraction));
+        let (at, _) = plan(t(0), t(90), None, None, 0.999);
+        assert!(at < t(60) && at > t(60) - DAY - DAY / 2, "{at:?}");
+        let (at, _) = plan(t(0), t(6), None, None, 0.5);
+        assert!(at <= t(4) && at > t(4) - DAY / 4);
+    }
+
+    #[test]
+    fn renew_before_and_renewal_info_override() {
+        assert_eq!(
+            plan(t(0), t(90), Some(10 * DAY), None, 0.0),
+            (t(80), Reason::RenewBefore(10 * DAY))
+        );
+        let (at, reason) = plan(t(0), t(90), Some(10 * DAY), Some((t(40), t(42))), 0.5);
+        assert_eq!(at, t(41));
+        assert_eq!(
+            reason,
+            Reason::RenewalInfo {
+                start: t(40),
+                end: t(42)
+            }
+        );
+        // A window longer than the lifetime means: now.
+        assert_eq!(plan(t(0), t(6), Some(30 * DAY), None, 0.0).0, t(0));
+    }
+
+    #[test]
+    fn backoff_doubles_with_a_cap() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(1, s(30), 0.5), s(30));
+        assert_eq!(backoff(2, s(30), 0.5), s(60));
+        assert_eq!(backoff(5, s(30), 0.5), s(480));
+        assert_eq!(backoff(40, s(30), 0.5), MAX_BACKOFF);
+        assert!(backoff(3, s(30), 0.0) < s(120) && backoff(3, s(30), 0.99) > s(120));
+    }
+
+    #[test]
+    fn random_unit_is_in_range() {
+        for _ in 0..1000 {
+            let r = random_unit();
+            assert!((0.0..1.0).contains(&r));
+        }
+    }
+}
