@@ -107,6 +107,19 @@ pub async fn run(
                 if let Err(e) = reloader.reload(index, "startup") {
                     info!(certificate = index, %domains, reason = %e, "no valid certificate yet; it will be ordered");
                 }
+                // Its directory is watched from the start, so it must exist.
+                if let Some(dir) = cert
+                    .cert_file
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                {
+                    crate::cert::store::ensure_dir(dir, crate::cert::store::PRIVATE_DIR_MODE)
+                        .map_err(|e| AgentError::Provision {
+                            index,
+                            domains: domains.clone(),
+                            source: ProvisionError::Store(e),
+                        })?;
+                }
                 continue;
             }
             Source::Selfsigned => {

@@ -4,87 +4,12 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use tokio::task::JoinHandle;
 
 const CLIENTS: usize = 50;
 const SWAPS: usize = 10;
-
-/// 50 clients echoing continuously until told to stop; each reports how many round trips
-/// it made, or the first error.
-struct Load {
-    stop: Arc<AtomicBool>,
-    echoes: Arc<AtomicU64>,
-    tasks: Vec<JoinHandle<Result<u64, String>>>,
-}
-
-impl Load {
-    async fn start(
-        addr: std::net::SocketAddr,
-        config: &Arc<rustls::ClientConfig>,
-        n: usize,
-    ) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let echoes = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for i in 0..n {
-            let (mut ws, _) = ws_connect(addr, config, &format!("/load/{i}")).await;
-            let (stop, echoes) = (stop.clone(), echoes.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut count = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    echo(&mut ws, &format!("client {i} message {count}")).await?;
-                    count += 1;
-                    echoes.fetch_add(1, Ordering::Relaxed);
-                }
-                // A clean close proves the connection was still whole at the end.
-                ws.close(None).await.map_err(|e| format!("close: {e}"))?;
-                while let Some(msg) = futures_util::StreamExt::next(&mut ws).await {
-                    msg.map_err(|e| format!("after close: {e}"))?;
-                }
-                Ok(count)
-            }));
-        }
-        Load {
-            stop,
-            echoes,
-            tasks,
-        }
-    }
-
-    /// Waits until the clients together complete `n` more round trips.
-    async fn progress(&self, n: u64) {
-        let start = self.echoes.load(Ordering::Relaxed);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while self.echoes.load(Ordering::Relaxed) < start + n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "echo traffic stalled"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Stops the clients; every one must have echoed without a single error.
-    async fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = 0;
-        for (i, task) in self.tasks.into_iter().enumerate() {
-            match task.await.unwrap() {
-                Ok(count) => {
-                    assert!(count > 0, "client {i} never echoed");
-                    total += count;
-                }
-                Err(e) => panic!("client {i} was disturbed: {e}"),
-            }
-        }
-        total
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Swap {

@@ -99,25 +99,6 @@ fn a_failing_hook_is_reported_but_not_fatal() {
 }
 
 #[test]
-fn acme_is_refused_clearly_in_this_build() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wssd.toml");
-    std::fs::write(
-        &path,
-        "[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\n[[certificate]]\ndomains = [\"example.test\"]\nsource = \"acme\"\n",
-    )
-    .unwrap();
-    for cmd in ["check", "run"] {
-        let out = wssd_cmd(dir.path(), &[cmd, "--config", path.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(2), "{cmd}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("not available in this build"),
-            "{cmd}"
-        );
-    }
-}
-
-#[test]
 fn a_hook_that_leaves_a_background_process_does_not_hold_wssd() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{Acme, AcmeError};
 use crate::cert::inspect::rfc3339;
@@ -90,7 +90,7 @@ pub fn plan(
     }
     let due = renew_at(not_before, not_after, renew_before);
     let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    // Up to 2% of the lifetime early (29 h of a 90-day certificate, 3 h of a 6-day one),
+    // Up to 2% of the lifetime early (43 h of a 90-day certificate, 3 h of a 6-day one),
     // never before issuance.
     let early = (lifetime / 50).mul_f64(jitter);
     let at = due.checked_sub(early).unwrap_or(due).max(not_before);
@@ -106,6 +106,22 @@ pub fn plan(
 pub fn backoff(failures: u32, initial: Duration, jitter: f64) -> Duration {
     let doubled = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
     doubled.min(MAX_BACKOFF).mul_f64(0.9 + 0.2 * jitter)
+}
+
+/// When to try again after `failures` failed attempts in a row: when the CA said (a
+/// rate limit's `Retry-After`, but never sooner than the backoff), else after the backoff.
+pub fn retry_plan(
+    failures: u32,
+    retry_after: Option<SystemTime>,
+    initial: Duration,
+    jitter: f64,
+    now: SystemTime,
+) -> (SystemTime, Reason) {
+    let backed_off = now + backoff(failures, initial, jitter);
+    match retry_after {
+        Some(until) if until > backed_off => (until, Reason::RateLimited),
+        _ => (backed_off, Reason::Backoff { failures }),
+    }
 }
 
 /// A random number in [0, 1).
@@ -199,27 +215,38 @@ pub async fn run(r: Renewal) {
     let domains = r.cert.domain_list();
     let mut state = CertState::default();
     let initial = r.acme.config().retry_backoff;
+    let mut last_issued: Option<(SystemTime, Duration)> = None;
     loop {
         let current = current_pair(&r.cert);
         let (at, reason) = if state.failures > 0 {
-            match r.acme.take_retry_after() {
-                Some(until)
-                    if state
-                        .last_error
-                        .as_deref()
-                        .is_some_and(|e| e.contains("rateLimited")) =>
-                {
-                    (until, Reason::RateLimited)
-                }
-                _ => (
-                    SystemTime::now() + backoff(state.failures, initial, random_unit()),
-                    Reason::Backoff {
-                        failures: state.failures,
-                    },
-                ),
-            }
+            let rate_limited = state
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("rateLimited"));
+            retry_plan(
+                state.failures,
+                rate_limited.then(|| r.acme.take_retry_after()).flatten(),
+                initial,
+                random_unit(),
+                SystemTime::now(),
+            )
         } else {
-            next_renewal(&r.acme, current.as_ref()).await
+            let (at, reason) = next_renewal(&r.acme, current.as_ref()).await;
+            // A window wider than the lifetime (renew_before too long, or a CA's odd ARI)
+            // would order again and again: never sooner than a third of a lifetime after
+            // this process's last certificate.
+            match &last_issued {
+                Some((issued, lifetime)) if at < *issued + *lifetime / 3 => {
+                    let floor = *issued + *lifetime / 3;
+                    warn!(
+                        certificate = r.index,
+                        %domains,
+                        "the renewal window opens as soon as a certificate is issued (is renew_before longer than the lifetime?); waiting a third of the lifetime"
+                    );
+                    (floor, reason)
+                }
+                _ => (at, reason),
+            }
         };
         state.next_attempt = Some(rfc3339(at));
         state.reason = Some(reason.to_string());
@@ -249,6 +276,7 @@ pub async fn run(r: Renewal) {
         match attempt {
             Ok(summary) => {
                 Metrics::inc(&r.metrics.acme_orders_ok);
+                last_issued = Some((SystemTime::now(), summary.lifetime()));
                 state.failures = 0;
                 state.last_error = None;
                 info!(certificate = r.index, %domains, serial = %summary.serial, "renewed from the CA");
@@ -286,8 +314,8 @@ mod tests {
 
     const DAY: Duration = Duration::from_secs(86_400);
 
-    fn t(days: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + 20_000 * DAY + days * DAY
+    fn t(days: u32) -> SystemTime {
+        SystemTime::UNIX_EPOCH + DAY * 20_000 + DAY * days
     }
 
     #[test]
@@ -295,7 +323,7 @@ mod tests {
         let (at, reason) = plan(t(0), t(90), None, None, 0.0);
         assert_eq!((at, reason), (t(60), Reason::LifetimeFraction));
         let (at, _) = plan(t(0), t(90), None, None, 0.999);
-        assert!(at < t(60) && at > t(60) - DAY - DAY / 2, "{at:?}");
+        assert!(at < t(60) && at > t(60) - DAY * 2, "{at:?}");
         let (at, _) = plan(t(0), t(6), None, None, 0.5);
         assert!(at <= t(4) && at > t(4) - DAY / 4);
     }
@@ -327,6 +355,24 @@ mod tests {
         assert_eq!(backoff(5, s(30), 0.5), s(480));
         assert_eq!(backoff(40, s(30), 0.5), MAX_BACKOFF);
         assert!(backoff(3, s(30), 0.0) < s(120) && backoff(3, s(30), 0.99) > s(120));
+    }
+
+    #[test]
+    fn rate_limits_wait_for_retry_after_but_never_less_than_the_backoff() {
+        let now = t(0);
+        let s = Duration::from_secs;
+        assert_eq!(
+            retry_plan(1, Some(now + s(3600)), s(30), 0.5, now),
+            (now + s(3600), Reason::RateLimited)
+        );
+        assert_eq!(
+            retry_plan(3, Some(now + s(1)), s(30), 0.5, now),
+            (now + s(120), Reason::Backoff { failures: 3 })
+        );
+        assert_eq!(
+            retry_plan(2, None, s(30), 0.5, now),
+            (now + s(60), Reason::Backoff { failures: 2 })
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,6 +17,7 @@ use pki_types::{CertificateDer, ServerName};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -295,6 +297,30 @@ pub async fn tls_connect(
     Ok((tls, serial))
 }
 
+/// A TLS handshake to `addr` for `name`, returning the leaf's serial.
+pub async fn served_serial_for(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    name: &str,
+) -> std::io::Result<String> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    let tls = connector
+        .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
+        .await?;
+    Ok(tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|leaf| {
+            wssd::cert::inspect::CertSummary::from_der(leaf)
+                .unwrap()
+                .serial
+        })
+        .unwrap_or_default())
+}
+
 /// The serial a fresh handshake sees now.
 pub async fn served_serial(addr: SocketAddr, config: &Arc<ClientConfig>) -> String {
     tls_connect(addr, config).await.expect("TLS handshake").1
@@ -345,6 +371,78 @@ pub async fn echo(ws: &mut Wss, text: &str) -> Result<(), String> {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             other => return Err(format!("expected {text:?}, got {other:?}")),
         }
+    }
+}
+
+/// Clients echoing continuously until told to stop; each reports how many round trips
+/// it made, or the first error.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    echoes: Arc<AtomicU64>,
+    tasks: Vec<JoinHandle<Result<u64, String>>>,
+}
+
+impl Load {
+    pub async fn start(
+        addr: std::net::SocketAddr,
+        config: &Arc<rustls::ClientConfig>,
+        n: usize,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let echoes = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let (mut ws, _) = ws_connect(addr, config, &format!("/load/{i}")).await;
+            let (stop, echoes) = (stop.clone(), echoes.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut count = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    echo(&mut ws, &format!("client {i} message {count}")).await?;
+                    count += 1;
+                    echoes.fetch_add(1, Ordering::Relaxed);
+                }
+                // A clean close proves the connection was still whole at the end.
+                ws.close(None).await.map_err(|e| format!("close: {e}"))?;
+                while let Some(msg) = futures_util::StreamExt::next(&mut ws).await {
+                    msg.map_err(|e| format!("after close: {e}"))?;
+                }
+                Ok(count)
+            }));
+        }
+        Load {
+            stop,
+            echoes,
+            tasks,
+        }
+    }
+
+    /// Waits until the clients together complete `n` more round trips.
+    pub async fn progress(&self, n: u64) {
+        let start = self.echoes.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.echoes.load(Ordering::Relaxed) < start + n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "echo traffic stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the clients; every one must have echoed without a single error.
+    pub async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for (i, task) in self.tasks.into_iter().enumerate() {
+            match task.await.unwrap() {
+                Ok(count) => {
+                    assert!(count > 0, "client {i} never echoed");
+                    total += count;
+                }
+                Err(e) => panic!("client {i} was disturbed: {e}"),
+            }
+        }
+        total
     }
 }
 
