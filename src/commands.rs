@@ -351,32 +351,44 @@ pub async fn issue(path: &Path) -> Outcome {
                     }
                 }
             }
-            Source::Acme => {
-                let Some(oneshot) = &oneshot else { continue };
-                match oneshot.ensure(cert).await {
-                    Ok(Ensured::Issued(s)) => {
-                        println!(
-                            "certificate[{index}] {domains}: issued serial {} (expires {})",
-                            s.serial,
-                            rfc3339(s.not_after)
-                        );
-                        let c = cert.clone();
-                        if let Ok(Err(e)) =
-                            tokio::task::spawn_blocking(move || crate::hooks::run_deploy_hook(&c))
-                                .await
-                        {
-                            eprintln!("certificate[{index}] {domains}: {e}");
-                        }
-                    }
-                    Ok(Ensured::Fresh(s, at, reason)) => println!(
-                        "certificate[{index}] {domains}: valid until {}, not due (renews from {}: {reason})",
-                        rfc3339(s.not_after),
-                        rfc3339(at)
-                    ),
-                    Err(e) => {
-                        all_good = false;
+            // Ordered below, all at once.
+            Source::Acme => {}
+        }
+    }
+    if let Some(oneshot) = &oneshot {
+        // Every due certificate is ordered concurrently; the results print in order.
+        let acme: Vec<(usize, &crate::config::CertificateConfig)> = config
+            .certificates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.source == Source::Acme)
+            .collect();
+        let results =
+            futures_util::future::join_all(acme.iter().map(|(_, c)| oneshot.ensure(c))).await;
+        for ((index, cert), result) in acme.into_iter().zip(results) {
+            let domains = cert.domain_list();
+            match result {
+                Ok(Ensured::Issued(s)) => {
+                    println!(
+                        "certificate[{index}] {domains}: issued serial {} (expires {})",
+                        s.serial,
+                        rfc3339(s.not_after)
+                    );
+                    let c = cert.clone();
+                    if let Ok(Err(e)) =
+                        tokio::task::spawn_blocking(move || crate::hooks::run_deploy_hook(&c)).await
+                    {
                         eprintln!("certificate[{index}] {domains}: {e}");
                     }
+                }
+                Ok(Ensured::Fresh(s, at, reason)) => println!(
+                    "certificate[{index}] {domains}: valid until {}, not due (renews from {}: {reason})",
+                    rfc3339(s.not_after),
+                    rfc3339(at)
+                ),
+                Err(e) => {
+                    all_good = false;
+                    eprintln!("certificate[{index}] {domains}: {e}");
                 }
             }
         }

@@ -552,3 +552,45 @@ async fn run_keeps_serving_and_backs_off_while_the_ca_is_down() {
         "{entries}"
     );
 }
+
+#[test]
+fn one_pass_orders_several_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pebble = Pebble::start(dir.path(), PebbleOptions::default());
+    let mut config = format!(
+        "data_dir = \"{}\"\n[listener]\nbind = \"127.0.0.1:0\"\n",
+        dir.path().join("data").display()
+    );
+    for name in ["one", "two", "three"] {
+        config.push_str(&format!(
+            "[[certificate]]\ndomains = [\"{name}.example.test\"]\nsource = \"acme\"\n"
+        ));
+    }
+    config.push_str(&pebble.acme_section("http-01", ""));
+    let out = wssd_cmd(
+        dir.path(),
+        &["issue", "--config", &write_config(dir.path(), &config)],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    for (i, name) in ["one", "two", "three"].iter().enumerate() {
+        assert!(
+            lines[i].starts_with(&format!(
+                "certificate[{i}] {name}.example.test: issued serial"
+            )),
+            "{stdout}"
+        );
+        assert_chain_verifies(
+            &pebble,
+            &dir.path()
+                .join(format!("data/certs/{name}.example.test/cert.pem")),
+            &[&format!("{name}.example.test")],
+        );
+    }
+}
