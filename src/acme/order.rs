@@ -85,7 +85,7 @@ pub async fn obtain(
 
     // Answer every pending authorization first, then wait once for all of them.
     let mut presented: Vec<Presented> = Vec::new();
-    let answered = answer_challenges(&mut order, solver, &mut presented).await;
+    let answered = answer_challenges(&mut order, directory, solver, &mut presented).await;
     let ready = match answered {
         Ok(()) => wait_ready(&mut order, directory).await,
         Err(e) => Err(e),
@@ -127,6 +127,7 @@ pub async fn obtain(
 
 async fn answer_challenges(
     order: &mut instant_acme::Order,
+    directory: &str,
     solver: &Solver,
     presented: &mut Vec<Presented>,
 ) -> Result<(), AcmeError> {
@@ -139,7 +140,7 @@ async fn answer_challenges(
             let mut authz = match next {
                 Ok(a) => a,
                 Err(e) if super::is_bad_nonce(&e) => continue 'walk,
-                Err(e) => return Err(AcmeError::from_acme(e, "", None)),
+                Err(e) => return Err(AcmeError::from_acme(e, directory, None)),
             };
             let url = authz.url().to_string();
             if done.contains(&url) {
@@ -185,7 +186,7 @@ async fn answer_challenges(
             presented.push(p);
             match retry_bad_nonce!(challenge.set_ready().await) {
                 Ok(()) => {}
-                Err(e) => return Err(AcmeError::from_acme(e, "", Some(shown))),
+                Err(e) => return Err(AcmeError::from_acme(e, directory, Some(shown))),
             }
             debug!(identifier = %shown, "challenge ready");
             done.push(url);
