@@ -310,10 +310,7 @@ pub async fn issue(path: &Path) -> Outcome {
     let config = Config::load(path)?;
     let now = SystemTime::now();
     let mut all_good = true;
-    let oneshot = match crate::acme::oneshot::OneShot::start(&config).await {
-        Ok(o) => o,
-        Err(e) => return Err(CommandError::runtime(e)),
-    };
+    let oneshot = crate::acme::oneshot::OneShot::new(&config).map_err(CommandError::runtime)?;
     for (index, cert) in config.certificates.iter().enumerate() {
         let domains = cert.domain_list();
         match cert.source {

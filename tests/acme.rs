@@ -97,6 +97,9 @@ fn http01_issues_a_multi_san_certificate_and_a_second_pass_orders_nothing() {
         0o600
     );
 
+    // With nothing due, a pass needs no responder: it works while the port is taken
+    // (as it is when `wssd run` holds it).
+    let _busy = std::net::TcpListener::bind(("127.0.0.1", pebble.http_port)).unwrap();
     let second = wssd_cmd(dir.path(), &["issue", "--config", &path]);
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert_eq!(second.status.code(), Some(0), "{stdout}");

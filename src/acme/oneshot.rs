@@ -1,20 +1,23 @@
 //! `wssd issue` for ACME certificates: one pass, with challenge responders that live only
 //! for the pass (the http-01 responder on `http01_bind`; for tls-alpn-01, a listener on
-//! `[listener] bind` that answers validation handshakes and nothing else).
+//! `[listener] bind` that answers validation handshakes and nothing else). Responders
+//! start only when a certificate is actually due, so a pass that finds everything fresh
+//! never needs the ports (which `wssd run` may be holding).
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::challenge::{Http01Tokens, Solver, serve_http01};
 use super::renew::{self, CertState, Reason};
 use super::{Acme, AcmeError};
 use crate::cert::inspect::{CertSummary, rfc3339};
-use crate::config::{Challenge, Config, Source};
+use crate::config::{CertificateConfig, Challenge, Config, Source};
 use crate::metrics::Metrics;
-use crate::reload::reloader::Reloader;
+use crate::reload::resolver::Resolver;
 
 /// What a pass did for one certificate.
 pub enum Ensured {
@@ -24,9 +27,12 @@ pub enum Ensured {
     Issued(CertSummary),
 }
 
-/// The ACME client and its temporary responders.
+/// The ACME client of one pass and its (lazily started) responders.
 pub struct OneShot {
     acme: Arc<Acme>,
+    config: Config,
+    solver: Solver,
+    started: OnceCell<()>,
     stop: CancellationToken,
 }
 
@@ -37,83 +43,100 @@ impl Drop for OneShot {
 }
 
 impl OneShot {
-    /// Starts the responders `config`'s challenge needs. `None` when no certificate comes
-    /// from ACME.
-    pub async fn start(config: &Config) -> Result<Option<OneShot>, AcmeError> {
+    /// The ACME client for `config`; `None` when no certificate comes from ACME.
+    pub fn new(config: &Config) -> Result<Option<OneShot>, AcmeError> {
         let Some(acme_config) = &config.acme else {
             return Ok(None);
         };
         if !config.certificates.iter().any(|c| c.source == Source::Acme) {
             return Ok(None);
         }
-        let stop = CancellationToken::new();
-        let bind_error = |addr: std::net::SocketAddr, e: std::io::Error, what: &str| {
-            AcmeError::Other(format!(
-                "cannot listen on {addr} for {what}: {e} (if `wssd run` serves this address, it renews by itself)"
-            ))
-        };
         let solver = match acme_config.challenge {
-            Challenge::Http01 => {
-                let addr = acme_config.http01_bind;
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| bind_error(addr, e, "http-01"))?;
-                let tokens = Http01Tokens::default();
-                tokio::spawn(serve_http01(
-                    listener,
-                    tokens.clone(),
-                    config.listener.bind.port(),
-                    stop.clone(),
-                ));
-                Solver::Http01(tokens)
-            }
-            Challenge::TlsAlpn01 => {
-                let addr = config.listener.bind;
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| bind_error(addr, e, "tls-alpn-01"))?;
-                let reloader =
-                    Reloader::new(config.certificates.clone(), Arc::new(Metrics::default()));
-                let resolver = reloader.resolver();
-                let tls = crate::tls::server_config(resolver.clone(), true)
-                    .map_err(|e| AcmeError::Other(e.to_string()))?;
-                let server = Arc::new(crate::server::Server {
-                    tls,
-                    settings: config.listener.clone(),
-                    metrics: Arc::new(Metrics::default()),
-                });
-                tokio::spawn(crate::server::serve(listener, server, stop.clone()));
-                Solver::TlsAlpn01(resolver)
-            }
+            Challenge::Http01 => Solver::Http01(Http01Tokens::default()),
+            Challenge::TlsAlpn01 => Solver::TlsAlpn01(Arc::new(Resolver::new(Vec::new()))),
             Challenge::Dns01 => match &acme_config.dns01_hook {
                 Some(hook) => Solver::Dns01(hook.clone()),
                 None => return Err(AcmeError::Other("dns-01 needs [acme] dns01_hook".into())),
             },
         };
-        let acme = Acme::new(acme_config.clone(), config.data_dir.clone(), solver)?;
-        Ok(Some(OneShot { acme, stop }))
+        let acme = Acme::new(acme_config.clone(), config.data_dir.clone(), solver.clone())?;
+        Ok(Some(OneShot {
+            acme,
+            config: config.clone(),
+            solver,
+            started: OnceCell::new(),
+            stop: CancellationToken::new(),
+        }))
     }
 
-    /// Orders `cert` if it is missing or due; records the outcome for `wssd status`.
-    pub async fn ensure(
-        &self,
-        cert: &crate::config::CertificateConfig,
-    ) -> Result<Ensured, AcmeError> {
+    /// Binds and starts the responder the challenge needs (once).
+    async fn start_responder(&self) -> Result<(), AcmeError> {
+        self.started
+            .get_or_try_init(|| async {
+                let bind_error = |addr: std::net::SocketAddr, e: std::io::Error, what: &str| {
+                    AcmeError::Other(format!(
+                        "cannot listen on {addr} for {what}: {e} (if `wssd run` serves this address, it renews by itself)"
+                    ))
+                };
+                match &self.solver {
+                    Solver::Http01(tokens) => {
+                        let addr = self.acme.config().http01_bind;
+                        let listener = TcpListener::bind(addr).await.map_err(|e| bind_error(addr, e, "http-01"))?;
+                        tokio::spawn(serve_http01(
+                            listener,
+                            tokens.clone(),
+                            self.config.listener.bind.port(),
+                            self.stop.clone(),
+                        ));
+                    }
+                    Solver::TlsAlpn01(resolver) => {
+                        let addr = self.config.listener.bind;
+                        let listener = TcpListener::bind(addr).await.map_err(|e| bind_error(addr, e, "tls-alpn-01"))?;
+                        let tls = crate::tls::server_config(resolver.clone(), true)
+                            .map_err(|e| AcmeError::Other(e.to_string()))?;
+                        let server = Arc::new(crate::server::Server {
+                            tls,
+                            settings: self.config.listener.clone(),
+                            metrics: Arc::new(Metrics::default()),
+                        });
+                        tokio::spawn(crate::server::serve(listener, server, self.stop.clone()));
+                    }
+                    Solver::Dns01(_) => {}
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Orders `cert` if it is missing or due; records the outcome for `wssd status` and
+    /// the next pass.
+    pub async fn ensure(&self, cert: &CertificateConfig) -> Result<Ensured, AcmeError> {
         let key = cert.domain_list();
-        let mut state = renew::load_state(self.acme.data_dir())
-            .remove(&key)
-            .unwrap_or_default();
+        let data_dir = self.acme.data_dir();
+        let mut state = renew::load_state(data_dir).remove(&key).unwrap_or_default();
         let current = renew::current_pair(cert);
         let (at, reason) = renew::next_renewal(&self.acme, current.as_ref()).await;
+        let now = SystemTime::now();
         if let Some(pair) = &current
-            && SystemTime::now() < at
+            && now < at
         {
             state.next_attempt = Some(rfc3339(at));
             state.reason = Some(reason.to_string());
-            renew::save_state(self.acme.data_dir(), &key, &state);
+            renew::save_state(data_dir, &key, &state);
             return Ok(Ensured::Fresh(pair.summary.clone(), at, reason));
         }
-        state.last_attempt = Some(rfc3339(SystemTime::now()));
+        // A CA that rate-limited an earlier pass is not asked again before it said.
+        if let Some(until) = state.retry_not_before()
+            && now < until
+        {
+            return Err(AcmeError::Other(format!(
+                "the CA asked to wait until {} before ordering again (rate limited)",
+                rfc3339(until)
+            )));
+        }
+        self.start_responder().await?;
+        state.last_attempt = Some(rfc3339(now));
         let result = self.acme.obtain(cert, current.as_ref()).await;
         match &result {
             Ok(summary) => {
@@ -133,13 +156,16 @@ impl OneShot {
             }
             Err(e) => {
                 state.failures += 1;
-                state.last_error = Some(e.to_string());
+                state.last_error = Some(renew::failure_text(e));
                 state.next_attempt = None;
                 state.reason =
-                    Some("the last `wssd issue` failed; the next run tries again".into());
+                    Some("the last `wssd issue` failed; the next pass tries again".into());
+                if e.is_rate_limited() {
+                    state.set_retry_not_before(self.acme.take_retry_after());
+                }
             }
         }
-        renew::save_state(self.acme.data_dir(), &key, &state);
+        renew::save_state(data_dir, &key, &state);
         result.map(Ensured::Issued)
     }
 }

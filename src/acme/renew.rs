@@ -124,6 +124,16 @@ pub fn retry_plan(
     }
 }
 
+/// A window wider than the lifetime (renew_before too long, or a CA's odd ARI) would
+/// order again and again: never sooner than a third of a lifetime after the last
+/// certificate this process obtained.
+pub fn reorder_floor(at: SystemTime, last_issued: Option<(SystemTime, Duration)>) -> SystemTime {
+    match last_issued {
+        Some((issued, lifetime)) => at.max(issued + lifetime / 3),
+        None => at,
+    }
+}
+
 /// A random number in [0, 1).
 pub fn random_unit() -> f64 {
     let mut b = [0u8; 8];
@@ -131,7 +141,7 @@ pub fn random_unit() -> f64 {
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// One certificate's renewal state, as stored for `wssd status`.
+/// One certificate's renewal state, as stored for `wssd status` (and the next pass).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CertState {
     pub next_attempt: Option<String>,
@@ -139,6 +149,24 @@ pub struct CertState {
     pub failures: u32,
     pub last_error: Option<String>,
     pub last_attempt: Option<String>,
+    /// A rate limit's Retry-After (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_not_before: Option<u64>,
+}
+
+impl CertState {
+    pub fn set_retry_not_before(&mut self, until: Option<SystemTime>) {
+        self.retry_not_before = until.map(|t| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+        });
+    }
+
+    pub fn retry_not_before(&self) -> Option<SystemTime> {
+        self.retry_not_before
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+    }
 }
 
 /// `data_dir/acme/state.json`: renewal state by certificate (keyed by its domains).
@@ -213,7 +241,14 @@ pub struct Renewal {
 /// certificate serving and is retried with backoff.
 pub async fn run(r: Renewal) {
     let domains = r.cert.domain_list();
-    let mut state = CertState::default();
+    let data_dir = r.acme.data_dir().to_path_buf();
+    // A rate limit from an earlier run still holds.
+    let mut state = CertState {
+        retry_not_before: load_state(&data_dir)
+            .remove(&domains)
+            .and_then(|s| s.retry_not_before),
+        ..CertState::default()
+    };
     let initial = r.acme.config().retry_backoff;
     let mut last_issued: Option<(SystemTime, Duration)> = None;
     loop {
@@ -225,32 +260,27 @@ pub async fn run(r: Renewal) {
                 .is_some_and(|e| e.starts_with("rateLimited"));
             retry_plan(
                 state.failures,
-                rate_limited.then(|| r.acme.take_retry_after()).flatten(),
+                rate_limited.then(|| state.retry_not_before()).flatten(),
                 initial,
                 random_unit(),
                 SystemTime::now(),
             )
         } else {
             let (at, reason) = next_renewal(&r.acme, current.as_ref()).await;
-            // A window wider than the lifetime (renew_before too long, or a CA's odd ARI)
-            // would order again and again: never sooner than a third of a lifetime after
-            // this process's last certificate.
-            match &last_issued {
-                Some((issued, lifetime)) if at < *issued + *lifetime / 3 => {
-                    let floor = *issued + *lifetime / 3;
-                    warn!(
-                        certificate = r.index,
-                        %domains,
-                        "the renewal window opens as soon as a certificate is issued (is renew_before longer than the lifetime?); waiting a third of the lifetime"
-                    );
-                    (floor, reason)
-                }
-                _ => (at, reason),
+            let floored = reorder_floor(at, last_issued);
+            if floored > at {
+                warn!(
+                    certificate = r.index,
+                    %domains,
+                    next = %rfc3339(floored),
+                    "the renewal window opens as soon as a certificate is issued (is renew_before longer than the lifetime?); waiting a third of the lifetime"
+                );
             }
+            (floored, reason)
         };
         state.next_attempt = Some(rfc3339(at));
         state.reason = Some(reason.to_string());
-        save_state(r.acme.data_dir(), &domains, &state);
+        save_state(&data_dir, &domains, &state);
         let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
         if !wait.is_zero() {
             info!(certificate = r.index, %domains, next = %rfc3339(at), %reason, "next ACME renewal");
@@ -276,9 +306,10 @@ pub async fn run(r: Renewal) {
         match attempt {
             Ok(summary) => {
                 Metrics::inc(&r.metrics.acme_orders_ok);
-                last_issued = Some((SystemTime::now(), summary.lifetime()));
                 state.failures = 0;
                 state.last_error = None;
+                state.retry_not_before = None;
+                last_issued = Some((SystemTime::now(), summary.lifetime()));
                 info!(certificate = r.index, %domains, serial = %summary.serial, "renewed from the CA");
                 r.reload.reload_slot(r.index, "acme renewal");
                 crate::hooks::spawn_deploy_hook(r.index, &r.cert);
@@ -287,6 +318,9 @@ pub async fn run(r: Renewal) {
                 Metrics::inc(&r.metrics.acme_orders_error);
                 state.failures += 1;
                 state.last_error = Some(failure_text(&e));
+                if e.is_rate_limited() {
+                    state.set_retry_not_before(r.acme.take_retry_after());
+                }
                 error!(
                     certificate = r.index,
                     %domains,
@@ -300,7 +334,7 @@ pub async fn run(r: Renewal) {
 }
 
 /// The error as stored, with the problem type kept searchable for the rate-limit check.
-fn failure_text(e: &AcmeError) -> String {
+pub fn failure_text(e: &AcmeError) -> String {
     if e.is_rate_limited() {
         format!("rateLimited: {e}")
     } else {
@@ -373,6 +407,13 @@ mod tests {
             retry_plan(2, None, s(30), 0.5, now),
             (now + s(60), Reason::Backoff { failures: 2 })
         );
+    }
+
+    #[test]
+    fn the_reorder_floor_holds_back_a_window_that_never_closes() {
+        assert_eq!(reorder_floor(t(1), None), t(1));
+        assert_eq!(reorder_floor(t(1), Some((t(1), DAY * 6))), t(3));
+        assert_eq!(reorder_floor(t(5), Some((t(1), DAY * 6))), t(5));
     }
 
     #[test]

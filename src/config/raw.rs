@@ -73,7 +73,7 @@ pub(super) struct RawAcme {
     pub(super) http01_bind: Option<SocketAddr>,
     pub(super) dns01_hook: Option<PathBuf>,
     pub(super) ca_file: Option<Spanned<PathBuf>>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_timeout")]
     pub(super) renew_before: Option<Duration>,
     #[serde(default, deserialize_with = "de_timeout")]
     pub(super) retry_backoff: Option<Duration>,
