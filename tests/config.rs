@@ -249,3 +249,59 @@ fn every_toml_example_in_the_docs_parses() {
     }
     assert!(checked >= 5, "only {checked} examples found");
 }
+
+#[test]
+fn names_the_challenge_cannot_prove_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = |challenge: &str, domains: &str| {
+        format!(
+            "[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\nchallenge = \"{challenge}\"\ndns01_hook = \"/bin/true\"\n\n[[certificate]]\ndomains = [{domains}]\nsource = \"acme\"\n"
+        )
+    };
+    let (code, err) = check(dir.path(), &acme("http-01", "\"*.example.test\""));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("certificate[0].domains") && err.contains("dns-01") && err.contains("line 6"),
+        "{err}"
+    );
+    let (code, err) = check(
+        dir.path(),
+        &acme("dns-01", "\"example.test\", \"192.0.2.1\""),
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("192.0.2.1") && err.contains("http-01"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wssd_written_pairs_need_a_directory_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = r#"
+[[certificate]]
+domains = ["a.example"]
+source = "selfsigned"
+cert_file = "/srv/tls/a.pem"
+key_file = "/srv/tls/a.key"
+
+[[certificate]]
+domains = ["b.example"]
+source = "selfsigned"
+cert_file = "/srv/tls/b.pem"
+key_file = "/srv/tls/b.key"
+"#;
+    let (code, err) = check(dir.path(), shared);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("certificate[0].cert_file") && err.contains("directory of its own"),
+        "{err}"
+    );
+    // Default paths never collide, even for certificates named alike.
+    let alike = "[[certificate]]\ndomains = [\"a.example\"]\nsource = \"selfsigned\"\n[[certificate]]\ndomains = [\"a.example\", \"b.example\"]\nsource = \"selfsigned\"\n";
+    let config = wssd::config::Config::from_toml(alike, Path::new("x.toml")).unwrap();
+    assert_ne!(
+        config.certificates[0].cert_file.parent(),
+        config.certificates[1].cert_file.parent()
+    );
+}

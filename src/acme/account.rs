@@ -40,20 +40,53 @@ pub async fn load_or_create(
 ) -> Result<Account, AcmeError> {
     let path = account_path(data_dir, &config.directory);
     let unreachable = |e| AcmeError::from_acme(e, &config.directory, None);
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let stored: StoredAccount =
-            serde_json::from_str(&text).map_err(|e| AcmeError::AccountFile {
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let stored: StoredAccount =
+                serde_json::from_str(&text).map_err(|e| AcmeError::AccountFile {
+                    path: path.clone(),
+                    reason: format!(
+                        "not a wssd account file ({e}); move it away to create a new account"
+                    ),
+                })?;
+            if stored.directory != config.directory {
+                return Err(AcmeError::AccountFile {
+                    path: path.clone(),
+                    reason: format!(
+                        "it belongs to {}, not {}",
+                        stored.directory, config.directory
+                    ),
+                });
+            }
+            let account = Account::builder_with_http(Box::new(http.clone()))
+                .from_credentials(stored.credentials)
+                .await
+                .map_err(|e| match e {
+                    instant_acme::Error::KeyRejected | instant_acme::Error::Crypto => {
+                        AcmeError::AccountFile {
+                            path: path.clone(),
+                            reason:
+                                "its account key is unusable; move it away to create a new account"
+                                    .into(),
+                        }
+                    }
+                    other => unreachable(other),
+                })?;
+            info!(account = account.id(), directory = %config.directory, "using the stored ACME account");
+            return Ok(account);
+        }
+        // Only a missing file means "no account yet": anything else must not be replaced.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(AcmeError::AccountFile {
                 path: path.clone(),
-                reason: format!(
-                    "not a wssd account file ({e}); move it away to create a new account"
-                ),
-            })?;
-        let account = Account::builder_with_http(Box::new(http.clone()))
-            .from_credentials(stored.credentials)
-            .await
-            .map_err(unreachable)?;
-        info!(account = account.id(), directory = %config.directory, "using the stored ACME account");
-        return Ok(account);
+                reason: e.to_string(),
+            });
+        }
+    }
+    // Make sure the account can be stored before creating it at the CA.
+    if let Some(dir) = path.parent() {
+        store::ensure_dir(dir, PRIVATE_DIR_MODE)?;
     }
 
     let eab = match (&config.eab_kid, &config.eab_hmac_key) {
@@ -90,9 +123,6 @@ pub async fn load_or_create(
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    if let Some(dir) = path.parent() {
-        store::ensure_dir(dir, PRIVATE_DIR_MODE)?;
-    }
     store::write_atomic(&path, &json, KEY_MODE)?;
     info!(account = account.id(), directory = %config.directory, file = %path.display(), "created an ACME account");
     Ok(account)

@@ -67,7 +67,7 @@ pub struct Presented {
 
 enum Presentation {
     Token(String),
-    AlpnName(String),
+    AlpnName(String, Arc<CertifiedKey>),
     Txt {
         hook: PathBuf,
         fqdn: String,
@@ -110,8 +110,8 @@ impl Solver {
             }
             Solver::TlsAlpn01(resolver) => {
                 let (sni, key) = alpn_certificate(identifier, key_authorization)?;
-                resolver.set_challenge(&sni, key);
-                Presentation::AlpnName(sni)
+                resolver.set_challenge(&sni, key.clone());
+                Presentation::AlpnName(sni, key)
             }
             Solver::Dns01(hook) => {
                 let Identifier::Dns(name) = identifier else {
@@ -137,8 +137,8 @@ impl Solver {
     pub async fn clean_up(&self, presented: Presented) {
         match (self, presented.kind) {
             (Solver::Http01(tokens), Presentation::Token(token)) => tokens.clear(&token),
-            (Solver::TlsAlpn01(resolver), Presentation::AlpnName(name)) => {
-                resolver.clear_challenge(&name)
+            (Solver::TlsAlpn01(resolver), Presentation::AlpnName(name, key)) => {
+                resolver.clear_challenge(&name, &key)
             }
             (_, Presentation::Txt { hook, fqdn, value }) => {
                 if let Err(e) = run_hook(&hook, "clear", &fqdn, &value).await {

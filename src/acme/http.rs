@@ -68,11 +68,14 @@ impl AcmeHttp {
             .map_err(|_| HttpSetupError::NoRoots)?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -91,25 +94,89 @@ impl AcmeHttp {
     }
 }
 
+/// A request to the CA that got no complete answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer from {uri} within {}s", REQUEST_TIMEOUT.as_secs())]
+pub struct RequestTimeout {
+    uri: String,
+}
+
+/// How long one request to the CA may take, body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl HttpClient for AcmeHttp {
     fn request(
         &self,
         req: http::Request<BodyWrapper<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let uri = req.uri().to_string();
         let response = HttpClient::request(&self.inner, req);
         let slot = self.retry_after.clone();
         Box::pin(async move {
-            let response = response.await?;
-            let status = response.parts.status;
-            if (status.is_client_error() || status.is_server_error())
-                && let Some(at) = retry_after(&response.parts.headers)
-                && let Ok(mut slot) = slot.lock()
-            {
-                *slot = Some(at);
+            let timeout =
+                || instant_acme::Error::Other(Box::new(RequestTimeout { uri: uri.clone() }));
+            // The whole exchange, body included, is bounded: a CA (or a middlebox) that
+            // accepts and then stalls must not stall renewal.
+            let exchange = async {
+                let mut response = response.await?;
+                let body = response
+                    .body
+                    .into_bytes()
+                    .await
+                    .map_err(instant_acme::Error::Other)?;
+                Ok::<_, instant_acme::Error>((response.parts, body))
+            };
+            let (parts, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+                .await
+                .map_err(|_| timeout())??;
+            let status = parts.status;
+            if status.is_client_error() || status.is_server_error() {
+                if let Some(at) = retry_after(&parts.headers)
+                    && let Ok(mut slot) = slot.lock()
+                {
+                    *slot = Some(at);
+                }
+                let body = problem_body(&parts, body, &uri);
+                return Ok(BytesResponse {
+                    parts,
+                    body: Box::new(body),
+                });
             }
-            Ok(response)
+            Ok(BytesResponse {
+                parts,
+                body: Box::new(body),
+            })
         })
     }
+}
+
+/// An error answer that is not a problem document (an HTML page from a proxy, an empty
+/// 429 from a CDN) becomes one, so that it is reported with its status and URL, and a
+/// 429 counts as a rate limit.
+fn problem_body(parts: &http::response::Parts, body: Bytes, uri: &str) -> Bytes {
+    let is_problem = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"))
+        && serde_json::from_slice::<serde_json::Value>(&body).is_ok();
+    if is_problem {
+        return body;
+    }
+    let status = parts.status.as_u16();
+    let kind = if status == 429 {
+        "rateLimited"
+    } else {
+        "serverInternal"
+    };
+    let problem = serde_json::json!({
+        "type": format!("urn:ietf:params:acme:error:{kind}"),
+        "detail": format!("HTTP {} from {uri}", parts.status),
+        "status": status,
+    });
+    Bytes::from(problem.to_string())
 }
 
 /// `Retry-After: <seconds>` or `Retry-After: <HTTP date>` (RFC 9110 §10.2.3).
@@ -128,6 +195,33 @@ fn retry_after(headers: &http::HeaderMap) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_pages_become_problem_documents() {
+        let parts = |status: u16, ct: &str| {
+            let mut r = http::Response::builder().status(status);
+            if !ct.is_empty() {
+                r = r.header("content-type", ct);
+            }
+            r.body(()).unwrap().into_parts().0
+        };
+        let html = problem_body(
+            &parts(502, "text/html"),
+            Bytes::from("<html>bad gateway</html>"),
+            "https://ca/dir",
+        );
+        let p: serde_json::Value = serde_json::from_slice(&html).unwrap();
+        assert_eq!(p["type"], "urn:ietf:params:acme:error:serverInternal");
+        assert_eq!(p["detail"], "HTTP 502 Bad Gateway from https://ca/dir");
+        let limited = problem_body(&parts(429, ""), Bytes::new(), "https://ca/new-order");
+        let p: serde_json::Value = serde_json::from_slice(&limited).unwrap();
+        assert_eq!(p["type"], "urn:ietf:params:acme:error:rateLimited");
+        let real = Bytes::from(r#"{"type":"urn:ietf:params:acme:error:malformed","detail":"x"}"#);
+        assert_eq!(
+            problem_body(&parts(400, "application/problem+json"), real.clone(), "u"),
+            real
+        );
+    }
 
     #[test]
     fn retry_after_seconds_and_dates() {

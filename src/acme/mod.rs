@@ -48,11 +48,15 @@ use crate::config::{AcmeConfig, CertificateConfig};
 use challenge::Solver;
 use http::{AcmeHttp, HttpSetupError};
 
+/// The longest one whole order may take (every step is bounded too; this bounds the sum).
+const ORDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// Clock skew tolerated when checking a certificate fresh from the CA.
+const SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// How many times a call refused with `badNonce` is tried again.
 pub const NONCE_RETRIES: usize = 10;
 const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
 const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
-const ALREADY_REPLACED: &str = "urn:ietf:params:acme:error:alreadyReplaced";
 
 pub fn is_bad_nonce(e: &instant_acme::Error) -> bool {
     matches!(e, instant_acme::Error::Api(p) if p.r#type.as_deref() == Some(BAD_NONCE))
@@ -94,18 +98,24 @@ impl AcmeError {
         identifier: Option<String>,
     ) -> AcmeError {
         use instant_acme::Error as E;
+        let transport = match &e {
+            E::Hyper(_) => true,
+            E::Other(inner) => {
+                inner
+                    .downcast_ref::<hyper_util::client::legacy::Error>()
+                    .is_some()
+                    || inner.downcast_ref::<http::RequestTimeout>().is_some()
+            }
+            _ => false,
+        };
         match e {
             E::Api(problem) => AcmeError::Problem {
                 identifier,
                 problem,
             },
             E::Timeout(_) => AcmeError::Timeout,
-            E::Hyper(_) | E::Other(_) | E::Http(_) | E::InvalidUri(_) => AcmeError::Unreachable {
-                url: if directory.is_empty() {
-                    "the ACME server".into()
-                } else {
-                    directory.to_string()
-                },
+            e if transport => AcmeError::Unreachable {
+                url: directory.to_string(),
                 cause: error_chain(&e),
             },
             other => AcmeError::Other(error_chain(&other)),
@@ -214,7 +224,15 @@ impl Acme {
     pub async fn renewal_window(&self, current: &LoadedPair) -> Option<(SystemTime, SystemTime)> {
         let account = self.account().await.ok()?;
         let id = certificate_identifier(current)?;
-        match account.renewal_info(&id).await {
+        let info = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            account.renewal_info(&id),
+        );
+        let Ok(info) = info.await else {
+            warn!("no ACME renewal information within 60s; using the default window");
+            return None;
+        };
+        match info {
             Ok((info, _)) => Some((
                 info.suggested_window.start.into(),
                 info.suggested_window.end.into(),
@@ -249,21 +267,24 @@ impl Acme {
             Some(pair) if self.renewal_window(pair).await.is_some() => certificate_identifier(pair),
             _ => None,
         };
-        let obtained = order::obtain(
+        let order = order::obtain(
             account,
             &self.config.directory,
             cert,
             order::OrderOptions { profile, replaces },
             &self.solver,
-        )
-        .await?;
+        );
+        let obtained = tokio::time::timeout(ORDER_TIMEOUT, order)
+            .await
+            .map_err(|_| AcmeError::Timeout)??;
         let checked = pair::pair_from_pem(
             obtained.cert_pem.as_bytes(),
             obtained.key_pem.as_bytes(),
             &cert.cert_file,
             &cert.key_file,
             &cert.domains,
-            SystemTime::now(),
+            // A CA that does not backdate, and a clock a little behind: still good.
+            SystemTime::now() + SKEW,
         )?;
         store::write_pair(
             &cert.cert_file,

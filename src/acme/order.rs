@@ -69,15 +69,21 @@ pub async fn obtain(
         order
     };
     let mut order = match options.replaces.clone() {
-        Some(replaces) => match retry_bad_nonce!(account.new_order(&new_order(Some(replaces.clone()))).await) {
-            // The CA says the old certificate was already replaced by another order:
-            // order without `replaces` rather than loop (SPEC).
-            Err(instant_acme::Error::Api(p)) if p.r#type.as_deref() == Some(super::ALREADY_REPLACED) => {
-                info!(domains = %names, "the CA reports the certificate already replaced; ordering without `replaces`");
-                retry_bad_nonce!(account.new_order(&new_order(None)).await)
+        Some(replaces) => {
+            match retry_bad_nonce!(account.new_order(&new_order(Some(replaces.clone()))).await) {
+                // The CA would not take `replaces` (alreadyReplaced, or a certificate another
+                // account ordered): order without it rather than fail every time (SPEC).
+                Err(instant_acme::Error::Api(p)) => {
+                    info!(
+                        domains = %names,
+                        problem = p.r#type.as_deref().unwrap_or("?"),
+                        "the CA refused `replaces`; ordering without it"
+                    );
+                    retry_bad_nonce!(account.new_order(&new_order(None)).await)
+                }
+                other => other,
             }
-            other => other,
-        },
+        }
         None => retry_bad_nonce!(account.new_order(&new_order(None)).await),
     }
     .map_err(|e| acme_err(e, Some(names.clone())))?;

@@ -30,8 +30,9 @@ use crate::reload::watch::ReloadHandle;
 
 /// The longest wait between attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
-/// How often to look at the CA's renewal window again while waiting.
-const ARI_RECHECK: Duration = Duration::from_secs(6 * 3600);
+/// The longest single sleep of the renewal loop before it looks at the clock, the files
+/// and the CA's window again.
+const NAP: Duration = Duration::from_secs(3600);
 
 /// Why a certificate renews when it does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +184,9 @@ pub fn load_state(data_dir: &Path) -> BTreeMap<String, CertState> {
 
 /// Updates one certificate's entry; a failure to write only costs `status` its detail.
 pub fn save_state(data_dir: &Path, key: &str, state: &CertState) {
+    // Renewal loops run on several threads; each read-modify-write is whole.
+    static WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = WRITER.lock().unwrap_or_else(|p| p.into_inner());
     let path = state_path(data_dir);
     let mut all = load_state(data_dir);
     all.insert(key.to_string(), state.clone());
@@ -251,9 +255,13 @@ pub async fn run(r: Renewal) {
     };
     let initial = r.acme.config().retry_backoff;
     let mut last_issued: Option<(SystemTime, Duration)> = None;
+    // One draw per certificate, so re-planning after a nap lands on the same moment.
+    let jitter = random_unit();
+    let mut announced: Option<SystemTime> = None;
     loop {
+        // Re-read every time: someone else (`wssd issue`, an operator) may have renewed.
         let current = current_pair(&r.cert);
-        let (at, reason) = if state.failures > 0 {
+        let (mut at, mut reason) = if state.failures > 0 {
             let rate_limited = state
                 .last_error
                 .as_deref()
@@ -262,11 +270,24 @@ pub async fn run(r: Renewal) {
                 state.failures,
                 rate_limited.then(|| state.retry_not_before()).flatten(),
                 initial,
-                random_unit(),
+                jitter,
                 SystemTime::now(),
             )
         } else {
-            let (at, reason) = next_renewal(&r.acme, current.as_ref()).await;
+            let (at, reason) = match &current {
+                None => (SystemTime::now(), Reason::Missing),
+                Some(pair) => {
+                    let window = r.acme.renewal_window(pair).await;
+                    let s = &pair.summary;
+                    plan(
+                        s.not_before,
+                        s.not_after,
+                        r.acme.config().renew_before,
+                        window,
+                        jitter,
+                    )
+                }
+            };
             let floored = reorder_floor(at, last_issued);
             if floored > at {
                 warn!(
@@ -278,19 +299,22 @@ pub async fn run(r: Renewal) {
             }
             (floored, reason)
         };
+        if let Some(until) = state.retry_not_before()
+            && until > at
+        {
+            (at, reason) = (until, Reason::RateLimited);
+        }
         state.next_attempt = Some(rfc3339(at));
         state.reason = Some(reason.to_string());
         save_state(&data_dir, &domains, &state);
         let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-        if !wait.is_zero() {
+        if !wait.is_zero() && announced != Some(at) {
             info!(certificate = r.index, %domains, next = %rfc3339(at), %reason, "next ACME renewal");
+            announced = Some(at);
         }
-        // Wake up to look at the CA's window again now and then; ARI may move it.
-        let nap = if matches!(reason, Reason::RenewalInfo { .. }) {
-            wait.min(ARI_RECHECK)
-        } else {
-            wait
-        };
+        // Sleep in naps against the wall clock: a monotonic sleep does not count time
+        // spent suspended, and the CA's window (ARI) may move meanwhile.
+        let nap = wait.min(NAP);
         tokio::select! {
             _ = r.shutdown.cancelled() => return,
             _ = tokio::time::sleep(nap) => {}
@@ -309,6 +333,7 @@ pub async fn run(r: Renewal) {
                 state.failures = 0;
                 state.last_error = None;
                 state.retry_not_before = None;
+                announced = None;
                 last_issued = Some((SystemTime::now(), summary.lifetime()));
                 info!(certificate = r.index, %domains, serial = %summary.serial, "renewed from the CA");
                 r.reload.reload_slot(r.index, "acme renewal");

@@ -311,8 +311,10 @@ impl Config {
         };
 
         let mut certificates = Vec::new();
+        let mut cert_lines = Vec::new();
         for (index, spanned) in raw.certificate.into_iter().enumerate() {
             let line = line_of(spanned.span().start);
+            cert_lines.push(line);
             let c = spanned.into_inner();
             let key = |name: &str| format!("certificate[{index}].{name}");
             if c.domains.is_empty() {
@@ -329,7 +331,15 @@ impl Config {
                     "source = \"acme\" needs an [acme] section with at least `directory`".into(),
                 ));
             }
-            let default_dir = data_dir.join("certs").join(c.domains[0].dir_name());
+            // Two certificates named alike still get a directory each.
+            let mut default_dir = data_dir.join("certs").join(c.domains[0].dir_name());
+            if certificates.iter().any(|other: &CertificateConfig| {
+                other.cert_file.parent() == Some(default_dir.as_path())
+            }) {
+                default_dir = data_dir
+                    .join("certs")
+                    .join(format!("{}-{index}", c.domains[0].dir_name()));
+            }
             let (cert_file, key_file) = match (c.cert_file, c.key_file) {
                 (Some(cert), Some(k)) => (
                     spanned_path(key("cert_file"), cert),
@@ -380,6 +390,51 @@ impl Config {
                 key_type: c.key_type.unwrap_or_default(),
                 profile: c.profile,
             });
+        }
+        // Names the configured challenge cannot prove are refused now, not at every order.
+        if let Some(acme) = &acme {
+            for (index, cert) in certificates
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.source == Source::Acme)
+            {
+                let problem = cert.domains.iter().find_map(|d| match (d, acme.challenge) {
+                    (Domain::Dns(name), Challenge::Http01 | Challenge::TlsAlpn01) if name.starts_with("*.") => {
+                        Some(format!("the wildcard {name} can only be validated with challenge = \"dns-01\""))
+                    }
+                    (Domain::Ip(ip), Challenge::Dns01) => Some(format!(
+                        "the IP address {ip} cannot be validated with dns-01; use \"http-01\" or \"tls-alpn-01\""
+                    )),
+                    _ => None,
+                });
+                if let Some(message) = problem {
+                    return Err(invalid(
+                        cert_lines.get(index).copied().flatten(),
+                        &format!("certificate[{index}].domains"),
+                        message,
+                    ));
+                }
+            }
+        }
+        // A pair wssd writes switches its directory's `..data` link: no other pair may
+        // live there.
+        for (index, cert) in certificates.iter().enumerate() {
+            if cert.source == Source::Files {
+                continue;
+            }
+            let dir = cert.cert_file.parent();
+            if let Some(other) = certificates.iter().enumerate().find(|(i, o)| {
+                *i != index && (o.cert_file.parent() == dir || o.key_file.parent() == dir)
+            }) {
+                return Err(invalid(
+                    cert_lines.get(index).copied().flatten(),
+                    &format!("certificate[{index}].cert_file"),
+                    format!(
+                        "certificate[{}] uses the same directory; a certificate that wssd writes (source = \"{}\") needs a directory of its own",
+                        other.0, cert.source
+                    ),
+                ));
+            }
         }
         if certificates.is_empty() {
             return Err(invalid(

@@ -89,10 +89,18 @@ impl Resolver {
         });
     }
 
-    pub fn clear_challenge(&self, name: &str) {
+    /// Stops serving `key` for `name`; a newer challenge for the same name (another
+    /// order for an overlapping certificate) stays.
+    pub fn clear_challenge(&self, name: &str, key: &Arc<CertifiedKey>) {
         let name = name.to_ascii_lowercase();
         self.update(|slots| {
-            slots.challenges.remove(name.as_str());
+            if slots
+                .challenges
+                .get(name.as_str())
+                .is_some_and(|k| Arc::ptr_eq(k, key))
+            {
+                slots.challenges.remove(name.as_str());
+            }
         });
     }
 
@@ -154,9 +162,11 @@ impl Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let acme_tls = hello
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ALPN_ACME_TLS));
+        // A validation offers acme-tls/1 and nothing else (RFC 8737 §3); a client that
+        // offers it among others is an ordinary client.
+        let acme_tls = hello.alpn().is_some_and(|mut protocols| {
+            protocols.next() == Some(ALPN_ACME_TLS) && protocols.next().is_none()
+        });
         // rustls hands over SNI already lowercased.
         self.lookup(hello.server_name(), acme_tls)
     }
@@ -221,7 +231,10 @@ mod tests {
     fn challenge_certificates_only_for_acme_tls_alpn() {
         let r = Resolver::new(vec![vec![dns("a.example")]]);
         r.set(0, key(1));
-        r.set_challenge("A.example", key(9));
+        let first = key(8);
+        r.set_challenge("A.example", first.clone());
+        let second = key(9);
+        r.set_challenge("a.example", second.clone());
         assert_eq!(tag(r.lookup(Some("a.example"), false)), Some(1));
         assert_eq!(tag(r.lookup(Some("a.example"), true)), Some(9));
         assert_eq!(
@@ -229,7 +242,13 @@ mod tests {
             None,
             "no fallback for acme-tls/1"
         );
-        r.clear_challenge("a.example");
+        r.clear_challenge("a.example", &first);
+        assert_eq!(
+            tag(r.lookup(Some("a.example"), true)),
+            Some(9),
+            "a newer challenge stays"
+        );
+        r.clear_challenge("a.example", &second);
         assert_eq!(tag(r.lookup(Some("a.example"), true)), None);
     }
 
