@@ -53,8 +53,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Watch(#[from] WatchError),
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -158,7 +158,7 @@ pub async fn run(
         .as_ref()
         .is_some_and(|a| a.challenge == Challenge::TlsAlpn01)
         && acme.is_some();
-    let tls = crate::tls::server_config(reloader.resolver(), acme_tls)?;
+    let tls = crate::tls::server_config(reloader.resolver(), &config.tls, acme_tls)?;
     let listener = TcpListener::bind(config.listener.bind)
         .await
         .map_err(|source| AgentError::Bind {
@@ -198,11 +198,7 @@ pub async fn run(
         warn!("[admin] is not served by this build yet; the setting is ignored");
     }
 
-    let server = Arc::new(Server {
-        tls,
-        settings: config.listener.clone(),
-        metrics: metrics.clone(),
-    });
+    let server = Arc::new(Server::new(tls, config.listener.clone(), metrics.clone()));
     let mode = match &config.listener.upstream {
         Some(up) => format!("proxy to {up}"),
         None => "built-in echo".to_string(),

@@ -10,7 +10,13 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::{self as provider_impl, cipher_suite};
-use rustls::server::ResolvesServerCert;
+use std::path::{Path, PathBuf};
+
+use pki_types::CertificateDer;
+use pki_types::pem::PemObject;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+
+use crate::config::{ClientAuth, TlsConfig, TlsProfile};
 use rustls::{ServerConfig, SupportedCipherSuite};
 
 /// ALPN for WebSocket over HTTP/1.1 (RFC 6455 upgrades need HTTP/1.1).
@@ -49,16 +55,40 @@ pub fn install_default_provider() {
     let _ = CryptoProvider::install_default((*provider()).clone());
 }
 
-/// The listener's TLS configuration around a certificate resolver. With `acme_tls`, the
-/// listener also answers tls-alpn-01 validation (ALPN `acme-tls/1`, RFC 8737).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("tls.client_ca_file {}: {reason}", path.display())]
+    ClientCa { path: PathBuf, reason: String },
+}
+
+/// The listener's TLS configuration around a certificate resolver.
+///
+/// * `profile`: `intermediate` offers TLS 1.2 and 1.3, `modern` only TLS 1.3.
+/// * Session resumption with stateless tickets whose keys rotate every six hours (and a
+///   server-side session cache for TLS 1.2 clients without ticket support).
+/// * With `client_ca_file`, client certificates are verified against it: required, or
+///   verified only when offered (`client_auth = "optional"`).
+/// * With `acme_tls`, the listener also answers tls-alpn-01 validation (ALPN
+///   `acme-tls/1`, RFC 8737).
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
+    tls: &TlsConfig,
     acme_tls: bool,
-) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.profile {
+        TlsProfile::Intermediate => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsProfile::Modern => &[&rustls::version::TLS13],
+    };
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
+    let builder = match &tls.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path, tls.client_auth)?),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.ticketer = provider_impl::Ticketer::new()?;
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     if acme_tls {
         config
@@ -66,4 +96,29 @@ pub fn server_config(
             .push(crate::reload::resolver::ALPN_ACME_TLS.to_vec());
     }
     Ok(Arc::new(config))
+}
+
+fn client_verifier(
+    path: &Path,
+    auth: Option<ClientAuth>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let bad = |reason: String| TlsError::ClientCa {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if auth == Some(ClientAuth::Optional) {
+        builder = builder.allow_unauthenticated();
+    }
+    builder.build().map_err(|e| bad(e.to_string()))
 }

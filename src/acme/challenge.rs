@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use crate::config::Challenge;
 use crate::reload::resolver::Resolver;
-use crate::server::http::{self, Request};
+use crate::server::http::{self, Request, SecurityHeaders};
 
 /// How long a dns-01 hook may take.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -263,7 +263,12 @@ pub async fn serve_http01(
             let response = match head {
                 Ok(Ok(end)) => match Request::parse(&buf[..end]) {
                     Ok(req) => http01_response(&req, &tokens, https_port),
-                    Err(_) => http::error_response(400, &[], "Malformed HTTP request.\n"),
+                    Err(_) => http::error_response(
+                        400,
+                        &[],
+                        "Malformed HTTP request.\n",
+                        &SecurityHeaders::default(),
+                    ),
                 },
                 _ => return,
             };
@@ -283,16 +288,19 @@ fn http01_response(req: &Request, tokens: &Http01Tokens, https_port: u16) -> Vec
                     "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n",
                     key_authorization.len()
                 );
-                for (name, value) in http::SECURITY_HEADERS {
-                    out.push_str(&format!("{name}: {value}\r\n"));
-                }
+                SecurityHeaders::default().write_to(&mut out);
                 out.push_str("\r\n");
                 if req.method == "GET" {
                     out.push_str(&key_authorization);
                 }
                 out.into_bytes()
             }
-            _ => http::error_response(404, &[], "No such challenge.\n"),
+            _ => http::error_response(
+                404,
+                &[],
+                "No such challenge.\n",
+                &SecurityHeaders::default(),
+            ),
         };
     }
     let host = strip_port(req.header("host").unwrap_or(""));
@@ -301,14 +309,24 @@ fn http01_response(req: &Request, tokens: &Http01Tokens, https_port: u16) -> Vec
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
     {
-        return http::error_response(400, &[], "A Host header is required.\n");
+        return http::error_response(
+            400,
+            &[],
+            "A Host header is required.\n",
+            &SecurityHeaders::default(),
+        );
     }
     let location = if https_port == 443 {
         format!("https://{host}{}", req.target)
     } else {
         format!("https://{host}:{https_port}{}", req.target)
     };
-    http::error_response(301, &[("Location", location.as_str())], "Moved to https.\n")
+    http::error_response(
+        301,
+        &[("Location", location.as_str())],
+        "Moved to https.\n",
+        &SecurityHeaders::default(),
+    )
 }
 
 /// `a.example:80` → `a.example`; `[::1]:80` → `[::1]`.

@@ -92,13 +92,13 @@ impl OneShot {
                     Solver::TlsAlpn01(resolver) => {
                         let addr = self.config.listener.bind;
                         let listener = TcpListener::bind(addr).await.map_err(|e| bind_error(addr, e, "tls-alpn-01"))?;
-                        let tls = crate::tls::server_config(resolver.clone(), true)
+                        let tls = crate::tls::server_config(resolver.clone(), &self.config.tls, true)
                             .map_err(|e| AcmeError::Other(e.to_string()))?;
-                        let server = Arc::new(crate::server::Server {
+                        let server = Arc::new(crate::server::Server::new(
                             tls,
-                            settings: self.config.listener.clone(),
-                            metrics: Arc::new(Metrics::default()),
-                        });
+                            self.config.listener.clone(),
+                            Arc::new(Metrics::default()),
+                        ));
                         tokio::spawn(crate::server::serve(listener, server, self.stop.clone()));
                     }
                     Solver::Dns01(_) => {}

@@ -55,6 +55,7 @@ pub struct Config {
     /// Watch certificate files for changes (default). When false, only SIGHUP reloads.
     pub watch: bool,
     pub listener: ListenerConfig,
+    pub tls: TlsConfig,
     pub admin: Option<AdminConfig>,
     pub certificates: Vec<CertificateConfig>,
     pub acme: Option<AcmeConfig>,
@@ -74,6 +75,14 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     pub max_message_size: u64,
     pub drain_timeout: Duration,
+    /// Connections at once from one IP address (0: no cap).
+    pub max_connections_per_ip: usize,
+    /// New connections per second from one IP address, with a burst of twice that (0: no
+    /// limit).
+    pub handshake_rate_per_ip: u32,
+    pub upstream_connect_timeout: Duration,
+    /// `Strict-Transport-Security: max-age=` on wssd's own responses.
+    pub hsts_max_age: Duration,
 }
 
 impl Default for ListenerConfig {
@@ -89,8 +98,38 @@ impl Default for ListenerConfig {
             idle_timeout: Duration::from_secs(300),
             max_message_size: 16 << 20,
             drain_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 0,
+            handshake_rate_per_ip: 0,
+            upstream_connect_timeout: Duration::from_secs(5),
+            hsts_max_age: Duration::from_secs(365 * 86_400),
         }
     }
+}
+
+/// Mozilla's server-side TLS profiles: `intermediate` (TLS 1.2 and 1.3, ECDHE with AEAD
+/// ciphers only) and `modern` (TLS 1.3 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsProfile {
+    #[default]
+    Intermediate,
+    Modern,
+}
+
+/// Whether a client certificate is required or only verified when offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    pub profile: TlsProfile,
+    /// CA certificates that client certificates must chain to (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    pub client_auth: Option<ClientAuth>,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +302,12 @@ impl Config {
             listener.idle_timeout = l.idle_timeout.unwrap_or(listener.idle_timeout);
             listener.max_message_size = l.max_message_size.unwrap_or(listener.max_message_size);
             listener.drain_timeout = l.drain_timeout.unwrap_or(listener.drain_timeout);
+            listener.max_connections_per_ip = l.max_connections_per_ip.unwrap_or(0);
+            listener.handshake_rate_per_ip = l.handshake_rate_per_ip.unwrap_or(0);
+            listener.upstream_connect_timeout = l
+                .upstream_connect_timeout
+                .unwrap_or(listener.upstream_connect_timeout);
+            listener.hsts_max_age = l.hsts_max_age.unwrap_or(listener.hsts_max_age);
         }
         if listener.max_connections == 0 {
             return Err(invalid(
@@ -272,6 +317,31 @@ impl Config {
             ));
         }
 
+        let tls = match raw.tls {
+            None => TlsConfig::default(),
+            Some(spanned) => {
+                let tls_line = line_of(spanned.span().start);
+                let t = spanned.into_inner();
+                if t.client_auth.is_some() && t.client_ca_file.is_none() {
+                    return Err(invalid(
+                        tls_line,
+                        "tls.client_auth",
+                        "needs tls.client_ca_file, the CA that client certificates must chain to"
+                            .into(),
+                    ));
+                }
+                let client_ca_file = t
+                    .client_ca_file
+                    .map(|p| spanned_path("tls.client_ca_file".into(), p));
+                TlsConfig {
+                    profile: t.profile.unwrap_or_default(),
+                    client_auth: client_ca_file
+                        .as_ref()
+                        .map(|_| t.client_auth.unwrap_or(ClientAuth::Required)),
+                    client_ca_file,
+                }
+            }
+        };
         let acme = match raw.acme {
             None => None,
             Some(spanned) => {
@@ -450,6 +520,7 @@ impl Config {
             ca_dir: raw.ca_dir.unwrap_or_else(default_ca_dir),
             watch: raw.watch.unwrap_or(true),
             listener,
+            tls,
             admin: raw.admin.map(|a| AdminConfig { bind: a.bind }),
             certificates,
             acme,
@@ -467,6 +538,7 @@ impl Config {
             ca_dir: default_ca_dir(),
             watch: true,
             listener: ListenerConfig::default(),
+            tls: TlsConfig::default(),
             admin: None,
             certificates: vec![CertificateConfig {
                 domains: default_dev_domains(),
@@ -506,6 +578,11 @@ impl Config {
                     return Err(missing(format!("certificate[{index}].{name}"), path));
                 }
             }
+        }
+        if let Some(ca) = &self.tls.client_ca_file
+            && std::fs::metadata(ca).is_err()
+        {
+            return Err(missing("tls.client_ca_file".into(), ca));
         }
         if let Some(ca) = self.acme.as_ref().and_then(|a| a.ca_file.as_ref())
             && std::fs::metadata(ca).is_err()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Challenge, Domain, KeyType, Secret, Source, Upstream};
+use super::{Challenge, ClientAuth, Domain, KeyType, Secret, Source, TlsProfile, Upstream};
 use crate::units;
 
 #[derive(Deserialize)]
@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub(super) watch: Option<bool>,
     pub(super) listener: Option<RawListener>,
     pub(super) admin: Option<RawAdmin>,
+    pub(super) tls: Option<Spanned<RawTls>>,
     #[serde(default)]
     pub(super) certificate: Vec<Spanned<RawCertificate>>,
     pub(super) acme: Option<Spanned<RawAcme>>,
@@ -42,6 +43,20 @@ pub(super) struct RawListener {
     pub(super) max_message_size: Option<u64>,
     #[serde(default, deserialize_with = "de_duration")]
     pub(super) drain_timeout: Option<Duration>,
+    pub(super) max_connections_per_ip: Option<usize>,
+    pub(super) handshake_rate_per_ip: Option<u32>,
+    #[serde(default, deserialize_with = "de_timeout")]
+    pub(super) upstream_connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub(super) hsts_max_age: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) profile: Option<TlsProfile>,
+    pub(super) client_ca_file: Option<Spanned<PathBuf>>,
+    pub(super) client_auth: Option<ClientAuth>,
 }
 
 #[derive(Deserialize)]

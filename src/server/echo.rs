@@ -12,19 +12,18 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::http::SECURITY_HEADERS;
+use super::http::SecurityHeaders;
 use super::upgrade::Upgrade;
+use crate::config::ListenerConfig;
 
 /// The 101 for an echo connection.
-pub fn switching_protocols(upgrade: &Upgrade) -> Vec<u8> {
+pub fn switching_protocols(upgrade: &Upgrade, security: &SecurityHeaders) -> Vec<u8> {
     let accept =
         tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
     let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
     );
-    for (name, value) in SECURITY_HEADERS {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
+    security.write_to(&mut out);
     out.push_str("\r\n");
     out.into_bytes()
 }
@@ -35,16 +34,19 @@ pub async fn serve<S>(
     mut stream: S,
     early: Vec<u8>,
     upgrade: &Upgrade,
-    max_message_size: u64,
-    idle_timeout: Duration,
+    settings: &ListenerConfig,
+    security: &SecurityHeaders,
     drain: &CancellationToken,
 ) -> Result<u64, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream.write_all(&switching_protocols(upgrade)).await?;
+    stream
+        .write_all(&switching_protocols(upgrade, security))
+        .await?;
     stream.flush().await?;
-    let limit = usize::try_from(max_message_size).unwrap_or(usize::MAX);
+    let idle_timeout = settings.idle_timeout;
+    let limit = usize::try_from(settings.max_message_size).unwrap_or(usize::MAX);
     let config = WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .write_buffer_size(0)

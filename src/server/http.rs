@@ -11,9 +11,8 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Most header lines accepted in one head.
 pub const MAX_HEADERS: usize = 64;
 
-/// Headers on every response wssd makes itself.
-pub const SECURITY_HEADERS: &[(&str, &str)] = &[
-    ("Strict-Transport-Security", "max-age=31536000"),
+/// Headers on every response wssd makes itself (besides HSTS, whose max-age is set).
+const FIXED_HEADERS: &[(&str, &str)] = &[
     (
         "Content-Security-Policy",
         "default-src 'none'; frame-ancestors 'none'",
@@ -22,6 +21,43 @@ pub const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
 ];
+
+/// The security headers of wssd's own responses: HSTS with the configured max-age, and
+/// the fixed ones.
+#[derive(Debug, Clone)]
+pub struct SecurityHeaders {
+    hsts: String,
+}
+
+impl SecurityHeaders {
+    pub fn new(hsts_max_age: std::time::Duration) -> SecurityHeaders {
+        SecurityHeaders {
+            hsts: format!("max-age={}", hsts_max_age.as_secs()),
+        }
+    }
+
+    /// Every header, name and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        std::iter::once(("Strict-Transport-Security", self.hsts.as_str()))
+            .chain(FIXED_HEADERS.iter().copied())
+    }
+
+    /// Appends them as header lines.
+    pub fn write_to(&self, out: &mut String) {
+        for (name, value) in self.iter() {
+            out.push_str(name);
+            out.push_str(": ");
+            out.push_str(value);
+            out.push_str("\r\n");
+        }
+    }
+}
+
+impl Default for SecurityHeaders {
+    fn default() -> Self {
+        SecurityHeaders::new(std::time::Duration::from_secs(365 * 86_400))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HeadError {
@@ -176,9 +212,15 @@ fn tokens<'a>(
 
 /// A complete error response from wssd itself: status line, security headers, extra
 /// headers, a short plain-text body, and `Connection: close`.
-pub fn error_response(status: u16, extra_headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+pub fn error_response(
+    status: u16,
+    extra_headers: &[(&str, &str)],
+    body: &str,
+    security: &SecurityHeaders,
+) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
-    for (name, value) in SECURITY_HEADERS.iter().chain(extra_headers) {
+    security.write_to(&mut out);
+    for (name, value) in extra_headers {
         out.push_str(&format!("{name}: {value}\r\n"));
     }
     out.push_str(&format!(
@@ -198,6 +240,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        414 => "URI Too Long",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -259,11 +302,13 @@ mod tests {
 
     #[test]
     fn error_responses_carry_security_headers() {
-        let text = String::from_utf8(error_response(403, &[], "no")).unwrap();
+        let security = SecurityHeaders::new(std::time::Duration::from_secs(600));
+        let text = String::from_utf8(error_response(403, &[], "no", &security)).unwrap();
         assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"));
-        for (name, _) in SECURITY_HEADERS {
+        for (name, _) in security.iter() {
             assert!(text.contains(name), "{name} missing");
         }
+        assert!(text.contains("Strict-Transport-Security: max-age=600\r\n"));
         assert!(text.ends_with("\r\n\r\nno"));
     }
 }

@@ -1,14 +1,15 @@
 //! Accepting connections, one task each, and the graceful drain.
 //!
-//! The accept loop takes a bound `TcpListener` (tests bind `127.0.0.1:0`), refuses a
-//! connection over `max_connections` right away (before any TLS work), and spawns a
-//! task per connection. Shutdown is one mechanism: the `shutdown` token. When it fires
-//! the loop stops accepting and drops the listening socket; every connection task sees
-//! the same token (it is their drain signal), sends close 1001 and ends; `serve` waits
-//! for them up to `drain_timeout` and returns.
+//! The accept loop takes a bound `TcpListener` (tests bind `127.0.0.1:0`) and refuses,
+//! before any TLS work, a connection over `max_connections` or over the per-IP limits
+//! ([`super::limits`]); each admitted connection gets a task. Shutdown is one mechanism:
+//! the `shutdown` token. When it fires the loop stops accepting and drops the listening
+//! socket; every connection task sees the same token (it is their drain signal), sends
+//! close 1001 and ends; `serve` waits for them up to `drain_timeout` and returns.
 //!
-//! TLS handshake and the HTTP head share one deadline, `handshake_timeout`: neither
-//! tokio-rustls nor the head reader has a timeout of its own.
+//! TLS handshake and the HTTP head share one deadline, `handshake_timeout` (slowloris in
+//! either layer is cut there): neither tokio-rustls nor the head reader has a timeout of
+//! its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,17 +24,38 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::http::{self, HeadError, Request};
+use super::http::{self, HeadError, Request, SecurityHeaders};
+use super::limits::{IpLimits, IpPermit};
 use super::relay::{self, Limits};
 use super::{echo, proxy, upgrade};
 use crate::config::ListenerConfig;
 use crate::metrics::{ActiveConnection, Metrics};
+
+/// The longest request target (path and query) accepted.
+const MAX_TARGET: usize = 8 * 1024;
 
 /// What every connection needs, shared.
 pub struct Server {
     pub tls: Arc<ServerConfig>,
     pub settings: ListenerConfig,
     pub metrics: Arc<Metrics>,
+    pub headers: SecurityHeaders,
+    pub ip_limits: Arc<IpLimits>,
+}
+
+impl Server {
+    pub fn new(tls: Arc<ServerConfig>, settings: ListenerConfig, metrics: Arc<Metrics>) -> Server {
+        Server {
+            headers: SecurityHeaders::new(settings.hsts_max_age),
+            ip_limits: IpLimits::new(
+                settings.max_connections_per_ip,
+                settings.handshake_rate_per_ip,
+            ),
+            tls,
+            settings,
+            metrics,
+        }
+    }
 }
 
 /// Serves until `shutdown` fires, then drains (up to `drain_timeout`) and returns.
@@ -58,15 +80,22 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: Cancell
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             Metrics::inc(&server.metrics.connections_refused);
             debug!(%peer, "max_connections reached; connection refused");
-            drop(stream);
             continue;
+        };
+        let ip_permit = match server.ip_limits.admit(peer.ip(), std::time::Instant::now()) {
+            Ok(p) => p,
+            Err(refusal) => {
+                Metrics::inc(&server.metrics.connections_refused);
+                debug!(%peer, ?refusal, "per-IP limit reached; connection refused");
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let server = server.clone();
         let acceptor = acceptor.clone();
         let drain = shutdown.clone();
         tasks.spawn(async move {
-            handle(stream, peer, acceptor, server, drain, permit).await;
+            handle(stream, peer, acceptor, server, drain, (permit, ip_permit)).await;
         });
     }
     drop(listener);
@@ -90,10 +119,11 @@ async fn handle(
     acceptor: TlsAcceptor,
     server: Arc<Server>,
     drain: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    _permits: (OwnedSemaphorePermit, IpPermit),
 ) {
     let _active = ActiveConnection::new(&server.metrics);
     let settings = &server.settings;
+    let security = &server.headers;
     let deadline = Instant::now() + settings.handshake_timeout;
 
     let accepted = tokio::select! {
@@ -113,45 +143,63 @@ async fn handle(
             return;
         }
     };
-
     // A tls-alpn-01 validation is complete once the handshake is: nothing more to say.
     if tls.get_ref().1.alpn_protocol() == Some(crate::reload::resolver::ALPN_ACME_TLS) {
         debug!(%peer, "answered a tls-alpn-01 validation");
         let _ = tls.shutdown().await;
         return;
     }
+    // The verified client certificate (mTLS), described for the upstream.
+    let client_identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| client_identity(leaf));
+
     let mut buf = Vec::with_capacity(2048);
     let head = tokio::select! {
         _ = drain.cancelled() => return,
         r = tokio::time::timeout_at(deadline, http::read_head(&mut tls, &mut buf)) => r,
     };
+    let refuse = |status, headers: &[(&str, &str)], body: &str| {
+        http::error_response(status, headers, body, security)
+    };
     let head_end = match head {
         Ok(Ok(end)) => end,
         Ok(Err(HeadError::TooLarge)) => {
-            reject(&mut tls, 431, &[], "Request header fields too large.\n").await;
+            reject(
+                &mut tls,
+                refuse(431, &[], "Request header fields too large.\n"),
+            )
+            .await;
             return;
         }
         Ok(Err(HeadError::Malformed(reason))) => {
             debug!(%peer, %reason, "malformed request");
-            reject(&mut tls, 400, &[], "Malformed HTTP request.\n").await;
+            reject(&mut tls, refuse(400, &[], "Malformed HTTP request.\n")).await;
             return;
         }
         Ok(Err(_)) => return,
         Err(_) => {
             debug!(%peer, "request head timed out");
-            reject(&mut tls, 408, &[], "Request timeout.\n").await;
+            reject(&mut tls, refuse(408, &[], "Request timeout.\n")).await;
             return;
         }
     };
     let request = match Request::parse(&buf[..head_end]) {
+        Ok(r) if r.target.len() > MAX_TARGET => {
+            reject(&mut tls, refuse(414, &[], "Request target too long.\n")).await;
+            return;
+        }
         Ok(r) => r,
         Err(HeadError::TooLarge) => {
-            reject(&mut tls, 431, &[], "Too many header fields.\n").await;
+            reject(&mut tls, refuse(431, &[], "Too many header fields.\n")).await;
             return;
         }
         Err(e) => {
             debug!(%peer, error = %e, "malformed request");
-            reject(&mut tls, 400, &[], "Malformed HTTP request.\n").await;
+            reject(&mut tls, refuse(400, &[], "Malformed HTTP request.\n")).await;
             return;
         }
     };
@@ -161,9 +209,7 @@ async fn handle(
             debug!(%peer, status = rejection.status, target = %request.target, "request refused");
             reject(
                 &mut tls,
-                rejection.status,
-                &rejection.headers,
-                &rejection.message,
+                refuse(rejection.status, &rejection.headers, &rejection.message),
             )
             .await;
             return;
@@ -174,30 +220,28 @@ async fn handle(
 
     match &settings.upstream {
         None => {
-            if let Err(e) = echo::serve(
-                tls,
-                early,
-                &upgrade,
-                settings.max_message_size,
-                settings.idle_timeout,
-                &drain,
-            )
-            .await
-            {
+            if let Err(e) = echo::serve(tls, early, &upgrade, settings, security, &drain).await {
                 debug!(%peer, error = %e, "echo connection ended with an error");
             }
         }
         Some(upstream) => {
+            let target = proxy::Target {
+                upstream,
+                request: &request,
+                upgrade: &upgrade,
+                peer,
+                client_identity: client_identity.as_deref(),
+            };
+            let connect_deadline = deadline.min(Instant::now() + settings.upstream_connect_timeout);
             let connected = tokio::select! {
                 _ = drain.cancelled() => return,
-                r = proxy::connect(upstream, &request, &upgrade, peer, deadline) => r,
+                r = proxy::connect(&target, connect_deadline, deadline, security) => r,
             };
             let connected = match connected {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(%peer, error = %e, "upstream unavailable; answered 502");
-                    let _ = proxy::respond(&mut tls, &proxy::bad_gateway()).await;
-                    let _ = tls.shutdown().await;
+                    reject(&mut tls, proxy::bad_gateway(security)).await;
                     return;
                 }
             };
@@ -222,14 +266,36 @@ async fn handle(
     }
 }
 
-async fn reject<S: tokio::io::AsyncWrite + Unpin>(
-    stream: &mut S,
-    status: u16,
-    headers: &[(&str, &str)],
-    body: &str,
-) {
-    let _ = stream
-        .write_all(&http::error_response(status, headers, body))
-        .await;
+/// The client certificate as the upstream sees it, in the form Envoy made common for
+/// `X-Forwarded-Client-Cert`: `Hash=<SHA-256 of the DER>;Subject="<DN>";DNS=<name>...`.
+fn client_identity(leaf: &[u8]) -> String {
+    let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut value = format!("Hash={hash}");
+    if let Ok(summary) = crate::cert::inspect::CertSummary::from_der(leaf) {
+        let subject: String = summary
+            .subject
+            .chars()
+            .filter(|c| !c.is_control())
+            .map(|c| if c == '"' { '\'' } else { c })
+            .collect();
+        value.push_str(&format!(";Subject=\"{subject}\""));
+        for name in &summary.dns_names {
+            if name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+            {
+                value.push_str(&format!(";DNS={name}"));
+            }
+        }
+    }
+    value
+}
+
+async fn reject<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, response: Vec<u8>) {
+    let _ = stream.write_all(&response).await;
     let _ = stream.shutdown().await;
 }

@@ -9,6 +9,7 @@
 pub mod echo;
 pub mod frame;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod origin;
 pub mod proxy;

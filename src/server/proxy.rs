@@ -15,7 +15,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::http::{self, Request, Response, SECURITY_HEADERS};
+use super::http::{self, Request, Response, SecurityHeaders};
 use super::upgrade::Upgrade;
 use crate::config::Upstream;
 
@@ -39,7 +39,13 @@ const NOT_FORWARDED: &[&str] = &[
     "x-forwarded-port",
     "x-real-ip",
     "forwarded",
+    CLIENT_CERT_HEADER_LOWER,
 ];
+
+/// The header that carries the verified client certificate to the upstream. Whatever a
+/// client sends under this name is dropped, so only wssd can set it.
+pub const CLIENT_CERT_HEADER: &str = "X-Forwarded-Client-Cert";
+const CLIENT_CERT_HEADER_LOWER: &str = "x-forwarded-client-cert";
 
 /// Response headers from the upstream that wssd writes itself or that describe one hop.
 const NOT_RETURNED: &[&str] = &[
@@ -74,28 +80,44 @@ pub struct Connected {
     pub response: Vec<u8>,
 }
 
-/// Opens the upgrade to `upstream` for the client's request; gives up at `deadline`.
+/// What to proxy: the client's request, to which upstream.
+pub struct Target<'a> {
+    pub upstream: &'a Upstream,
+    pub request: &'a Request,
+    pub upgrade: &'a Upgrade,
+    pub peer: SocketAddr,
+    /// The verified client certificate, when the client presented one (mTLS).
+    pub client_identity: Option<&'a str>,
+}
+
+/// Opens the upgrade to the upstream for the client's request: connecting must finish by
+/// `connect_deadline`, the upstream's 101 must arrive by `deadline`.
 pub async fn connect(
-    upstream: &Upstream,
-    req: &Request,
-    upgrade: &Upgrade,
-    peer: SocketAddr,
+    target: &Target<'_>,
+    connect_deadline: Instant,
     deadline: Instant,
+    security: &SecurityHeaders,
 ) -> Result<Connected, ProxyError> {
+    let upstream = target.upstream;
     let name = upstream.to_string();
     let connect_err = |reason: String| ProxyError::Connect {
         upstream: name.clone(),
         reason,
     };
     let mut stream = tokio::time::timeout_at(
-        deadline,
+        connect_deadline,
         TcpStream::connect((upstream.host.as_str(), upstream.port)),
     )
     .await
     .map_err(|_| connect_err("timed out".into()))?
     .map_err(|e| connect_err(e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    let head = upstream_request(req, peer.ip(), upstream);
+    let head = upstream_request(
+        target.request,
+        target.peer.ip(),
+        upstream,
+        target.client_identity,
+    );
     let io = |source| ProxyError::Io {
         upstream: name.clone(),
         source,
@@ -118,7 +140,7 @@ pub async fn connect(
         )));
     }
     let accept =
-        tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
+        tokio_tungstenite::tungstenite::handshake::derive_accept_key(target.upgrade.key.as_bytes());
     if response.header("sec-websocket-accept") != Some(accept.as_str()) {
         return Err(refused(
             "its Sec-WebSocket-Accept does not match the key".into(),
@@ -127,7 +149,7 @@ pub async fn connect(
     Ok(Connected {
         stream,
         early: buf[end..].to_vec(),
-        response: client_response(&response, &accept),
+        response: client_response(&response, &accept, security),
     })
 }
 
@@ -141,7 +163,12 @@ pub async fn respond<S: AsyncWrite + Unpin>(
 }
 
 /// The upgrade request wssd sends upstream.
-pub fn upstream_request(req: &Request, peer: IpAddr, upstream: &Upstream) -> Vec<u8> {
+pub fn upstream_request(
+    req: &Request,
+    peer: IpAddr,
+    upstream: &Upstream,
+    client_identity: Option<&str>,
+) -> Vec<u8> {
     let host = req
         .header("host")
         .map(str::to_string)
@@ -175,17 +202,21 @@ pub fn upstream_request(req: &Request, peer: IpAddr, upstream: &Upstream) -> Vec
     };
     out.extend_from_slice(
         format!(
-            "X-Forwarded-For: {peer}\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: {host}\r\nForwarded: for={forwarded_for};proto=https;host=\"{}\"\r\n\r\n",
+            "X-Forwarded-For: {peer}\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: {host}\r\nForwarded: for={forwarded_for};proto=https;host=\"{}\"\r\n",
             host.replace(['"', '\\'], "")
         )
         .as_bytes(),
     );
+    if let Some(identity) = client_identity {
+        out.extend_from_slice(format!("{CLIENT_CERT_HEADER}: {identity}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
     out
 }
 
 /// The 101 wssd sends the client: the upstream's choices (subprotocol, extensions, any
 /// other end-to-end headers) and wssd's security headers.
-fn client_response(upstream: &Response, accept: &str) -> Vec<u8> {
+fn client_response(upstream: &Response, accept: &str, security: &SecurityHeaders) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
     )
@@ -199,7 +230,7 @@ fn client_response(upstream: &Response, accept: &str) -> Vec<u8> {
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    for (name, value) in SECURITY_HEADERS {
+    for (name, value) in security.iter() {
         if upstream.header(name).is_none() {
             out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
         }
@@ -209,8 +240,13 @@ fn client_response(upstream: &Response, accept: &str) -> Vec<u8> {
 }
 
 /// A 502 for the client, with the reason in the body.
-pub fn bad_gateway() -> Vec<u8> {
-    http::error_response(502, &[], "The upstream WebSocket service is unavailable.\n")
+pub fn bad_gateway(security: &SecurityHeaders) -> Vec<u8> {
+    http::error_response(
+        502,
+        &[],
+        "The upstream WebSocket service is unavailable.\n",
+        security,
+    )
 }
 
 #[cfg(test)]
@@ -230,8 +266,13 @@ mod tests {
             b"GET /chat/room?id=7&x=%20 HTTP/1.1\r\nHost: app.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Secret\r\nX-Secret: hop\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nCookie: a=b\r\n\r\n",
         )
         .unwrap();
-        let text =
-            String::from_utf8(upstream_request(&req, "10.1.2.3".parse().unwrap(), &up())).unwrap();
+        let text = String::from_utf8(upstream_request(
+            &req,
+            "10.1.2.3".parse().unwrap(),
+            &up(),
+            None,
+        ))
+        .unwrap();
         assert!(
             text.starts_with("GET /chat/room?id=7&x=%20 HTTP/1.1\r\nHost: app.example.com\r\n"),
             "{text}"
@@ -256,8 +297,13 @@ mod tests {
     #[test]
     fn ipv6_peers_are_quoted_in_forwarded() {
         let req = Request::parse(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
-        let text =
-            String::from_utf8(upstream_request(&req, "::1".parse().unwrap(), &up())).unwrap();
+        let text = String::from_utf8(upstream_request(
+            &req,
+            "::1".parse().unwrap(),
+            &up(),
+            Some("Hash=ab"),
+        ))
+        .unwrap();
         assert!(
             text.contains("Forwarded: for=\"[::1]\";proto=https"),
             "{text}"
@@ -270,8 +316,12 @@ mod tests {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nSec-WebSocket-Protocol: superchat\r\nX-Frame-Options: SAMEORIGIN\r\n\r\n",
         )
         .unwrap();
-        let text =
-            String::from_utf8(client_response(&res, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")).unwrap();
+        let text = String::from_utf8(client_response(
+            &res,
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+            &SecurityHeaders::default(),
+        ))
+        .unwrap();
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(!text.contains("abc"));
         assert!(text.contains("Sec-WebSocket-Protocol: superchat\r\n"));
