@@ -55,6 +55,8 @@ pub enum AgentError {
     Watch(#[from] WatchError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Private(#[from] crate::cert::store::StoreError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -95,6 +97,7 @@ pub async fn run(
             );
         }
     }
+    check_private_files(&config)?;
     let metrics = Arc::new(Metrics::default());
     let reloader = Arc::new(Reloader::new(config.certificates.clone(), metrics.clone()));
     let shutdown = CancellationToken::new();
@@ -225,6 +228,28 @@ pub async fn run(
     tokio::spawn(signals);
     server::serve(listener, server, shutdown).await;
     info!("stopped");
+    Ok(())
+}
+
+/// Refuses to start when a secret wssd keeps is open to group or others: `data_dir`, the
+/// ACME account files, the dev CA's key, and the keys of certificates wssd writes (keys
+/// of `files` certificates belong to whoever writes them).
+pub fn check_private_files(config: &Config) -> Result<(), crate::cert::store::StoreError> {
+    use crate::cert::store::check_private;
+    check_private(&config.data_dir)?;
+    if let Ok(entries) = std::fs::read_dir(config.data_dir.join("acme")) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("account-") {
+                check_private(&entry.path())?;
+            }
+        }
+    }
+    if config.certificates.iter().any(|c| c.source == Source::Selfsigned) {
+        check_private(&config.ca_dir.join("ca-key.pem"))?;
+    }
+    for cert in config.certificates.iter().filter(|c| c.source != Source::Files) {
+        check_private(&cert.key_file)?;
+    }
     Ok(())
 }
 

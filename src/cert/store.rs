@@ -38,11 +38,33 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error(
+        "{} is open to group or others (mode {mode:03o}); wssd keeps private keys to itself. Fix: chmod {} {}",
+        path.display(),
+        if *dir { "700" } else { "600" },
+        path.display()
+    )]
+    TooOpen { path: PathBuf, mode: u32, dir: bool },
+    #[error(
         "{} and {} must be two different files in one directory, so that they can be replaced together",
         cert.display(),
         key.display()
     )]
     SplitPair { cert: PathBuf, key: PathBuf },
+}
+
+/// Refuses a private file (or directory) that group or others can read or enter. A path
+/// that does not exist yet is fine: wssd will create it private.
+pub fn check_private(path: &Path) -> Result<(), StoreError> {
+    let Ok(meta) = fs::metadata(path) else { return Ok(()) };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(StoreError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+            dir: meta.is_dir(),
+        });
+    }
+    Ok(())
 }
 
 /// Creates `dir` (and parents) if missing; a directory this creates gets `mode`.
@@ -287,6 +309,18 @@ mod tests {
             })
             .count();
         assert_eq!(versions, 1, "old versions are removed");
+    }
+
+    #[test]
+    fn open_private_files_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        assert!(check_private(&key).is_ok(), "missing is fine");
+        write_atomic(&key, b"k", KEY_MODE).unwrap();
+        assert!(check_private(&key).is_ok());
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_private(&key).unwrap_err().to_string();
+        assert!(err.contains("mode 644") && err.contains(&format!("chmod 600 {}", key.display())), "{err}");
     }
 
     #[test]

@@ -69,12 +69,29 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut echoed = 0u64;
+    // After half of idle_timeout of silence the client gets a ping; a live one answers.
+    let mut pinged = false;
     loop {
         let message = tokio::select! {
-            message = tokio::time::timeout(idle_timeout, ws.next()) => message,
+            message = tokio::time::timeout(idle_timeout / 2, ws.next()) => message,
             _ = drain.cancelled() => return close(ws, CloseCode::Away, "going away").await.map(|()| echoed),
         };
+        if message.is_ok() {
+            pinged = false;
+        }
         match message {
+            Err(_) if !pinged => {
+                pinged = true;
+                match tokio::time::timeout(
+                    idle_timeout / 2,
+                    ws.send(Message::Ping(b"wssd".to_vec().into())),
+                )
+                .await
+                {
+                    Ok(sent) => sent?,
+                    Err(_) => return Ok(echoed),
+                }
+            }
             Err(_) => {
                 return close(ws, CloseCode::Away, "idle timeout")
                     .await

@@ -41,6 +41,9 @@ const CHUNK_MAX: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(5);
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
+/// wssd's keepalive ping to the client: unmasked, payload "wssd".
+const PING: &[u8] = &[0x89, 0x04, b'w', b's', b's', b'd'];
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -62,6 +65,8 @@ pub struct RelayStats {
 /// State the two directions share (same task, so atomics only for `Send`).
 struct Shared {
     close: CancellationToken,
+    /// Asks the upstream-to-client pump to send the client a ping (keepalive).
+    ping: tokio::sync::Notify,
     code: AtomicU16,
     reason: std::sync::OnceLock<&'static str>,
     started: Instant,
@@ -115,6 +120,7 @@ where
 {
     let shared = Shared {
         close: drain.child_token(),
+        ping: tokio::sync::Notify::new(),
         code: AtomicU16::new(CLOSE_GOING_AWAY),
         reason: std::sync::OnceLock::new(),
         started: Instant::now(),
@@ -160,16 +166,31 @@ where
 }
 
 /// Asks for a close when neither side has sent anything for `idle`.
+/// Keeps an eye on silence: after half of `idle` without traffic either way, the client
+/// gets a ping (a live client answers with a pong, which counts as traffic); after all of
+/// `idle`, the connection is closed with 1001.
 async fn idle_watch(shared: &Shared, idle: Duration) {
+    let mut pinged_at = None;
     loop {
         let last = Duration::from_millis(shared.last_activity_ms.load(Ordering::Relaxed));
         let deadline = shared.started + last + idle;
-        if Instant::now() >= deadline {
+        let ping_at = shared.started + last + idle / 2;
+        let now = Instant::now();
+        if now >= deadline {
             shared.request_close(CLOSE_GOING_AWAY, "idle timeout");
             // Leave the close to the pumps; this future is done.
             std::future::pending::<()>().await;
         }
-        tokio::time::sleep_until(deadline.into()).await;
+        let next = if pinged_at == Some(last) {
+            deadline
+        } else if now >= ping_at {
+            shared.ping.notify_one();
+            pinged_at = Some(last);
+            deadline
+        } else {
+            ping_at
+        };
+        tokio::time::sleep_until(next.into()).await;
     }
 }
 
@@ -181,6 +202,8 @@ struct Pump {
     closing: bool,
     /// wssd's close frame has been written; what follows is discarded.
     injected: bool,
+    /// A keepalive ping waits for the next frame boundary.
+    pending_ping: bool,
 }
 
 /// What to do after a chunk.
@@ -197,6 +220,7 @@ impl Pump {
             bytes: 0,
             closing: false,
             injected: false,
+            pending_ping: false,
         }
     }
 
@@ -216,7 +240,7 @@ impl Pump {
         }
         let mut buf = vec![0u8; CHUNK_START];
         loop {
-            let n = tokio::select! {
+            let read = tokio::select! {
                 biased;
                 _ = shared.close.cancelled(), if !self.closing => {
                     self.closing = true;
@@ -228,12 +252,26 @@ impl Pump {
                     }
                     continue;
                 }
-                read = src.read(&mut buf) => read?,
+                _ = shared.ping.notified(), if self.direction == Direction::Down && !self.closing => {
+                    if self.tracker.at_boundary() {
+                        self.write(dst, PING).await?;
+                    } else {
+                        self.pending_ping = true;
+                    }
+                    continue;
+                }
+                read = src.read(&mut buf) => read,
+            };
+            let n = match read {
+                Ok(0) => 0,
+                Ok(n) => n,
+                Err(e) => {
+                    self.peer_gone(dst).await;
+                    return Err(e);
+                }
             };
             if n == 0 {
-                if !self.injected {
-                    let _ = dst.shutdown().await;
-                }
+                self.peer_gone(dst).await;
                 return Ok(());
             }
             shared.touch();
@@ -246,46 +284,73 @@ impl Pump {
         }
     }
 
+    /// The source ended (EOF or error). If it left without a closing handshake and we
+    /// are between frames, tell the other side in WebSocket terms rather than just cutting
+    /// the connection: 1011 to the client when the upstream went away, 1001 to the
+    /// upstream when the client did. Then end our half.
+    async fn peer_gone<W: AsyncWrite + Unpin>(&mut self, dst: &mut W) {
+        if !self.injected && !self.tracker.close_seen && self.tracker.at_boundary() {
+            let frame = match self.direction {
+                Direction::Down => close_frame(CLOSE_INTERNAL_ERROR, "upstream went away", false),
+                Direction::Up => close_frame(CLOSE_GOING_AWAY, "client went away", true),
+            };
+            let _ = dst.write_all(&frame).await;
+            let _ = dst.flush().await;
+            self.injected = true;
+        }
+        let _ = dst.shutdown().await;
+    }
+
     async fn forward<W: AsyncWrite + Unpin>(
         &mut self,
-        chunk: &[u8],
+        mut chunk: &[u8],
         dst: &mut W,
         shared: &Shared,
     ) -> std::io::Result<Flow> {
-        if self.injected {
-            return Ok(self.after_injection(chunk));
-        }
-        match self.tracker.advance(chunk, self.closing) {
-            Advance::Consumed => {
-                self.write(dst, chunk).await?;
-                Ok(Flow::Continue)
+        loop {
+            if self.injected {
+                return Ok(self.after_injection(chunk));
             }
-            Advance::Boundary(at) => {
-                self.write(dst, &chunk[..at]).await?;
-                self.inject(dst, shared).await?;
-                Ok(self.after_injection(&chunk[at..]))
-            }
-            Advance::Violation {
-                code,
-                header_at,
-                resume_at,
-            } => {
-                let reason = if code == CLOSE_TOO_BIG {
-                    "message too big"
-                } else {
-                    "protocol error"
-                };
-                shared.request_close(code, reason);
-                self.closing = true;
-                if let Some(at) = header_at {
-                    self.write(dst, &chunk[..at]).await?;
-                    self.inject(dst, shared).await?;
-                } else {
-                    // Part of the offending frame's header already went out; the peer gets
-                    // no close frame, only the end of the connection.
-                    self.injected = true;
+            match self
+                .tracker
+                .advance(chunk, self.closing || self.pending_ping)
+            {
+                Advance::Consumed => {
+                    self.write(dst, chunk).await?;
+                    return Ok(Flow::Continue);
                 }
-                Ok(self.after_injection(&chunk[resume_at..]))
+                Advance::Boundary(at) => {
+                    self.write(dst, &chunk[..at]).await?;
+                    if self.closing {
+                        self.inject(dst, shared).await?;
+                    } else {
+                        self.write(dst, PING).await?;
+                        self.pending_ping = false;
+                    }
+                    chunk = &chunk[at..];
+                }
+                Advance::Violation {
+                    code,
+                    header_at,
+                    resume_at,
+                } => {
+                    let reason = if code == CLOSE_TOO_BIG {
+                        "message too big"
+                    } else {
+                        "protocol error"
+                    };
+                    shared.request_close(code, reason);
+                    self.closing = true;
+                    if let Some(at) = header_at {
+                        self.write(dst, &chunk[..at]).await?;
+                        self.inject(dst, shared).await?;
+                    } else {
+                        // Part of the offending frame's header already went out; the peer
+                        // gets no close frame, only the end of the connection.
+                        self.injected = true;
+                    }
+                    return Ok(self.after_injection(&chunk[resume_at..]));
+                }
             }
         }
     }

@@ -55,6 +55,22 @@ pub fn check(req: &Request, allowed_origins: &[String]) -> Result<Upgrade, Rejec
     {
         return Err(Rejection::new(400, "Connection: Upgrade is missing.\n"));
     }
+    // One key and one version: a request that repeats them is ambiguous, and proxies
+    // must not guess which copy the upstream would read.
+    for name in ["sec-websocket-key", "sec-websocket-version"] {
+        if req
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+            > 1
+        {
+            return Err(Rejection::new(
+                400,
+                format!("{name} appears more than once.\n"),
+            ));
+        }
+    }
     if req.header("sec-websocket-version") != Some("13") {
         return Err(
             Rejection::new(426, "Only WebSocket version 13 is supported.\n")
@@ -125,6 +141,12 @@ mod tests {
         assert_eq!(check(&req(&old), &[]).unwrap_err().status, 426);
         let bad = GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
         assert_eq!(check(&req(&bad), &[]).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn repeated_keys_are_a_bad_request() {
+        let twice = format!("{GOOD}Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n");
+        assert_eq!(check(&req(&twice), &[]).unwrap_err().status, 400);
     }
 
     #[test]
