@@ -244,10 +244,18 @@ pub fn check_private_files(config: &Config) -> Result<(), crate::cert::store::St
             }
         }
     }
-    if config.certificates.iter().any(|c| c.source == Source::Selfsigned) {
+    if config
+        .certificates
+        .iter()
+        .any(|c| c.source == Source::Selfsigned)
+    {
         check_private(&config.ca_dir.join("ca-key.pem"))?;
     }
-    for cert in config.certificates.iter().filter(|c| c.source != Source::Files) {
+    for cert in config
+        .certificates
+        .iter()
+        .filter(|c| c.source != Source::Files)
+    {
         check_private(&cert.key_file)?;
     }
     Ok(())

@@ -486,7 +486,11 @@ async fn run_keeps_serving_and_backs_off_while_the_ca_is_down() {
     let pair = ca.leaf(&["down.example.test"]);
     let cert_dir = dir.path().join("data/certs/down.example.test");
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&cert_dir).unwrap();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cert_dir)
+        .unwrap();
     wssd::cert::store::write_pair(
         &cert_dir.join("cert.pem"),
         &cert_dir.join("key.pem"),

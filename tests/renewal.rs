@@ -26,9 +26,18 @@ fn plant_leaf(ca_dir: &Path, cert_dir: &Path, not_before: SystemTime) -> String 
     params.not_after = (not_before + Duration::from_secs(90 * DAY)).into();
     let leaf = params.signed_by(&key, &issuer).unwrap();
     // As wssd keeps them: directories 0700, the key 0600 (it refuses anything more open).
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(cert_dir).unwrap();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(cert_dir)
+        .unwrap();
     std::fs::write(cert_dir.join("cert.pem"), format!("{}{ca_pem}", leaf.pem())).unwrap();
-    wssd::cert::store::write_atomic(&cert_dir.join("key.pem"), key.serialize_pem().as_bytes(), 0o600).unwrap();
+    wssd::cert::store::write_atomic(
+        &cert_dir.join("key.pem"),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )
+    .unwrap();
     wssd::cert::inspect::CertSummary::from_der(leaf.der())
         .unwrap()
         .serial

@@ -55,7 +55,9 @@ pub enum StoreError {
 /// Refuses a private file (or directory) that group or others can read or enter. A path
 /// that does not exist yet is fine: wssd will create it private.
 pub fn check_private(path: &Path) -> Result<(), StoreError> {
-    let Ok(meta) = fs::metadata(path) else { return Ok(()) };
+    let Ok(meta) = fs::metadata(path) else {
+        return Ok(());
+    };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(StoreError::TooOpen {
@@ -320,7 +322,10 @@ mod tests {
         assert!(check_private(&key).is_ok());
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         let err = check_private(&key).unwrap_err().to_string();
-        assert!(err.contains("mode 644") && err.contains(&format!("chmod 600 {}", key.display())), "{err}");
+        assert!(
+            err.contains("mode 644") && err.contains(&format!("chmod 600 {}", key.display())),
+            "{err}"
+        );
     }
 
     #[test]

@@ -244,6 +244,21 @@ impl TestCa {
         }
     }
 
+    /// A client certificate (clientAuth) with common name `cn`.
+    pub fn client(&self, cn: &str) -> Pair {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Pair {
+            cert_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            key_pem: key.serialize_pem(),
+            serial: String::new(),
+        }
+    }
+
     /// A leaf for `names` valid for 90 days.
     pub fn leaf(&self, names: &[&str]) -> Pair {
         self.leaf_between(names, -60, 90 * 86_400)
@@ -269,6 +284,37 @@ pub fn client_config(ca_pem: &str) -> Arc<ClientConfig> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
+}
+
+/// A client config trusting `ca_pem` and presenting `client` (mTLS).
+pub fn client_config_with_cert(ca_pem: &str, client: &Pair) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(client.cert_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+    let key = pki_types::PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(wssd::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// The resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 pub type Wss = WebSocketStream<TlsStream<TcpStream>>;
