@@ -3,6 +3,8 @@
 //! backpressure against a flooding upstream, mTLS identity, keepalive, peers that vanish,
 //! TLS profiles and resumption, and private files.
 
+#![allow(clippy::result_large_err)] // tungstenite's callback signature
+
 mod common;
 
 use std::net::SocketAddr;
