@@ -602,3 +602,77 @@ fn one_pass_orders_several_certificates() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_of_a_full_acme_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pebble = Pebble::start(
+        dir.path(),
+        PebbleOptions {
+            eab_required: true,
+            ..Default::default()
+        },
+    );
+    let config = format!(
+        "data_dir = \"{}\"\n[listener]\nbind = \"127.0.0.1:{}\"\n[[certificate]]\ndomains = [\"secret.example.test\"]\nsource = \"acme\"\n{}",
+        dir.path().join("data").display(),
+        pebble.tls_port,
+        pebble.acme_section(
+            "tls-alpn-01",
+            &format!("eab_kid = \"{EAB_KID}\"\neab_hmac_key = \"{EAB_HMAC}\"")
+        )
+    );
+    let wssd = Wssd::start(dir.path(), &config); // logs at debug level
+    wssd.wait_for_logs(
+        "certificate issued by the CA and stored",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    let status = wssd_cmd(
+        dir.path(),
+        &[
+            "status",
+            "--config",
+            dir.path().join("wssd.toml").to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let logs = format!(
+        "{}\n{}\n{}",
+        wssd.logs(),
+        wssd.stdout(),
+        String::from_utf8_lossy(&status.stdout)
+    );
+
+    let account_file = std::fs::read_dir(dir.path().join("data/acme"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("account-"))
+        .unwrap()
+        .path();
+    let account: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&account_file).unwrap()).unwrap();
+    let account_key = account["credentials"]["key_pkcs8"]
+        .as_str()
+        .expect("the stored account key")
+        .to_string();
+    let cert_key =
+        std::fs::read_to_string(dir.path().join("data/certs/secret.example.test/key.pem")).unwrap();
+    let key_body: Vec<&str> = cert_key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(!logs.contains("PRIVATE KEY"));
+    assert!(!logs.contains(EAB_HMAC), "the EAB HMAC key was logged");
+    assert!(
+        !logs.contains(&account_key[..40]),
+        "the account key was logged"
+    );
+    for line in key_body {
+        assert!(
+            !logs.contains(line),
+            "a line of the certificate key was logged"
+        );
+    }
+}

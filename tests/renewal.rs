@@ -130,3 +130,50 @@ async fn a_running_wssd_renews_and_swaps_without_dropping_connections() {
     .unwrap();
     assert_eq!(pair.summary.days_left(SystemTime::now()), 89);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_cannot_be_written_leaves_the_old_pair_serving() {
+    let (dir, config) = setup();
+    let cert_dir = dir.path().join("data/certs/localhost");
+    let not_before = SystemTime::now() + Duration::from_secs(2) - Duration::from_secs(60 * DAY);
+    let old = plant_leaf(&dir.path().join("ca"), &cert_dir, not_before);
+    std::fs::write(dir.path().join("wssd.toml"), &config).unwrap();
+    // Files may grow to 1 KiB at most (the chain is larger): writing the renewed pair
+    // fails half-way, like a full disk. SIGXFSZ is ignored so the write just fails.
+    let wssd = Wssd::spawn_wrapped(
+        dir.path(),
+        "trap '' XFSZ; ulimit -f 2;",
+        &[
+            "run",
+            "--config",
+            dir.path().join("wssd.toml").to_str().unwrap(),
+        ],
+    );
+    let ca = std::fs::read_to_string(dir.path().join("ca/ca.pem")).unwrap();
+    let client = client_config(&ca);
+    let (mut live, _) = ws_connect(wssd.addr, &client, "/").await;
+    wssd.wait_for_logs("renewal failed", 1, Duration::from_secs(20))
+        .await;
+    assert!(wssd.logs().contains("File too large"), "{}", wssd.logs());
+    assert_eq!(
+        served_serial(wssd.addr, &client).await,
+        old,
+        "the old pair keeps serving"
+    );
+    echo(&mut live, "unaffected").await.unwrap();
+    // On disk: still the old pair, whole, and no half-written version left behind.
+    let pair = wssd::cert::pair::load_pair(
+        &cert_dir.join("cert.pem"),
+        &cert_dir.join("key.pem"),
+        &[wssd::config::Domain::parse("localhost").unwrap()],
+        SystemTime::now(),
+    )
+    .unwrap();
+    assert_eq!(pair.summary.serial, old);
+    let versions = std::fs::read_dir(&cert_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("..wssd-"))
+        .count();
+    assert!(versions <= 1, "{versions} version directories");
+}

@@ -198,9 +198,14 @@ fn switch_version(
         .mode(PRIVATE_DIR_MODE)
         .create(&version)
         .map_err(err(&version))?;
-    write_new(&version.join(key_name), key_pem, KEY_MODE)?;
-    write_new(&version.join(cert_name), cert_pem, CERT_MODE)?;
-    sync_dir(&version)?;
+    let written = write_new(&version.join(key_name), key_pem, KEY_MODE)
+        .and_then(|()| write_new(&version.join(cert_name), cert_pem, CERT_MODE))
+        .and_then(|()| sync_dir(&version));
+    if let Err(e) = written {
+        // Disk full, no permission: `..data` still names the old pair; leave no debris.
+        let _ = fs::remove_dir_all(&version);
+        return Err(e);
+    }
     let tmp = dir.join("..data_tmp");
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(&name, &tmp).map_err(err(&tmp))?;

@@ -57,8 +57,20 @@ impl Wssd {
 
     /// Runs `wssd ARGS` in `dir` and waits for the "listening" log line.
     pub fn spawn(dir: &Path, args: &[&str]) -> Wssd {
-        let mut child = Command::new(WSSD)
-            .args(args)
+        Wssd::spawn_command(dir, Command::new(WSSD).args(args))
+    }
+
+    /// Runs `wssd` under `sh -c PREFIX exec wssd ARGS` (limits, signal dispositions).
+    pub fn spawn_wrapped(dir: &Path, prefix: &str, args: &[&str]) -> Wssd {
+        let script = format!("{prefix} exec \"$0\" \"$@\"");
+        Wssd::spawn_command(
+            dir,
+            Command::new("sh").args(["-c", &script, WSSD]).args(args),
+        )
+    }
+
+    fn spawn_command(dir: &Path, command: &mut Command) -> Wssd {
+        let mut child = command
             .current_dir(dir)
             .env("XDG_DATA_HOME", dir.join("xdg"))
             .env("RUST_LOG", "wssd=debug")
