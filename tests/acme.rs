@@ -241,11 +241,12 @@ async fn tls_alpn01_through_the_live_listener_leaves_20_clients_undisturbed() {
         &dir.path().join("data/certs/alpn.example.test/cert.pem"),
         &["alpn.example.test"],
     );
-    assert!(
-        wssd.logs().contains("answered a tls-alpn-01 validation"),
-        "{}",
-        wssd.logs()
-    );
+    wssd.wait_for_logs(
+        "answered a tls-alpn-01 validation",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

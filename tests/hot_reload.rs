@@ -98,6 +98,8 @@ async fn swaps_keep_every_connection(method: Swap) {
         "a normal {method:?} swap must never be reported as a failure:\n{}",
         wssd.logs()
     );
+    // Each swap logs once (the line can trail the swap itself by a moment).
+    wssd.wait_for_logs("certificate swapped in", SWAPS + 1, Duration::from_secs(10)).await;
     assert_eq!(
         wssd.count_logs("certificate swapped in"),
         SWAPS + 1,
@@ -227,5 +229,6 @@ async fn sighup_reloads_when_watching_is_off() {
     wssd.signal("HUP");
     wait_for_serial(wssd.addr, &client, &second.serial, Duration::from_secs(10)).await;
     echo(&mut live, "still here after SIGHUP").await.unwrap();
-    assert!(wssd.logs().contains("reason=\"SIGHUP\""), "{}", wssd.logs());
+    wssd.wait_for_logs("reason=\"SIGHUP\"", 1, Duration::from_secs(10))
+        .await;
 }

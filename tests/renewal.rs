@@ -80,7 +80,12 @@ async fn a_due_certificate_is_reissued_at_startup() {
     let ca = std::fs::read_to_string(dir.path().join("ca/ca.pem")).unwrap();
     let served = served_serial(wssd.addr, &client_config(&ca)).await;
     assert_ne!(served, old, "a due certificate must be replaced");
-    assert!(wssd.logs().contains("issued a certificate from the dev CA"));
+    wssd.wait_for_logs(
+        "issued a certificate from the dev CA",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,11 +120,8 @@ async fn a_running_wssd_renews_and_swaps_without_dropping_connections() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     echo(&mut live, "after renewal").await.unwrap();
-    assert!(
-        wssd.logs().contains("renewed from the dev CA"),
-        "{}",
-        wssd.logs()
-    );
+    wssd.wait_for_logs("renewed from the dev CA", 1, Duration::from_secs(10))
+        .await;
     // The renewed certificate is on disk, from the same CA, with a full lifetime.
     let pair = wssd::cert::pair::load_pair(
         &cert_dir.join("cert.pem"),
@@ -154,7 +156,8 @@ async fn a_renewal_that_cannot_be_written_leaves_the_old_pair_serving() {
     let (mut live, _) = ws_connect(wssd.addr, &client, "/").await;
     wssd.wait_for_logs("renewal failed", 1, Duration::from_secs(20))
         .await;
-    assert!(wssd.logs().contains("File too large"), "{}", wssd.logs());
+    wssd.wait_for_logs("File too large", 1, Duration::from_secs(10))
+        .await;
     assert_eq!(
         served_serial(wssd.addr, &client).await,
         old,
