@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use tokio::net::TcpListener;
@@ -21,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::acme::Acme;
 use crate::acme::challenge::{Http01Tokens, Solver, serve_http01};
 use crate::acme::renew::{self, Renewal};
+use crate::admin::Admin;
 use crate::cert::inspect::rfc3339;
 use crate::cert::pair::PairError;
 use crate::config::{Challenge, Config, Source};
@@ -101,6 +103,38 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let reloader = Arc::new(Reloader::new(config.certificates.clone(), metrics.clone()));
     let shutdown = CancellationToken::new();
+    // The admin server first: /readyz says 503 while the rest starts.
+    let admin = match &config.admin {
+        None => None,
+        Some(admin_config) => {
+            let listener = TcpListener::bind(admin_config.bind)
+                .await
+                .map_err(|source| AgentError::Bind {
+                    addr: admin_config.bind,
+                    source,
+                })?;
+            let admin = Arc::new(Admin {
+                metrics: metrics.clone(),
+                reloader: reloader.clone(),
+                listening: AtomicBool::new(false),
+                upstream: admin_config
+                    .readyz_checks_upstream
+                    .then(|| config.listener.upstream.clone())
+                    .flatten(),
+            });
+            let bound = listener.local_addr().map_err(|source| AgentError::Bind {
+                addr: admin_config.bind,
+                source,
+            })?;
+            info!(addr = %bound, "admin server listening (/healthz, /readyz, /metrics)");
+            tokio::spawn(crate::admin::serve(
+                listener,
+                admin.clone(),
+                shutdown.clone(),
+            ));
+            Some(admin)
+        }
+    };
     let acme = start_acme(&config, &reloader, &shutdown).await?;
     for (index, cert) in config.certificates.iter().enumerate() {
         let domains = cert.domain_list();
@@ -138,7 +172,7 @@ pub async fn run(
                     source,
                 })?;
                 if let Provisioned::Issued(s) = &provisioned {
-                    info!(certificate = index, %domains, serial = %s.serial, not_after = %rfc3339(s.not_after), "issued a certificate from the dev CA");
+                    info!(event = "certificate_issued", certificate = index, %domains, serial = %s.serial, not_after = %rfc3339(s.not_after), "issued a certificate from the dev CA");
                     crate::hooks::spawn_deploy_hook(index, cert);
                 }
             }
@@ -172,6 +206,9 @@ pub async fn run(
         addr: config.listener.bind,
         source,
     })?;
+    if let Some(admin) = &admin {
+        admin.listening.store(true, Ordering::Relaxed);
+    }
 
     for (index, cert) in config.certificates.iter().enumerate() {
         match (cert.source, &acme) {
@@ -197,11 +234,13 @@ pub async fn run(
             _ => {}
         }
     }
-    if config.admin.is_some() {
-        warn!("[admin] is not served by this build yet; the setting is ignored");
-    }
 
-    let server = Arc::new(Server::new(tls, config.listener.clone(), metrics.clone()));
+    let server = Arc::new(Server::new(
+        tls,
+        config.listener.clone(),
+        metrics.clone(),
+        reloader.resolver(),
+    ));
     let mode = match &config.listener.upstream {
         Some(up) => format!("proxy to {up}"),
         None => "built-in echo".to_string(),
@@ -209,6 +248,8 @@ pub async fn run(
     info!(%addr, %mode, "listening");
     on_ready(addr, &config);
 
+    // systemd (Type=notify): ready once the listener is bound and certificates loaded.
+    notify(&[sd_notify::NotifyState::Ready]);
     let signals = {
         let shutdown = shutdown.clone();
         async move {
@@ -216,12 +257,17 @@ pub async fn run(
                 tokio::select! {
                     _ = sighup.recv() => {
                         info!("SIGHUP: reloading certificates");
-                        reload.reload_all("SIGHUP");
+                        let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                        reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                        notify(&reloading);
+                        reload.reload_all_and_wait("SIGHUP").await;
+                        notify(&[sd_notify::NotifyState::Ready]);
                     }
                     _ = sigterm.recv() => { info!("SIGTERM: draining"); break; }
                     _ = sigint.recv() => { info!("SIGINT: draining"); break; }
                 }
             }
+            notify(&[sd_notify::NotifyState::Stopping]);
             shutdown.cancel();
         }
     };
@@ -229,6 +275,14 @@ pub async fn run(
     server::serve(listener, server, shutdown).await;
     info!("stopped");
     Ok(())
+}
+
+/// Tells systemd (when it started us with NOTIFY_SOCKET) how things stand; elsewhere a
+/// no-op.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!(error = %e, "cannot notify the service manager");
+    }
 }
 
 /// Refuses to start when a secret wssd keeps is open to group or others: `data_dir`, the
@@ -329,12 +383,14 @@ async fn renew_selfsigned(
         .map(|s| schedule::renew_at(s.not_before, s.not_after, None))
         .unwrap_or_else(SystemTime::now);
     let mut failures: u32 = 0;
+    let metrics = reloader.metrics().clone();
     loop {
         let wait = if failures > 0 {
             std::time::Duration::from_secs(60u64 << failures.min(6))
         } else {
             due.duration_since(SystemTime::now()).unwrap_or_default()
         };
+        metrics.next_renewal_at(index, &cert, SystemTime::now() + wait);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -347,10 +403,11 @@ async fn renew_selfsigned(
         match result {
             Ok(Ok(provisioned)) => {
                 failures = 0;
+                metrics.renewal("selfsigned", true);
                 let s = provisioned.summary();
                 due = schedule::renew_at(s.not_before, s.not_after, None);
                 if let Provisioned::Issued(s) = &provisioned {
-                    info!(certificate = index, domains = %cert.domain_list(), serial = %s.serial, "renewed from the dev CA");
+                    info!(event = "certificate_renewed", certificate = index, domains = %cert.domain_list(), serial = %s.serial, not_after = %rfc3339(s.not_after), "renewed from the dev CA");
                     crate::hooks::spawn_deploy_hook(index, &cert);
                 }
                 // Through the reload task, not the watcher: watching may be off.
@@ -358,7 +415,8 @@ async fn renew_selfsigned(
             }
             Ok(Err(e)) => {
                 failures += 1;
-                error!(certificate = index, domains = %cert.domain_list(), error = %e, "renewal failed; the current certificate keeps serving");
+                metrics.renewal("selfsigned", false);
+                error!(event = "certificate_renewal_failed", certificate = index, domains = %cert.domain_list(), error = %e, "renewal failed; the current certificate keeps serving");
             }
             Err(e) => {
                 failures += 1;

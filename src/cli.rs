@@ -8,10 +8,18 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Domain;
 
+/// `0.1.0 (git 1a2b3c4d5e6f)`: the version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("WSSD_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "wssd",
-    version,
+    version = VERSION,
     about = "Certificates that manage themselves, and a WSS listener that hot-swaps them",
     long_about = "wssd obtains TLS certificates (ACME or a local dev CA), keeps them on disk, watches them, \
 and serves wss:// with them, proxying WebSocket upgrades to a plain ws:// upstream (or echoing). \
@@ -19,8 +27,17 @@ Certificates are swapped without dropping a live connection.\n\n\
 Run `wssd run` with no arguments for the zero-config dev mode."
 )]
 pub struct Cli {
+    /// Log lines as text (for people) or JSON (one object per line, for collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,12 +88,23 @@ pub enum Command {
         /// Print one JSON object instead of the human report.
         #[arg(long)]
         json: bool,
+        /// Fail (exit 1) when the served certificate expires within N days: a ready
+        /// monitoring check for cron or Nagios.
+        #[arg(long, value_name = "N")]
+        expect_days: Option<u32>,
     },
     /// Validate a config and the files it names; print what would run.
     Check {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print shell completions for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to standard output: `wssd man | man -l -`.
+    Man,
     /// Inventory: each certificate, its source, domains, serial, expiry, next renewal.
     Status {
         #[arg(long, short = 'c', value_name = "FILE")]

@@ -116,9 +116,11 @@ pub fn spawn_deploy_hook(index: usize, cert: &CertificateConfig) {
     tokio::spawn(async move {
         let domains = cert.domain_list();
         match tokio::task::spawn_blocking(move || run_deploy_hook(&cert)).await {
-            Ok(Ok(())) => tracing::info!(certificate = index, %domains, "deploy hook ran"),
+            Ok(Ok(())) => {
+                tracing::info!(event = "deploy_hook_ran", certificate = index, %domains, "deploy hook ran")
+            }
             Ok(Err(e)) => {
-                tracing::warn!(certificate = index, %domains, error = %e, "deploy hook failed")
+                tracing::warn!(event = "deploy_hook_failed", certificate = index, %domains, error = %e, "deploy hook failed")
             }
             Err(e) => tracing::warn!(certificate = index, error = %e, "deploy hook task failed"),
         }

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod admin;
 pub mod agent;
 pub mod cert;
 pub mod cli;

@@ -5,10 +5,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
-use wssd::cli::{Cli, Command};
+use wssd::cli::{Cli, Command, LogFormat};
 use wssd::commands::{self, CommandError, Outcome};
 use wssd::config::{self, Config};
 use wssd::probe::ProbeOptions;
@@ -26,13 +26,20 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // One JSON object per line, event fields at the top level.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 
     let outcome = match cli.command {
         Command::Run { config } => run(config.as_deref()),
@@ -52,6 +59,7 @@ fn main() -> ExitCode {
             send,
             timeout,
             json,
+            expect_days,
         } => runtime().and_then(|rt| {
             rt.block_on(commands::probe(
                 ProbeOptions {
@@ -60,10 +68,19 @@ fn main() -> ExitCode {
                     insecure,
                     send,
                     timeout,
+                    expect_days,
                 },
                 json,
             ))
         }),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "wssd", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map(|()| 0)
+            .map_err(CommandError::runtime),
     };
     match outcome {
         Ok(code) => ExitCode::from(code as u8),

@@ -34,6 +34,8 @@ pub struct ProbeOptions {
     /// Send this text and expect it back.
     pub send: Option<String>,
     pub timeout: Duration,
+    /// Fail when the served certificate expires within this many days.
+    pub expect_days: Option<u32>,
 }
 
 /// One certificate of the peer's chain, as reported.
@@ -148,7 +150,17 @@ pub async fn probe(opts: &ProbeOptions) -> ProbeReport {
     };
     let run = run(opts, &mut report);
     match tokio::time::timeout(opts.timeout, run).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => {
+            if let (Some(days), Some(leaf)) = (opts.expect_days, report.peer_certificates.first())
+                && leaf.days_left < i64::from(days)
+            {
+                report.error = Some(format!(
+                    "the certificate expires in {} days ({}), within the {days} days of --expect-days",
+                    leaf.days_left,
+                    crate::cert::inspect::rfc3339(leaf.summary.not_after)
+                ));
+            }
+        }
         Ok(Err(e)) => report.error = Some(e),
         Err(_) => {
             let step = if report.address.is_none() {

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = upgrade::check(&request, &[]);
     if upgrade::check(&request, &origins).is_ok() {
         let upstream = Upstream { host: "127.0.0.1".into(), port: 9000 };
-        let out = proxy::upstream_request(&request, "192.0.2.1".parse().unwrap(), &upstream);
+        let out = proxy::upstream_request(&request, "192.0.2.1".parse().unwrap(), &upstream, Some("Hash=00"));
         // Whatever the client sent, the forwarded head is one head: it ends once.
         assert!(out.ends_with(b"\r\n\r\n"));
         assert_eq!(out.windows(4).filter(|w| w == b"\r\n\r\n").count(), 1);

@@ -293,6 +293,7 @@ impl Acme {
             obtained.key_pem.as_bytes(),
         )?;
         info!(
+            event = "certificate_issued",
             domains = %cert.domain_list(),
             serial = %checked.summary.serial,
             not_after = %crate::cert::inspect::rfc3339(checked.summary.not_after),

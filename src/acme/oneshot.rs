@@ -98,6 +98,7 @@ impl OneShot {
                             tls,
                             self.config.listener.clone(),
                             Arc::new(Metrics::default()),
+                            resolver.clone(),
                         ));
                         tokio::spawn(crate::server::serve(listener, server, self.stop.clone()));
                     }

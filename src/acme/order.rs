@@ -87,7 +87,7 @@ pub async fn obtain(
         None => retry_bad_nonce!(account.new_order(&new_order(None)).await),
     }
     .map_err(|e| acme_err(e, Some(names.clone())))?;
-    info!(domains = %names, order = order.url(), challenge = ?solver.kind(), "ordered a certificate");
+    info!(event = "certificate_ordered", domains = %names, order = order.url(), challenge = ?solver.kind(), "ordered a certificate");
 
     // Answer every pending authorization first, then wait once for all of them.
     let mut presented: Vec<Presented> = Vec::new();

@@ -307,6 +307,7 @@ pub async fn run(r: Renewal) {
         state.next_attempt = Some(rfc3339(at));
         state.reason = Some(reason.to_string());
         save_state(&data_dir, &domains, &state);
+        r.metrics.next_renewal_at(r.index, &r.cert, at);
         let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
         if !wait.is_zero() && announced != Some(at) {
             info!(certificate = r.index, %domains, next = %rfc3339(at), %reason, "next ACME renewal");
@@ -329,24 +330,34 @@ pub async fn run(r: Renewal) {
         };
         match attempt {
             Ok(summary) => {
-                Metrics::inc(&r.metrics.acme_orders_ok);
+                r.metrics.acme_order(true);
+                r.metrics.renewal("acme", true);
                 state.failures = 0;
                 state.last_error = None;
                 state.retry_not_before = None;
                 announced = None;
                 last_issued = Some((SystemTime::now(), summary.lifetime()));
-                info!(certificate = r.index, %domains, serial = %summary.serial, "renewed from the CA");
+                info!(
+                    event = "certificate_renewed",
+                    certificate = r.index,
+                    %domains,
+                    serial = %summary.serial,
+                    not_after = %rfc3339(summary.not_after),
+                    "renewed from the CA"
+                );
                 r.reload.reload_slot(r.index, "acme renewal");
                 crate::hooks::spawn_deploy_hook(r.index, &r.cert);
             }
             Err(e) => {
-                Metrics::inc(&r.metrics.acme_orders_error);
+                r.metrics.acme_order(false);
+                r.metrics.renewal("acme", false);
                 state.failures += 1;
                 state.last_error = Some(failure_text(&e));
                 if e.is_rate_limited() {
                     state.set_retry_not_before(r.acme.take_retry_after());
                 }
                 error!(
+                    event = "certificate_renewal_failed",
                     certificate = r.index,
                     %domains,
                     error = %e,

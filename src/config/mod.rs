@@ -135,6 +135,8 @@ pub struct TlsConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
+    /// `/readyz` also requires a TCP connection to the upstream.
+    pub readyz_checks_upstream: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -521,7 +523,10 @@ impl Config {
             watch: raw.watch.unwrap_or(true),
             listener,
             tls,
-            admin: raw.admin.map(|a| AdminConfig { bind: a.bind }),
+            admin: raw.admin.map(|a| AdminConfig {
+                bind: a.bind,
+                readyz_checks_upstream: a.readyz_checks_upstream.unwrap_or(false),
+            }),
             certificates,
             acme,
             path_lines,

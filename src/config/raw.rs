@@ -63,6 +63,7 @@ pub(super) struct RawTls {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) bind: SocketAddr,
+    pub(super) readyz_checks_upstream: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -49,6 +49,10 @@ impl Reloader {
         self.resolver.clone()
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn certificates(&self) -> &[CertificateConfig] {
         &self.certificates
     }
@@ -82,26 +86,44 @@ impl Reloader {
         }
         let summary = pair.summary.clone();
         self.resolver.set(index, pair.key);
+        let mut previous = None;
         if let Ok(mut served) = self.served.lock()
             && let Some(slot) = served.get_mut(index)
         {
-            *slot = Some(summary.clone());
+            previous = slot.replace(summary.clone());
         }
-        Metrics::inc(&self.metrics.certificate_reloads_ok);
-        info!(
-            certificate = index,
-            domains = %self.certificates[index].domain_list(),
-            serial = %summary.serial,
-            not_after = %rfc3339(summary.not_after),
-            reason,
-            "certificate swapped in"
-        );
+        self.metrics.reload(true);
+        self.metrics
+            .certificate_served(index, &self.certificates[index], &summary);
+        let domains = self.certificates[index].domain_list();
+        let (serial, not_after) = (&summary.serial, rfc3339(summary.not_after));
+        match previous {
+            None => info!(
+                event = "certificate_loaded",
+                certificate = index,
+                %domains,
+                %serial,
+                %not_after,
+                reason,
+                "certificate loaded"
+            ),
+            Some(old) => info!(
+                event = "certificate_swapped",
+                certificate = index,
+                %domains,
+                %serial,
+                %not_after,
+                previous_serial = %old.serial,
+                reason,
+                "certificate swapped"
+            ),
+        }
         Reloaded::Swapped(summary)
     }
 
     /// Records a pair that was refused for good (after any retries).
     pub fn refused(&self, index: usize, error: &PairError) {
-        Metrics::inc(&self.metrics.certificate_reloads_error);
+        self.metrics.reload(false);
         let serving = self
             .served()
             .get(index)
@@ -110,6 +132,7 @@ impl Reloader {
             .map(|s| s.serial)
             .unwrap_or_else(|| "nothing".into());
         warn!(
+            event = "certificate_refused",
             certificate = index,
             domains = %self.certificates.get(index).map(|c| c.domain_list()).unwrap_or_default(),
             error = %error,

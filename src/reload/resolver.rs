@@ -26,12 +26,15 @@ use crate::config::Domain;
 /// ALPN protocol of the tls-alpn-01 challenge (RFC 8737).
 pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
 
+/// A served certificate and the slot it is in.
+type Entry = (usize, Arc<CertifiedKey>);
+
 #[derive(Default)]
 struct Table {
-    exact: HashMap<Box<str>, Arc<CertifiedKey>>,
+    exact: HashMap<Box<str>, Entry>,
     /// Keyed by the parent of the wildcard: `*.example.com` → `example.com`.
-    wildcard: HashMap<Box<str>, Arc<CertifiedKey>>,
-    default: Option<Arc<CertifiedKey>>,
+    wildcard: HashMap<Box<str>, Entry>,
+    default: Option<Entry>,
     challenges: HashMap<Box<str>, Arc<CertifiedKey>>,
 }
 
@@ -123,9 +126,10 @@ impl Resolver {
             challenges: slots.challenges.clone(),
             ..Table::default()
         };
-        for (domains, key) in slots.domains.iter().zip(&slots.keys) {
+        for (index, (domains, key)) in slots.domains.iter().zip(&slots.keys).enumerate() {
             let Some(key) = key else { continue };
-            table.default.get_or_insert_with(|| key.clone());
+            let entry = (index, key.clone());
+            table.default.get_or_insert_with(|| entry.clone());
             for domain in domains {
                 let Domain::Dns(name) = domain else { continue };
                 let (map, name) = match name.strip_prefix("*.") {
@@ -133,7 +137,7 @@ impl Resolver {
                     None => (&mut table.exact, name.as_str()),
                 };
                 // The first certificate to list a name keeps it.
-                map.entry(name.into()).or_insert_with(|| key.clone());
+                map.entry(name.into()).or_insert_with(|| entry.clone());
             }
         }
         self.table.store(Arc::new(table));
@@ -141,22 +145,32 @@ impl Resolver {
 
     /// The lookup itself, separate from rustls' `ClientHello` so it can be tested.
     fn lookup(&self, server_name: Option<&str>, acme_tls: bool) -> Option<Arc<CertifiedKey>> {
-        let table = self.table.load();
         if acme_tls {
+            let table = self.table.load();
             return server_name.and_then(|name| table.challenges.get(name).cloned());
         }
+        self.find(server_name, |(_, key)| key.clone())
+    }
+
+    /// Which slot serves `server_name` (for per-certificate connection counts).
+    pub fn slot_for(&self, server_name: Option<&str>) -> Option<usize> {
+        self.find(server_name, |(index, _)| *index)
+    }
+
+    fn find<T>(&self, server_name: Option<&str>, pick: impl Fn(&Entry) -> T) -> Option<T> {
+        let table = self.table.load();
         if let Some(name) = server_name {
-            if let Some(key) = table.exact.get(name) {
-                return Some(key.clone());
+            if let Some(entry) = table.exact.get(name) {
+                return Some(pick(entry));
             }
-            if let Some(key) = name
+            if let Some(entry) = name
                 .split_once('.')
                 .and_then(|(_, parent)| table.wildcard.get(parent))
             {
-                return Some(key.clone());
+                return Some(pick(entry));
             }
         }
-        table.default.clone()
+        table.default.as_ref().map(pick)
     }
 }
 

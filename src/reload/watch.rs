@@ -49,7 +49,8 @@ pub enum WatchError {
 
 #[derive(Debug)]
 enum Request {
-    All(&'static str),
+    /// Every slot, now; the sender (if any) hears when the first attempt at each is done.
+    All(&'static str, Option<tokio::sync::oneshot::Sender<()>>),
     Slot(usize, &'static str),
 }
 
@@ -60,9 +61,18 @@ pub struct ReloadHandle {
 }
 
 impl ReloadHandle {
-    /// Re-reads every certificate now (SIGHUP).
+    /// Re-reads every certificate now.
     pub fn reload_all(&self, reason: &'static str) {
-        let _ = self.tx.send(Request::All(reason));
+        let _ = self.tx.send(Request::All(reason, None));
+    }
+
+    /// Re-reads every certificate now and returns once each has been tried (SIGHUP, so
+    /// that systemd hears READY=1 only after the reload).
+    pub async fn reload_all_and_wait(&self, reason: &'static str) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Request::All(reason, Some(done))).is_ok() {
+            let _ = wait.await;
+        }
     }
 
     /// Re-reads one certificate (after a provisioner wrote it).
@@ -202,13 +212,21 @@ async fn reload_loop(
             _ = shutdown.cancelled() => return,
             request = rx.recv() => {
                 let Some(request) = request else { return };
-                let now = Instant::now();
-                let (targets, due, reason) = match request {
-                    Request::All(reason) => ((0..slots).collect::<Vec<_>>(), now, reason),
-                    Request::Slot(index, reason) => (vec![index], now + DEBOUNCE, reason),
-                };
-                for index in targets.into_iter().filter(|i| *i < slots) {
-                    pending.insert(index, Pending { due, attempt: 0, reason });
+                match request {
+                    Request::All(reason, done) => {
+                        for index in 0..slots {
+                            pending.remove(&index);
+                            attempt(&reloader, &mut pending, index, Pending { due: Instant::now(), attempt: 0, reason }).await;
+                        }
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                    }
+                    Request::Slot(index, reason) if index < slots => {
+                        reloader.metrics().watcher_event();
+                        pending.insert(index, Pending { due: Instant::now() + DEBOUNCE, attempt: 0, reason });
+                    }
+                    Request::Slot(..) => {}
                 }
             }
             _ = sleep_until(next_due), if next_due.is_some() => {
@@ -216,24 +234,38 @@ async fn reload_loop(
                 let due: Vec<usize> = pending.iter().filter(|(_, p)| p.due <= now).map(|(i, _)| *i).collect();
                 for index in due {
                     let Some(p) = pending.remove(&index) else { continue };
-                    let worker = reloader.clone();
-                    let result = tokio::task::spawn_blocking(move || worker.reload(index, p.reason)).await;
-                    match result {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(error)) if error.may_be_mid_write() && p.attempt < RETRIES.len() => {
-                            debug!(certificate = index, error = %error, "pair not ready; retrying");
-                            pending.insert(index, Pending {
-                                due: Instant::now() + RETRIES[p.attempt],
-                                attempt: p.attempt + 1,
-                                reason: p.reason,
-                            });
-                        }
-                        Ok(Err(error)) => reloader.refused(index, &error),
-                        Err(join) => warn!(certificate = index, error = %join, "reload task failed"),
-                    }
+                    attempt(&reloader, &mut pending, index, p).await;
                 }
             }
         }
+    }
+}
+
+/// One reload attempt of slot `index`; a pair that may be mid-write goes back into
+/// `pending` for a retry, a final failure is reported.
+async fn attempt(
+    reloader: &Arc<Reloader>,
+    pending: &mut HashMap<usize, Pending>,
+    index: usize,
+    p: Pending,
+) {
+    let worker = reloader.clone();
+    let result = tokio::task::spawn_blocking(move || worker.reload(index, p.reason)).await;
+    match result {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) if error.may_be_mid_write() && p.attempt < RETRIES.len() => {
+            debug!(certificate = index, error = %error, "pair not ready; retrying");
+            pending.insert(
+                index,
+                Pending {
+                    due: Instant::now() + RETRIES[p.attempt],
+                    attempt: p.attempt + 1,
+                    reason: p.reason,
+                },
+            );
+        }
+        Ok(Err(error)) => reloader.refused(index, &error),
+        Err(join) => warn!(certificate = index, error = %join, "reload task failed"),
     }
 }
 

@@ -29,7 +29,8 @@ use super::limits::{IpLimits, IpPermit};
 use super::relay::{self, Limits};
 use super::{echo, proxy, upgrade};
 use crate::config::ListenerConfig;
-use crate::metrics::{ActiveConnection, Metrics};
+use crate::metrics::Metrics;
+use crate::reload::resolver::Resolver;
 
 /// The longest request target (path and query) accepted.
 const MAX_TARGET: usize = 8 * 1024;
@@ -41,11 +42,19 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     pub headers: SecurityHeaders,
     pub ip_limits: Arc<IpLimits>,
+    /// For telling which certificate a handshake chose (metrics).
+    pub resolver: Arc<Resolver>,
 }
 
 impl Server {
-    pub fn new(tls: Arc<ServerConfig>, settings: ListenerConfig, metrics: Arc<Metrics>) -> Server {
+    pub fn new(
+        tls: Arc<ServerConfig>,
+        settings: ListenerConfig,
+        metrics: Arc<Metrics>,
+        resolver: Arc<Resolver>,
+    ) -> Server {
         Server {
+            resolver,
             headers: SecurityHeaders::new(settings.hsts_max_age),
             ip_limits: IpLimits::new(
                 settings.max_connections_per_ip,
@@ -78,14 +87,14 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: Cancell
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            Metrics::inc(&server.metrics.connections_refused);
+            server.metrics.connection_refused();
             debug!(%peer, "max_connections reached; connection refused");
             continue;
         };
         let ip_permit = match server.ip_limits.admit(peer.ip(), std::time::Instant::now()) {
             Ok(p) => p,
             Err(refusal) => {
-                Metrics::inc(&server.metrics.connections_refused);
+                server.metrics.connection_refused();
                 debug!(%peer, ?refusal, "per-IP limit reached; connection refused");
                 continue;
             }
@@ -121,7 +130,8 @@ async fn handle(
     drain: CancellationToken,
     _permits: (OwnedSemaphorePermit, IpPermit),
 ) {
-    let _active = ActiveConnection::new(&server.metrics);
+    let mut active = server.metrics.connection_opened();
+    let accepted_at = Instant::now();
     let settings = &server.settings;
     let security = &server.headers;
     let deadline = Instant::now() + settings.handshake_timeout;
@@ -133,16 +143,22 @@ async fn handle(
     let mut tls = match accepted {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            Metrics::inc(&server.metrics.tls_handshake_failures);
+            server.metrics.handshake_failed();
             debug!(%peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            Metrics::inc(&server.metrics.tls_handshake_failures);
+            server.metrics.handshake_failed();
             debug!(%peer, "TLS handshake timed out");
             return;
         }
     };
+    server
+        .metrics
+        .handshake_done(accepted_at.elapsed().as_secs_f64());
+    if let Some(slot) = server.resolver.slot_for(tls.get_ref().1.server_name()) {
+        active.served_by(slot);
+    }
     // A tls-alpn-01 validation is complete once the handshake is: nothing more to say.
     if tls.get_ref().1.alpn_protocol() == Some(crate::reload::resolver::ALPN_ACME_TLS) {
         debug!(%peer, "answered a tls-alpn-01 validation");

@@ -50,9 +50,35 @@ impl Wssd {
     /// Writes `config` to `dir/wssd.toml` and runs `wssd run --config` on it, waiting for
     /// the "listening" line.
     pub fn start(dir: &Path, config: &str) -> Wssd {
+        Wssd::start_with(dir, config, &[], &[])
+    }
+
+    /// Like `start`, with extra arguments before `run` and extra environment.
+    pub fn start_with(dir: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Wssd {
         let path = dir.join("wssd.toml");
         std::fs::write(&path, config).expect("write config");
-        Wssd::spawn(dir, &["run", "--config", path.to_str().unwrap()])
+        let mut command = Command::new(WSSD);
+        command
+            .args(args)
+            .args(["run", "--config", path.to_str().unwrap()]);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Wssd::spawn_command(dir, &mut command)
+    }
+
+    /// The `addr=` of the first log line containing `needle`.
+    pub fn logged_addr(&self, needle: &str) -> SocketAddr {
+        self.logs()
+            .lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|rest| {
+                rest.split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+                    .find(|s| !s.is_empty())
+            })
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no {needle:?} line with addr=:\n{}", self.logs()))
     }
 
     /// Runs `wssd ARGS` in `dir` and waits for the "listening" log line.
@@ -90,10 +116,14 @@ impl Wssd {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(addr) = wssd.logs().lines().find_map(|l| {
-                l.contains(" listening")
-                    .then(|| l.split("addr=").nth(1))
-                    .flatten()
-                    .and_then(|rest| rest.split_whitespace().next())
+                let text = l.contains(": listening ") || l.contains("\"message\":\"listening\"");
+                if !text {
+                    return None;
+                }
+                l.split("addr=")
+                    .nth(1)
+                    .or_else(|| l.split("\"addr\":\"").nth(1))
+                    .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
                     .and_then(|a| a.parse().ok())
             }) {
                 wssd.addr = addr;

@@ -1,0 +1,162 @@
+//! The admin server on `[admin] bind` (plain HTTP; keep it on loopback or a private
+//! network): what orchestrators and monitoring ask a running wssd.
+//!
+//! * `GET /healthz`: 200 while the process runs (liveness).
+//! * `GET /readyz`: 200 when the listener is bound and every certificate is loaded and
+//!   within its validity (and, with `readyz_checks_upstream`, the upstream accepts a TCP
+//!   connection); otherwise 503 with the reasons, one per line (readiness).
+//! * `GET /metrics`: the Prometheus text exposition ([`crate::metrics`]).
+//!
+//! It starts before anything else in `wssd run`, so `/readyz` answers 503 while
+//! certificates are still being provisioned.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::cert::inspect::rfc3339;
+use crate::config::Upstream;
+use crate::metrics::Metrics;
+use crate::reload::reloader::Reloader;
+use crate::server::http::{self, Request, SecurityHeaders};
+
+/// What the admin endpoints look at.
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
+    /// Set once the WSS listener is bound.
+    pub listening: AtomicBool,
+    /// Checked by `/readyz` when configured.
+    pub upstream: Option<Upstream>,
+}
+
+impl Admin {
+    /// Why wssd is not ready, if it is not.
+    pub async fn not_ready(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.listening.load(Ordering::Relaxed) {
+            reasons.push("the WSS listener is not bound yet".to_string());
+        }
+        let now = SystemTime::now();
+        for (index, (config, served)) in self
+            .reloader
+            .certificates()
+            .iter()
+            .zip(self.reloader.served())
+            .enumerate()
+        {
+            let domains = config.domain_list();
+            match served {
+                None => reasons.push(format!("certificate[{index}] ({domains}): not loaded yet")),
+                Some(s) if now > s.not_after => reasons.push(format!(
+                    "certificate[{index}] ({domains}): expired at {}",
+                    rfc3339(s.not_after)
+                )),
+                Some(s) if now < s.not_before => reasons.push(format!(
+                    "certificate[{index}] ({domains}): not valid before {}",
+                    rfc3339(s.not_before)
+                )),
+                Some(_) => {}
+            }
+        }
+        if let Some(up) = &self.upstream {
+            let connect = TcpStream::connect((up.host.as_str(), up.port));
+            match tokio::time::timeout(Duration::from_secs(1), connect).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => reasons.push(format!("upstream {up}: {e}")),
+                Err(_) => reasons.push(format!("upstream {up}: no connection within 1s")),
+            }
+        }
+        reasons
+    }
+}
+
+/// Serves the admin endpoints until `shutdown`.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(1024);
+            let read = tokio::time::timeout(
+                Duration::from_secs(10),
+                http::read_head(&mut stream, &mut buf),
+            )
+            .await;
+            let Ok(Ok(end)) = read else { return };
+            let response = match Request::parse(&buf[..end]) {
+                Ok(req) => respond(&admin, &req).await,
+                Err(_) => http::error_response(
+                    400,
+                    &[],
+                    "Malformed HTTP request.\n",
+                    &SecurityHeaders::default(),
+                ),
+            };
+            debug!(%peer, "admin request answered");
+            let _ = stream.write_all(&response).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+async fn respond(admin: &Admin, req: &Request) -> Vec<u8> {
+    let security = SecurityHeaders::default();
+    if req.method != "GET" && req.method != "HEAD" {
+        return http::error_response(405, &[("Allow", "GET, HEAD")], "Use GET.\n", &security);
+    }
+    let path = req.target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match path {
+        "/healthz" => (200, "text/plain; charset=utf-8", "ok\n".to_string()),
+        "/readyz" => {
+            let reasons = admin.not_ready().await;
+            if reasons.is_empty() {
+                (200, "text/plain; charset=utf-8", "ready\n".to_string())
+            } else {
+                (
+                    503,
+                    "text/plain; charset=utf-8",
+                    format!("not ready:\n{}\n", reasons.join("\n")),
+                )
+            }
+        }
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            admin.metrics.render(),
+        ),
+        _ => {
+            return http::error_response(
+                404,
+                &[],
+                "Try /healthz, /readyz or /metrics.\n",
+                &security,
+            );
+        }
+    };
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", http::reason_phrase(status));
+    security.write_to(&mut out);
+    out.push_str(&format!(
+        "Cache-Control: no-store\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    if req.method == "GET" {
+        out.push_str(&body);
+    }
+    out.into_bytes()
+}
