@@ -305,3 +305,30 @@ key_file = "/srv/tls/b.key"
         config.certificates[1].cert_file.parent()
     );
 }
+
+/// The configs embedded in the Kubernetes ConfigMaps parse too.
+#[test]
+fn kubernetes_configmaps_hold_valid_configs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for manifest in [
+        "deploy/kubernetes/sidecar/configmap.yaml",
+        "deploy/kubernetes/acme/configmap.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(manifest)).unwrap();
+        let body = text
+            .split("wssd.toml: |\n")
+            .nth(1)
+            .expect("a wssd.toml entry");
+        let toml: String = body
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l.trim_start()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = wssd::config::Config::from_toml(&toml, Path::new(manifest))
+            .unwrap_or_else(|e| panic!("{manifest}: {e}"));
+        assert!(
+            config.admin.is_some(),
+            "{manifest}: probes need the admin server"
+        );
+    }
+}
