@@ -17,7 +17,7 @@
 //! local upstream, wssd's user+sys CPU per round trip, 2 cores shared with the client):
 //! pass-through 12.7 µs at 64 B and 20.4 µs at 16 KiB; decoding and re-encoding every
 //! message with tokio-tungstenite on both sides 17.6 µs and 33.6 µs, with ~15% lower
-//! throughput at 64 B. `examples/loadgen.rs` and `examples/upstream_echo.rs` reproduce it.
+//! throughput at 64 B. The benchmark suite (`bench/`) measures the relay against nginx and HAProxy.
 //!
 //! Both directions run in the connection's own task (no extra spawn), each with one
 //! fixed buffer; the write of a chunk completes before the next read, so a slow reader
