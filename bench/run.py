@@ -137,8 +137,8 @@ class Server:
     def install_certificate(self, source):
         raise NotImplementedError
 
-    def swap_command(self):
-        """A shell command; $1 is the swap number, whose pair is in swaps/$1/."""
+    def swap_args(self):
+        """How wssd-loadgen swaps this server's certificate (see its `swap` mode)."""
         raise NotImplementedError
 
 
@@ -166,12 +166,12 @@ key_file = "{self.work}/tls/key.pem"
 """)
         return [str(WSSD), "run", "--config", str(self.work / "wssd.toml")]
 
-    def swap_command(self):
-        # Rename over, key first: no API call, no reload command.
-        t = self.work / "tls"
-        s = self.work.parent / "swaps"
-        return (f'cp {s}/$1/key.pem {t}/.key.new && cp {s}/$1/cert.pem {t}/.cert.new && '
-                f'mv {t}/.key.new {t}/key.pem && mv {t}/.cert.new {t}/cert.pem')
+    def swap_args(self):
+        # The pair is copied next to the live files first (untimed); the swap is two
+        # renames, key first: no API call, no reload command.
+        t, s = self.work / "tls", self.work.parent / "swaps"
+        return ["--prepare-cmd", f"cp {s}/$1/key.pem {t}/.key.new && cp {s}/$1/cert.pem {t}/.cert.new",
+                "--rename", f"{t}/.key.new:{t}/key.pem", "--rename", f"{t}/.cert.new:{t}/cert.pem"]
 
 
 class Nginx(Server):
@@ -218,10 +218,11 @@ http {{
 """)
         return ["nginx", "-p", str(self.work), "-c", str(self.work / "nginx.conf"), "-g", "daemon off;"]
 
-    def swap_command(self):
+    def swap_args(self):
+        # New files in place (untimed), then the timed `nginx -s reload`.
         s = self.work.parent / "swaps"
-        return (f'cp {s}/$1/key.pem {self.work}/key.pem && cp {s}/$1/cert.pem {self.work}/cert.pem && '
-                f'nginx -p {self.work} -c {self.work}/nginx.conf -s reload')
+        return ["--prepare-cmd", f"cp {s}/$1/key.pem {self.work}/key.pem && cp {s}/$1/cert.pem {self.work}/cert.pem",
+                "--swap-cmd", f"nginx -p {self.work} -c {self.work}/nginx.conf -s reload"]
 
 
 class Haproxy(Server):
@@ -251,9 +252,9 @@ backend be
 """)
         return ["haproxy", "-db", "-f", str(self.work / "haproxy.cfg")]
 
-    def swap_command(self):
-        # The runtime API: set ssl cert + commit ssl cert, no reload.
-        return f'python3 {ROOT}/bench/haproxy-swap.py {self.work}/admin.sock {self.work}/site.pem {self.work.parent}/swaps/$1'
+    def swap_args(self):
+        # The runtime API over its socket: set ssl cert + commit ssl cert, no reload.
+        return ["--haproxy", f"{self.work}/admin.sock:{self.work}/site.pem"]
 
 
 def measure(server, args):
@@ -289,7 +290,7 @@ def measure(server, args):
         time.sleep(2)
         # Hot swap under load.
         r["swap"] = loadgen(server, "swap", "--live", str(args.live), "--swaps", str(args.swaps),
-                            "--swap-cmd", server.swap_command(), "--cert-dir", str(server.work.parent / "swaps"), timeout=1200)
+                            "--cert-dir", str(server.work.parent / "swaps"), *server.swap_args(), timeout=1200)
     finally:
         server.stop()
     # Start-up: exec to the first handshake, certificates present.

@@ -122,7 +122,10 @@ pub fn print_trust_instructions(ca: &Path) {
         "  Debian/Ubuntu:  sudo cp {ca} /usr/local/share/ca-certificates/wssd-dev-ca.crt && sudo update-ca-certificates"
     );
     println!(
-        "  Chrome/Firefox (NSS, Linux):  certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"wssd dev CA\" -i {ca}"
+        "  Chrome/Chromium (Linux):  certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"wssd dev CA\" -i {ca}"
+    );
+    println!(
+        "  Firefox:  Settings > Privacy & Security > Certificates > View Certificates > Authorities > Import {ca}"
     );
     println!(
         "  macOS:  sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}"

@@ -191,7 +191,7 @@ impl Metrics {
         );
         registry.register(
             "watcher_events",
-            "File changes seen in watched certificate directories",
+            "File system events seen in watched certificate directories",
             m.watcher_events.clone(),
         );
         Metrics { registry, ..m }

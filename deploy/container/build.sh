@@ -6,7 +6,9 @@ cd "$(dirname "$0")/../.."
 tag="${1:-wssd:latest}"
 for engine in podman docker; do
     if command -v "$engine" >/dev/null 2>&1 && "$engine" info >/dev/null 2>&1; then
-        exec "$engine" build -f deploy/container/Containerfile -t "$tag" .
+        # podman keeps HEALTHCHECK only in the docker image format.
+        format=(); [ "$engine" = podman ] && format=(--format docker)
+        exec "$engine" build "${format[@]}" -f deploy/container/Containerfile -t "$tag" .
     fi
 done
 echo "build.sh: no working container engine (podman or docker with a running daemon)" >&2

@@ -337,14 +337,17 @@ pub async fn run(r: Renewal) {
                 state.retry_not_before = None;
                 announced = None;
                 last_issued = Some((SystemTime::now(), summary.lifetime()));
-                info!(
-                    event = "certificate_renewed",
-                    certificate = r.index,
-                    %domains,
-                    serial = %summary.serial,
-                    not_after = %rfc3339(summary.not_after),
-                    "renewed from the CA"
-                );
+                // (A first certificate was already logged as issued.)
+                if current.is_some() {
+                    info!(
+                        event = "certificate_renewed",
+                        certificate = r.index,
+                        %domains,
+                        serial = %summary.serial,
+                        not_after = %rfc3339(summary.not_after),
+                        "renewed from the CA"
+                    );
+                }
                 r.reload.reload_slot(r.index, "acme renewal");
                 crate::hooks::spawn_deploy_hook(r.index, &r.cert);
             }

@@ -28,9 +28,14 @@ use tracing::{debug, warn};
 use super::reloader::Reloader;
 
 /// Events closer together than this are one change.
-const DEBOUNCE: Duration = Duration::from_millis(10);
-/// Retry delays for a pair that may be mid-write; after the last, the failure is final.
-const RETRIES: [Duration; 6] = [
+/// (A rename or a Secret update makes its events within microseconds; a new certificate
+/// should be served within milliseconds of landing.)
+const DEBOUNCE: Duration = Duration::from_millis(2);
+/// Retry delays for a pair that may be mid-write (about two seconds in all); after the
+/// last, the failure is final.
+const RETRIES: [Duration; 8] = [
+    Duration::from_millis(5),
+    Duration::from_millis(10),
     Duration::from_millis(25),
     Duration::from_millis(50),
     Duration::from_millis(100),
@@ -128,6 +133,7 @@ fn start_watcher(
     }
     let dirs = Arc::new(dirs);
     let table = dirs.clone();
+    let metrics = reloader.metrics().clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let event = match event {
             Ok(e) => e,
@@ -140,6 +146,7 @@ fn start_watcher(
         if matches!(event.kind, EventKind::Access(AccessKind::Open(_))) {
             return;
         }
+        metrics.watcher_event();
         // The kernel's event queue overflowed: anything may have changed.
         if event.need_rescan() {
             for slot in table.values().flat_map(|w| &w.slots) {
@@ -223,7 +230,6 @@ async fn reload_loop(
                         }
                     }
                     Request::Slot(index, reason) if index < slots => {
-                        reloader.metrics().watcher_event();
                         pending.insert(index, Pending { due: Instant::now() + DEBOUNCE, attempt: 0, reason });
                     }
                     Request::Slot(..) => {}

@@ -72,12 +72,22 @@ enum Mode {
         live: usize,
         #[arg(long, default_value_t = 50)]
         swaps: usize,
-        /// Run with `sh -c` and the swap number (1..=swaps) as its argument `$1`.
-        #[arg(long)]
-        swap_cmd: String,
-        /// Where swap i's certificate is: DIR/i/cert.pem (for its serial).
+        /// Where swap i's pair is: DIR/i/cert.pem and DIR/i/key.pem.
         #[arg(long)]
         cert_dir: PathBuf,
+        /// Untimed preparation, run with `sh -c` and the swap number as `$1`.
+        #[arg(long)]
+        prepare_cmd: Option<String>,
+        /// The timed swap: renames done here, `FROM:TO` with `{i}` for the swap number
+        /// (in order: key first, then certificate).
+        #[arg(long)]
+        rename: Vec<String>,
+        /// The timed swap: a command run with `sh -c` and the swap number as `$1`.
+        #[arg(long)]
+        swap_cmd: Option<String>,
+        /// The timed swap: HAProxy's runtime API, `SOCKET:CRT_FILE` (set ssl cert + commit).
+        #[arg(long)]
+        haproxy: Option<String>,
     },
     Startup {
         /// The server command line, run directly (no shell).
@@ -233,14 +243,23 @@ async fn main() {
         Mode::Swap {
             live,
             swaps,
-            swap_cmd,
             cert_dir,
+            prepare_cmd,
+            rename,
+            swap_cmd,
+            haproxy,
         } => {
+            let how = SwapHow {
+                prepare_cmd,
+                rename,
+                swap_cmd,
+                haproxy,
+            };
             swap(
                 Target::new(&cli.url, cli.ca.as_ref(), false),
                 live,
                 swaps,
-                &swap_cmd,
+                &how,
                 &cert_dir,
             )
             .await
@@ -388,11 +407,69 @@ async fn idle(target: Target, conns: usize) -> serde_json::Value {
     serde_json::json!({ "held": held.len(), "failed": failed })
 }
 
+/// How to swap the certificate: an untimed preparation, then the timed swap itself.
+struct SwapHow {
+    prepare_cmd: Option<String>,
+    rename: Vec<String>,
+    swap_cmd: Option<String>,
+    haproxy: Option<String>,
+}
+
+async fn sh(command: &str, i: usize) {
+    let status = tokio::process::Command::new("sh")
+        .args(["-c", command, "swap", &i.to_string()])
+        .status()
+        .await
+        .expect("swap command");
+    assert!(status.success(), "failed: {command} {i}");
+}
+
+/// HAProxy's runtime API: one command per connection.
+async fn haproxy_command(socket: &str, command: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("HAProxy admin socket");
+    stream.write_all(command.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+impl SwapHow {
+    async fn run(&self, i: usize, cert_dir: &std::path::Path) {
+        for pair in &self.rename {
+            let (from, to) = pair.split_once(':').expect("--rename FROM:TO");
+            std::fs::rename(
+                from.replace("{i}", &i.to_string()),
+                to.replace("{i}", &i.to_string()),
+            )
+            .expect("rename");
+        }
+        if let Some(command) = &self.swap_cmd {
+            sh(command, i).await;
+        }
+        if let Some(spec) = &self.haproxy {
+            let (socket, crt) = spec.split_once(':').expect("--haproxy SOCKET:CRT");
+            let dir = cert_dir.join(i.to_string());
+            let pem = std::fs::read_to_string(dir.join("cert.pem")).expect("cert")
+                + &std::fs::read_to_string(dir.join("key.pem")).expect("key");
+            let set = haproxy_command(
+                socket,
+                &format!("set ssl cert {crt} <<\n{}\n\n", pem.trim_end()),
+            )
+            .await;
+            let commit = haproxy_command(socket, &format!("commit ssl cert {crt}\n")).await;
+            assert!(commit.contains("Success"), "HAProxy: {set} / {commit}");
+        }
+    }
+}
+
 async fn swap(
     target: Target,
     live: usize,
     swaps: usize,
-    command: &str,
+    how: &SwapHow,
     cert_dir: &std::path::Path,
 ) -> serde_json::Value {
     let target = Arc::new(target);
@@ -429,13 +506,11 @@ async fn swap(
             .expect("a certificate")
             .expect("PEM");
         let expected = serial_of(&leaf).expect("serial");
+        if let Some(prepare) = &how.prepare_cmd {
+            sh(prepare, i).await;
+        }
         let start = Instant::now();
-        let status = tokio::process::Command::new("sh")
-            .args(["-c", command, "swap", &i.to_string()])
-            .status()
-            .await
-            .expect("swap command");
-        assert!(status.success(), "swap command failed: {command} {i}");
+        how.run(i, cert_dir).await;
         loop {
             if target.serial().await.is_ok_and(|s| s == expected) {
                 times.push(start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
@@ -445,7 +520,7 @@ async fn swap(
                 timeouts += 1;
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(Duration::from_micros(200)).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
