@@ -405,7 +405,7 @@ def main():
             wait_port(upstream_port)
             tls = prepare(work, args.swaps)
             run = {"servers": {}}
-            for name in args.servers.split(","):
+            for name in filter(None, args.servers.split(",")):
                 print(f"run {n + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
                 run["servers"][name] = measure(classes[name](work, tls, upstream_port), args)
             if not args.no_acme:

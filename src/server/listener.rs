@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -122,6 +123,14 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: Cancell
     }
 }
 
+/// One connection, from the TLS handshake to the end of the relay.
+///
+/// A task is allocated once, at the size of its future's largest state, and an idle
+/// connection keeps that allocation for as long as it stays open. So the phases before the
+/// relay (handshake, request, upstream connect) run as boxed futures of their own, freed
+/// when they finish, and the TLS stream is boxed: measured in a release build, the task
+/// went from 11.4 KiB to 2.3 KiB, and wssd's memory per idle connection from ~27 KiB to
+/// ~20 KiB (before the relay's smaller first buffers; see `relay::CHUNK_START`).
 async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
@@ -136,22 +145,12 @@ async fn handle(
     let security = &server.headers;
     let deadline = Instant::now() + settings.handshake_timeout;
 
-    let accepted = tokio::select! {
-        _ = drain.cancelled() => return,
-        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
-    };
-    let mut tls = match accepted {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            server.metrics.handshake_failed();
-            debug!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            server.metrics.handshake_failed();
-            debug!(%peer, "TLS handshake timed out");
-            return;
-        }
+    let Some(mut tls) = Box::pin(tls_handshake(
+        stream, peer, &acceptor, &server, &drain, deadline,
+    ))
+    .await
+    else {
+        return;
     };
     server
         .metrics
@@ -173,70 +172,21 @@ async fn handle(
         .and_then(|chain| chain.first())
         .map(|leaf| client_identity(leaf));
 
-    let mut buf = Vec::with_capacity(2048);
-    let head = tokio::select! {
-        _ = drain.cancelled() => return,
-        r = tokio::time::timeout_at(deadline, http::read_head(&mut tls, &mut buf)) => r,
+    let Some((request, upgrade, early)) = Box::pin(read_request(
+        &mut tls, peer, settings, security, &drain, deadline,
+    ))
+    .await
+    else {
+        return;
     };
-    let refuse = |status, headers: &[(&str, &str)], body: &str| {
-        http::error_response(status, headers, body, security)
-    };
-    let head_end = match head {
-        Ok(Ok(end)) => end,
-        Ok(Err(HeadError::TooLarge)) => {
-            reject(
-                &mut tls,
-                refuse(431, &[], "Request header fields too large.\n"),
-            )
-            .await;
-            return;
-        }
-        Ok(Err(HeadError::Malformed(reason))) => {
-            debug!(%peer, %reason, "malformed request");
-            reject(&mut tls, refuse(400, &[], "Malformed HTTP request.\n")).await;
-            return;
-        }
-        Ok(Err(_)) => return,
-        Err(_) => {
-            debug!(%peer, "request head timed out");
-            reject(&mut tls, refuse(408, &[], "Request timeout.\n")).await;
-            return;
-        }
-    };
-    let request = match Request::parse(&buf[..head_end]) {
-        Ok(r) if r.target.len() > MAX_TARGET => {
-            reject(&mut tls, refuse(414, &[], "Request target too long.\n")).await;
-            return;
-        }
-        Ok(r) => r,
-        Err(HeadError::TooLarge) => {
-            reject(&mut tls, refuse(431, &[], "Too many header fields.\n")).await;
-            return;
-        }
-        Err(e) => {
-            debug!(%peer, error = %e, "malformed request");
-            reject(&mut tls, refuse(400, &[], "Malformed HTTP request.\n")).await;
-            return;
-        }
-    };
-    let upgrade = match upgrade::check(&request, &settings.allowed_origins) {
-        Ok(u) => u,
-        Err(rejection) => {
-            debug!(%peer, status = rejection.status, target = %request.target, "request refused");
-            reject(
-                &mut tls,
-                refuse(rejection.status, &rejection.headers, &rejection.message),
-            )
-            .await;
-            return;
-        }
-    };
-    let early = buf.split_off(head_end);
-    drop(buf);
 
     match &settings.upstream {
         None => {
-            if let Err(e) = echo::serve(tls, early, &upgrade, settings, security, &drain).await {
+            if let Err(e) = Box::pin(echo::serve(
+                tls, early, &upgrade, settings, security, &drain,
+            ))
+            .await
+            {
                 debug!(%peer, error = %e, "echo connection ended with an error");
             }
         }
@@ -248,22 +198,13 @@ async fn handle(
                 peer,
                 client_identity: client_identity.as_deref(),
             };
-            let connect_deadline = deadline.min(Instant::now() + settings.upstream_connect_timeout);
-            let connected = tokio::select! {
-                _ = drain.cancelled() => return,
-                r = proxy::connect(&target, connect_deadline, deadline, security) => r,
-            };
-            let connected = match connected {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(%peer, error = %e, "upstream unavailable; answered 502");
-                    reject(&mut tls, proxy::bad_gateway(security)).await;
-                    return;
-                }
-            };
-            if proxy::respond(&mut tls, &connected.response).await.is_err() {
+            let Some(connected) = Box::pin(open_upstream(
+                &mut tls, &target, settings, security, &drain, deadline,
+            ))
+            .await
+            else {
                 return;
-            }
+            };
             let limits = Limits {
                 max_message_size: settings.max_message_size,
                 idle_timeout: settings.idle_timeout,
@@ -309,6 +250,134 @@ fn client_identity(leaf: &[u8]) -> String {
         }
     }
     value
+}
+
+/// Reads the client's request head and checks that it asks for a WebSocket upgrade;
+/// refusals are answered here. Returns the request, the upgrade, and any bytes the client
+/// sent after the head.
+async fn read_request(
+    tls: &mut TlsStream<TcpStream>,
+    peer: SocketAddr,
+    settings: &ListenerConfig,
+    security: &SecurityHeaders,
+    drain: &CancellationToken,
+    deadline: Instant,
+) -> Option<(Request, upgrade::Upgrade, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(2048);
+    let head = tokio::select! {
+        _ = drain.cancelled() => return None,
+        r = tokio::time::timeout_at(deadline, http::read_head(&mut *tls, &mut buf)) => r,
+    };
+    let refuse = |status, headers: &[(&str, &str)], body: &str| {
+        http::error_response(status, headers, body, security)
+    };
+    let head_end = match head {
+        Ok(Ok(end)) => end,
+        Ok(Err(HeadError::TooLarge)) => {
+            reject(
+                &mut *tls,
+                refuse(431, &[], "Request header fields too large.\n"),
+            )
+            .await;
+            return None;
+        }
+        Ok(Err(HeadError::Malformed(reason))) => {
+            debug!(%peer, %reason, "malformed request");
+            reject(&mut *tls, refuse(400, &[], "Malformed HTTP request.\n")).await;
+            return None;
+        }
+        Ok(Err(_)) => return None,
+        Err(_) => {
+            debug!(%peer, "request head timed out");
+            reject(&mut *tls, refuse(408, &[], "Request timeout.\n")).await;
+            return None;
+        }
+    };
+    let request = match Request::parse(&buf[..head_end]) {
+        Ok(r) if r.target.len() > MAX_TARGET => {
+            reject(&mut *tls, refuse(414, &[], "Request target too long.\n")).await;
+            return None;
+        }
+        Ok(r) => r,
+        Err(HeadError::TooLarge) => {
+            reject(&mut *tls, refuse(431, &[], "Too many header fields.\n")).await;
+            return None;
+        }
+        Err(e) => {
+            debug!(%peer, error = %e, "malformed request");
+            reject(&mut *tls, refuse(400, &[], "Malformed HTTP request.\n")).await;
+            return None;
+        }
+    };
+    let upgrade = match upgrade::check(&request, &settings.allowed_origins) {
+        Ok(u) => u,
+        Err(rejection) => {
+            debug!(%peer, status = rejection.status, target = %request.target, "request refused");
+            reject(
+                &mut *tls,
+                refuse(rejection.status, &rejection.headers, &rejection.message),
+            )
+            .await;
+            return None;
+        }
+    };
+    let early = buf.split_off(head_end);
+    Some((request, upgrade, early))
+}
+
+/// Connects to the upstream and passes its 101 on to the client; a failure is answered
+/// with 502 here.
+async fn open_upstream(
+    tls: &mut TlsStream<TcpStream>,
+    target: &proxy::Target<'_>,
+    settings: &ListenerConfig,
+    security: &SecurityHeaders,
+    drain: &CancellationToken,
+    deadline: Instant,
+) -> Option<proxy::Connected> {
+    let connect_deadline = deadline.min(Instant::now() + settings.upstream_connect_timeout);
+    let connected = tokio::select! {
+        _ = drain.cancelled() => return None,
+        r = proxy::connect(target, connect_deadline, deadline, security) => r,
+    };
+    let connected = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(peer = %target.peer, error = %e, "upstream unavailable; answered 502");
+            reject(tls, proxy::bad_gateway(security)).await;
+            return None;
+        }
+    };
+    proxy::respond(tls, &connected.response).await.ok()?;
+    Some(connected)
+}
+
+/// The TLS handshake, within `deadline`; the stream comes back boxed (see [`handle`]).
+async fn tls_handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &TlsAcceptor,
+    server: &Server,
+    drain: &CancellationToken,
+    deadline: Instant,
+) -> Option<Box<TlsStream<TcpStream>>> {
+    let accepted = tokio::select! {
+        _ = drain.cancelled() => return None,
+        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
+    };
+    match accepted {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(e)) => {
+            server.metrics.handshake_failed();
+            debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            server.metrics.handshake_failed();
+            debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 async fn reject<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, response: Vec<u8>) {
