@@ -213,6 +213,7 @@ async fn reload_loop(
 ) {
     let slots = reloader.certificates().len();
     let mut pending: HashMap<usize, Pending> = HashMap::new();
+    let mut refused: HashMap<usize, Refusal> = HashMap::new();
     loop {
         let next_due = pending.values().map(|p| p.due).min();
         tokio::select! {
@@ -221,9 +222,11 @@ async fn reload_loop(
                 let Some(request) = request else { return };
                 match request {
                     Request::All(reason, done) => {
+                        // Asked for explicitly (SIGHUP, start-up): every refusal is reported.
+                        refused.clear();
                         for index in 0..slots {
                             pending.remove(&index);
-                            attempt(&reloader, &mut pending, index, Pending { due: Instant::now(), attempt: 0, reason }).await;
+                            attempt(&reloader, &mut pending, &mut refused, index, Pending { due: Instant::now(), attempt: 0, reason }).await;
                         }
                         if let Some(done) = done {
                             let _ = done.send(());
@@ -240,26 +243,69 @@ async fn reload_loop(
                 let due: Vec<usize> = pending.iter().filter(|(_, p)| p.due <= now).map(|(i, _)| *i).collect();
                 for index in due {
                     let Some(p) = pending.remove(&index) else { continue };
-                    attempt(&reloader, &mut pending, index, p).await;
+                    attempt(&reloader, &mut pending, &mut refused, index, p).await;
                 }
             }
         }
     }
 }
 
+/// A final refusal, as reported: the error and the files it was about.
+#[derive(PartialEq, Eq)]
+struct Refusal {
+    error: String,
+    files: Option<[FileStamp; 2]>,
+}
+
+/// Which version of a file was read: a rename-over changes the inode, an in-place write
+/// the modification time or the length.
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+        len: m.len(),
+    })
+}
+
 /// One reload attempt of slot `index`; a pair that may be mid-write goes back into
-/// `pending` for a retry, a final failure is reported.
+/// `pending` for a retry, a final failure is reported, once: one write to a file can
+/// arrive as several events (a rename is seen as from, to and both), and the same
+/// untouched files refused again are not news.
 async fn attempt(
     reloader: &Arc<Reloader>,
     pending: &mut HashMap<usize, Pending>,
+    refused: &mut HashMap<usize, Refusal>,
     index: usize,
     p: Pending,
 ) {
     let worker = reloader.clone();
-    let result = tokio::task::spawn_blocking(move || worker.reload(index, p.reason)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        // Stamped before reading: a write after the stamp makes the next refusal new.
+        let files = worker
+            .certificates()
+            .get(index)
+            .and_then(|c| Some([stamp(&c.cert_file)?, stamp(&c.key_file)?]));
+        (worker.reload(index, p.reason), files)
+    })
+    .await;
     match result {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) if error.may_be_mid_write() && p.attempt < RETRIES.len() => {
+        Ok((Ok(_), _)) => {
+            refused.remove(&index);
+        }
+        Ok((Err(error), _)) if error.may_be_mid_write() && p.attempt < RETRIES.len() => {
             debug!(certificate = index, error = %error, "pair not ready; retrying");
             pending.insert(
                 index,
@@ -270,7 +316,18 @@ async fn attempt(
                 },
             );
         }
-        Ok(Err(error)) => reloader.refused(index, &error),
+        Ok((Err(error), files)) => {
+            let refusal = Refusal {
+                error: error.to_string(),
+                files,
+            };
+            if files.is_some() && refused.get(&index) == Some(&refusal) {
+                debug!(certificate = index, error = %error, "same files refused again");
+            } else {
+                reloader.refused(index, &error);
+                refused.insert(index, refusal);
+            }
+        }
         Err(join) => warn!(certificate = index, error = %join, "reload task failed"),
     }
 }
