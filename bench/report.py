@@ -96,8 +96,13 @@ def table(report):
                   "| --- | ---: | ---: | ---: | --- | --- |"]
         names = {"one": "1 certificate", "ten_sans": "1 certificate with 10 names", "twenty_certs": "20 certificates"}
         for case, stats in summary["acme"].items():
-            ratio = stats["ratio"]["median"]
-            lines.append(f"| {names.get(case, case)} | {cell(stats['wssd_s'])} | {cell(stats['lego_s'])} | "
+            ratio = (stats.get("ratio") or {}).get("median")
+            failed = stats.get("failed_runs", 0)
+            name = names.get(case, case) + (f" ({failed} run(s) failed, see latest.json)" if failed else "")
+            if ratio is None:
+                lines.append(f"| {name} | – | – | – | ≤ 0.2 | **no** |")
+                continue
+            lines.append(f"| {name} | {cell(stats['wssd_s'])} | {cell(stats['lego_s'])} | "
                          f"{ratio:.2f} | ≤ 0.2 | {'yes' if ratio <= 0.2 else '**no**'} |")
     lines += ["", "Raw data: [`results/latest.json`](results/latest.json). Plot: [`results/latest.svg`](results/latest.svg).",
               "", "![throughput, latency and CPU per operation](results/latest.svg)"]

@@ -308,34 +308,44 @@ def acme_bench(work, args):
                  ("ten_sans", [[f"n{i}.tensan.example.test" for i in range(10)]]),
                  ("twenty_certs", [[f"c{i}.many.example.test"] for i in range(20)])]
         for case, certs in cases:
-            # wssd: one `wssd issue` pass for all certificates of the case.
-            d = work / f"acme-wssd-{case}"
-            d.mkdir(parents=True, exist_ok=True)
-            cfg = f'data_dir = "{d}/data"\n[listener]\nbind = "127.0.0.1:0"\n'
-            for names in certs:
-                cfg += "[[certificate]]\ndomains = [" + ", ".join(f'"{n}"' for n in names) + ']\nsource = "acme"\n'
-            cfg += pebble.acme_section()
-            (d / "wssd.toml").write_text(cfg)
-            start = time.monotonic()
-            out = subprocess.run([str(WSSD), "issue", "--config", str(d / "wssd.toml")], capture_output=True, text=True)
-            wssd_s = time.monotonic() - start
-            if out.returncode != 0:
-                raise RuntimeError(f"wssd issue failed: {out.stderr[-2000:]}")
-            # lego: one run per certificate (that is how lego is used).
-            ld = work / f"acme-lego-{case}"
-            start = time.monotonic()
-            for names in certs:
-                cmd = ["lego", "--server", pebble.directory, "--accept-tos", "--email", "ops@example.test",
-                       "--path", str(ld), "--http", "--http.port", f"127.0.0.1:{pebble.http_port}"]
-                for n in names:
-                    cmd += ["--domains", n]
-                cmd.append("run")
-                out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LEGO_CA_CERTIFICATES": str(pebble.tls_ca)})
-                if out.returncode != 0:
-                    raise RuntimeError(f"lego failed: {out.stderr[-2000:]}")
-            lego_s = time.monotonic() - start
-            results[case] = {"wssd_s": wssd_s, "lego_s": lego_s, "ratio": wssd_s / lego_s}
+            try:
+                results[case] = acme_case(work, pebble, case, certs)
+            except Exception as e:  # one failed case is reported; the others still run
+                log = (work / "pebble/pebble.log").read_text(errors="replace")[-3000:]
+                results[case] = {"error": str(e)[-2000:], "pebble_log": log}
+                print(f"acme {case}: {e}", file=sys.stderr, flush=True)
     return results
+
+
+def acme_case(work, pebble, case, certs):
+    """One case: `wssd issue` for all its certificates in one pass, then lego."""
+    # wssd: one `wssd issue` pass for all certificates of the case.
+    d = work / f"acme-wssd-{case}"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = f'data_dir = "{d}/data"\n[listener]\nbind = "127.0.0.1:0"\n'
+    for names in certs:
+        cfg += "[[certificate]]\ndomains = [" + ", ".join(f'"{n}"' for n in names) + ']\nsource = "acme"\n'
+    cfg += pebble.acme_section()
+    (d / "wssd.toml").write_text(cfg)
+    start = time.monotonic()
+    out = subprocess.run([str(WSSD), "issue", "--config", str(d / "wssd.toml")], capture_output=True, text=True)
+    wssd_s = time.monotonic() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"wssd issue failed: {out.stderr[-2000:]}")
+    # lego: one run per certificate (that is how lego is used).
+    ld = work / f"acme-lego-{case}"
+    start = time.monotonic()
+    for names in certs:
+        cmd = ["lego", "--server", pebble.directory, "--accept-tos", "--email", "ops@example.test",
+               "--path", str(ld), "--http", "--http.port", f"127.0.0.1:{pebble.http_port}"]
+        for n in names:
+            cmd += ["--domains", n]
+        cmd.append("run")
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LEGO_CA_CERTIFICATES": str(pebble.tls_ca)})
+        if out.returncode != 0:
+            raise RuntimeError(f"lego failed: {out.stderr[-2000:]}")
+    lego_s = time.monotonic() - start
+    return {"wssd_s": wssd_s, "lego_s": lego_s, "ratio": wssd_s / lego_s}
 
 
 def prepare(work, swaps):
@@ -375,9 +385,10 @@ def summarize(runs):
     }
     out = {}
     for server in runs[0]["servers"]:
-        out[server] = {f: median_spread([run["servers"][server][a].get(b) for run in runs]) for f, (a, b) in figures.items()}
+        out[server] = {f: median_spread([run["servers"][server].get(a, {}).get(b) for run in runs]) for f, (a, b) in figures.items()}
     if all("acme" in run for run in runs):
-        out["acme"] = {case: {k: median_spread([run["acme"][case][k] for run in runs]) for k in ("wssd_s", "lego_s", "ratio")}
+        out["acme"] = {case: {**{k: median_spread([run["acme"][case].get(k) for run in runs]) for k in ("wssd_s", "lego_s", "ratio")},
+                              "failed_runs": sum("error" in run["acme"][case] for run in runs)}
                        for case in runs[0]["acme"]}
     return out
 
@@ -407,11 +418,17 @@ def main():
             run = {"servers": {}}
             for name in filter(None, args.servers.split(",")):
                 print(f"run {n + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
-                run["servers"][name] = measure(classes[name](work, tls, upstream_port), args)
+                try:
+                    run["servers"][name] = measure(classes[name](work, tls, upstream_port), args)
+                except Exception as e:  # reported in the results; the other servers still run
+                    run["servers"][name] = {"error": str(e)[-2000:]}
+                    print(f"{name}: {e}", file=sys.stderr, flush=True)
             if not args.no_acme:
                 print(f"run {n + 1}/{args.repeat}: acme", file=sys.stderr, flush=True)
                 run["acme"] = acme_bench(work, args)
             runs.append(run)
+            pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
+            (pathlib.Path(args.out) / "partial.json").write_text(json.dumps(runs, indent=2))
         finally:
             upstream.terminate()
             upstream.wait()
