@@ -33,10 +33,20 @@ TICK = os.sysconf("SC_CLK_TCK")
 THREADS = os.cpu_count() or 2
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never the same one twice: once a probe socket is closed the
+    kernel may hand its port out again at once, and two servers of one run were once
+    given the same port (Pebble's API and challtestsrv's management port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(port, timeout=20):
@@ -257,46 +267,152 @@ backend be
         return ["--haproxy", f"{self.work}/admin.sock:{self.work}/site.pem"]
 
 
-def measure(server, args):
-    """One server through every phase; returns its figures."""
+# The load phases behind the CPU-per-operation figures: (result key, loadgen arguments).
+LOAD_PHASES = [
+    ("throughput_64B", ["throughput", "--conns", "50", "--size", "64"]),
+    ("throughput_16KiB", ["throughput", "--conns", "50", "--size", "16384"]),
+    ("connect_full", ["connect", "--conns", "8"]),
+    ("connect_resumed", ["connect", "--conns", "8", "--resume"]),
+]
+
+
+def load_slice(server, phase_args, secs):
+    """One slice of a load phase against one server, with the server's CPU seconds over
+    the measured window (loadgen marks the window's edges on stdout)."""
+    cmd = [str(LOADGEN), "--url", f"wss://localhost:{server.port}/", "--ca", str(server.ca),
+           *phase_args, "--secs", str(secs)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cpu0 = cpu_seconds(server.proc.pid)
+    cpu1 = None
+    last = ""
+    for line in proc.stdout:
+        if '"window":"start"' in line:
+            cpu0 = cpu_seconds(server.proc.pid)
+        elif '"window":"end"' in line:
+            cpu1 = cpu_seconds(server.proc.pid)
+        elif line.strip():
+            last = line
+    err = proc.stderr.read()
+    if proc.wait() != 0:
+        raise RuntimeError(f"loadgen {phase_args[0]} failed: {err[-2000:]}")
+    if cpu1 is None:  # connect mode: its whole run is the window
+        cpu1 = cpu_seconds(server.proc.pid)
+    result = json.loads(last)
+    result["cpu_s"] = cpu1 - cpu0
+    return result
+
+
+def combine(key, slices):
+    """A phase's figures from its slices: counts and CPU summed, rates averaged,
+    latency percentiles as the median of the slices'."""
+    pick = lambda k: [s[k] for s in slices if k in s]
+    out = {k: statistics.median(pick(k)) for k in ("p50_ms", "p99_ms", "p999_ms") if pick(k)}
+    out["max_ms"] = max(pick("max_ms"), default=None)
+    cpu = sum(pick("cpu_s"))
+    if key.startswith("throughput"):
+        size = 64 if key.endswith("64B") else 16384
+        messages = sum(pick("messages"))
+        relayed = 2 * messages  # each echo crosses the server twice
+        out.update(messages=messages, msg_per_s=statistics.mean(pick("msg_per_s")),
+                   mb_per_s=statistics.mean(pick("mb_per_s")),
+                   cpu_us_per_msg=cpu * 1e6 / max(relayed, 1),
+                   cpu_ms_per_mb=cpu * 1e3 / max(relayed * size / 1e6, 1e-9))
+    else:
+        connections = sum(pick("connections"))
+        out.update(connections=connections, conn_per_s=statistics.mean(pick("conn_per_s")),
+                   resumed=sum(pick("resumed")), failed=sum(pick("failed")),
+                   cpu_us_per_conn=cpu * 1e6 / max(connections, 1))
+    out["slices"] = slices
+    return out
+
+
+def interleaved_load(servers, results, args):
+    """The load phases for every running server, interleaved: each phase runs in
+    `--rounds` slices, and in each round every server takes a turn, in an order rotated
+    round by round. This shared VM's speed drifts by ±20% from minute to minute; run one
+    server after the other and the drift lands on whoever ran in the slow minute.
+    Interleaved, it lands on all of them alike. Idle servers cost nothing meanwhile."""
+    names = list(servers)
+    # A warm-up slice each, not counted: in the first seconds after start-up every server
+    # ran ~20% slower (whichever went first the most), on this VM.
+    for name in names:
+        try:
+            load_slice(servers[name], LOAD_PHASES[0][1], args.secs)
+        except Exception as e:
+            results[name]["error"] = f"warm-up: {e}"[-2000:]
+    for key, phase_args in LOAD_PHASES:
+        slices = {name: [] for name in names}
+        for rnd in range(args.rounds):
+            for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+                if "error" in results[name]:
+                    continue
+                try:
+                    slices[name].append(load_slice(servers[name], phase_args, args.secs))
+                except Exception as e:  # reported in the results; the other servers go on
+                    results[name]["error"] = str(e)[-2000:]
+                    print(f"{name}: {e}", file=sys.stderr, flush=True)
+        for name in names:
+            if slices[name] and "error" not in results[name]:
+                results[name][key] = combine(key, slices[name])
+
+
+def measure_rest(server, args):
+    """Idle memory and the hot swap, for one running server."""
     r = {}
-    server.start()
     pid = server.proc.pid
-    try:
-        for size, key in ((64, "64B"), (16384, "16KiB")):
-            cpu0 = cpu_seconds(pid)
-            t = loadgen(server, "throughput", "--conns", "50", "--size", str(size), "--secs", str(args.secs))
-            cpu = cpu_seconds(pid) - cpu0
-            relayed = 2 * t["messages"]  # each echo crosses the server twice
-            t["cpu_us_per_msg"] = cpu * 1e6 / relayed
-            t["cpu_ms_per_mb"] = cpu * 1e3 / (relayed * size / 1e6)
-            r[f"throughput_{key}"] = t
-        for resume in (False, True):
-            cpu0 = cpu_seconds(pid)
-            c = loadgen(server, "connect", "--conns", "8", "--secs", str(args.secs), *(["--resume"] if resume else []))
-            c["cpu_us_per_conn"] = (cpu_seconds(pid) - cpu0) * 1e6 / max(c["connections"], 1)
-            r["connect_resumed" if resume else "connect_full"] = c
-        # Idle connections: RSS delta per connection, summed over the server's processes.
-        base = rss_kib(pid)
-        cmd = [str(LOADGEN), "--url", f"wss://localhost:{server.port}/", "--ca", str(server.ca), "idle", "--conns", str(args.idle)]
-        holder = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        ready = json.loads(holder.stdout.readline())
-        time.sleep(2)
-        held_rss = rss_kib(pid)
-        holder.stdin.close()
-        holder.wait(timeout=120)
-        r["idle"] = {"connections": ready["ready"], "failed": ready["failed"], "rss_base_kib": base, "rss_kib": held_rss,
-                     "kib_per_conn": (held_rss - base) / max(ready["ready"], 1)}
-        time.sleep(2)
-        # Hot swap under load.
-        r["swap"] = loadgen(server, "swap", "--live", str(args.live), "--swaps", str(args.swaps),
-                            "--cert-dir", str(server.work.parent / "swaps"), *server.swap_args(), timeout=1200)
-    finally:
-        server.stop()
-    # Start-up: exec to the first handshake, certificates present.
-    server.install_certificate(server.tls)
-    r["startup"] = loadgen(server, "startup", "--", *server.command())
+    # Idle connections: RSS delta per connection, summed over the server's processes.
+    base = rss_kib(pid)
+    cmd = [str(LOADGEN), "--url", f"wss://localhost:{server.port}/", "--ca", str(server.ca), "idle", "--conns", str(args.idle)]
+    holder = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready = json.loads(holder.stdout.readline())
+    time.sleep(2)
+    held_rss = rss_kib(pid)
+    holder.stdin.close()
+    holder.wait(timeout=120)
+    r["idle"] = {"connections": ready["ready"], "failed": ready["failed"], "rss_base_kib": base, "rss_kib": held_rss,
+                 "kib_per_conn": (held_rss - base) / max(ready["ready"], 1)}
+    time.sleep(2)
+    # Hot swap under load.
+    r["swap"] = loadgen(server, "swap", "--live", str(args.live), "--swaps", str(args.swaps),
+                        "--cert-dir", str(server.work.parent / "swaps"), *server.swap_args(), timeout=1200)
     return r
+
+
+def measure_all(servers, args):
+    """Every figure for every server of one run."""
+    results = {name: {} for name in servers}
+    running = {}
+    try:
+        for name, server in servers.items():
+            try:
+                server.start()
+                running[name] = server
+            except Exception as e:
+                results[name]["error"] = f"start: {e}"[-2000:]
+        print(f"  load phases, interleaved: {', '.join(running)}", file=sys.stderr, flush=True)
+        interleaved_load(running, results, args)
+        for name, server in running.items():
+            if "error" in results[name]:
+                continue
+            print(f"  idle memory and hot swap: {name}", file=sys.stderr, flush=True)
+            try:
+                results[name].update(measure_rest(server, args))
+            except Exception as e:
+                results[name]["error"] = str(e)[-2000:]
+                print(f"{name}: {e}", file=sys.stderr, flush=True)
+    finally:
+        for server in running.values():
+            server.stop()
+    # Start-up: exec to the first handshake, certificates present; one server at a time.
+    for name, server in servers.items():
+        if "error" in results[name]:
+            continue
+        try:
+            server.install_certificate(server.tls)
+            results[name]["startup"] = loadgen(server, "startup", "--", *server.command())
+        except Exception as e:
+            results[name]["error"] = str(e)[-2000:]
+    return results
 
 
 def acme_bench(work, args):
@@ -396,7 +512,8 @@ def summarize(runs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--secs", type=int, default=8, help="seconds per throughput/connect phase")
+    parser.add_argument("--secs", type=int, default=3, help="seconds per slice of a load phase")
+    parser.add_argument("--rounds", type=int, default=3, help="slices per load phase and server (interleaved)")
     parser.add_argument("--idle", type=int, default=9000, help="idle connections (see bench/README.md)")
     parser.add_argument("--live", type=int, default=1000)
     parser.add_argument("--swaps", type=int, default=50)
@@ -415,14 +532,9 @@ def main():
         try:
             wait_port(upstream_port)
             tls = prepare(work, args.swaps)
-            run = {"servers": {}}
-            for name in filter(None, args.servers.split(",")):
-                print(f"run {n + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
-                try:
-                    run["servers"][name] = measure(classes[name](work, tls, upstream_port), args)
-                except Exception as e:  # reported in the results; the other servers still run
-                    run["servers"][name] = {"error": str(e)[-2000:]}
-                    print(f"{name}: {e}", file=sys.stderr, flush=True)
+            print(f"run {n + 1}/{args.repeat}", file=sys.stderr, flush=True)
+            names = [x for x in args.servers.split(",") if x]
+            run = {"servers": measure_all({name: classes[name](work, tls, upstream_port) for name in names}, args)}
             if not args.no_acme:
                 print(f"run {n + 1}/{args.repeat}: acme", file=sys.stderr, flush=True)
                 run["acme"] = acme_bench(work, args)

@@ -3,9 +3,11 @@
 //! on drop. Every name Pebble validates resolves to 127.0.0.1 through challtestsrv, so
 //! any test domain points at wssd.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::TestCa;
@@ -40,12 +42,21 @@ pub struct Pebble {
     pub dns_mgmt_port: u16,
 }
 
+/// A free loopback port, never the same one twice in this test binary: once the probe
+/// listener is closed the kernel may hand its port out again at once, and the benchmark
+/// once got one port for two of Pebble's servers that way.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 impl Pebble {

@@ -282,6 +282,14 @@ async fn throughput(target: Target, conns: usize, size: usize, secs: u64) -> ser
     // A short warm-up, then the measured window.
     let warmup = Instant::now() + Duration::from_secs(1);
     let deadline = warmup + Duration::from_secs(secs);
+    // The window's edges on stdout, so that bench/run.py samples the server's CPU over
+    // exactly the messages counted here (not the connects and the warm-up).
+    tokio::spawn(async move {
+        tokio::time::sleep_until(warmup.into()).await;
+        println!("{{\"window\":\"start\"}}");
+        tokio::time::sleep_until(deadline.into()).await;
+        println!("{{\"window\":\"end\"}}");
+    });
     let tasks: Vec<_> = sockets
         .into_iter()
         .map(|mut ws| {
