@@ -145,6 +145,8 @@ def svg(report):
 def write(report, out_dir, readme):
     out_dir = pathlib.Path(out_dir)
     (out_dir / "latest.svg").write_text(svg(report))
+    if readme is None:
+        return
     text = pathlib.Path(readme).read_text()
     if START in text and END in text:
         before, rest = text.split(START, 1)

@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -281,20 +282,27 @@ def load_slice(server, phase_args, secs):
     the measured window (loadgen marks the window's edges on stdout)."""
     cmd = [str(LOADGEN), "--url", f"wss://localhost:{server.port}/", "--ca", str(server.ca),
            *phase_args, "--secs", str(secs)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    cpu0 = cpu_seconds(server.proc.pid)
-    cpu1 = None
-    last = ""
-    for line in proc.stdout:
-        if '"window":"start"' in line:
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        watchdog = threading.Timer(secs + 120, proc.kill)  # a wedged slice fails, not the run
+        watchdog.start()
+        try:
             cpu0 = cpu_seconds(server.proc.pid)
-        elif '"window":"end"' in line:
-            cpu1 = cpu_seconds(server.proc.pid)
-        elif line.strip():
-            last = line
-    err = proc.stderr.read()
-    if proc.wait() != 0:
-        raise RuntimeError(f"loadgen {phase_args[0]} failed: {err[-2000:]}")
+            cpu1 = None
+            last = ""
+            for line in proc.stdout:
+                if '"window":"start"' in line:
+                    cpu0 = cpu_seconds(server.proc.pid)
+                elif '"window":"end"' in line:
+                    cpu1 = cpu_seconds(server.proc.pid)
+                elif line.strip():
+                    last = line
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
+        if code != 0:
+            err.seek(0)
+            raise RuntimeError(f"loadgen {phase_args[0]} failed ({code}): {err.read()[-2000:]}")
     if cpu1 is None:  # connect mode: its whole run is the window
         cpu1 = cpu_seconds(server.proc.pid)
     result = json.loads(last)
@@ -333,6 +341,8 @@ def interleaved_load(servers, results, args):
     server after the other and the drift lands on whoever ran in the slow minute.
     Interleaved, it lands on all of them alike. Idle servers cost nothing meanwhile."""
     names = list(servers)
+    if not names:
+        return
     # A warm-up slice each, not counted: in the first seconds after start-up every server
     # ran ~20% slower (whichever went first the most), on this VM.
     for name in names:
@@ -340,6 +350,7 @@ def interleaved_load(servers, results, args):
             load_slice(servers[name], LOAD_PHASES[0][1], args.secs)
         except Exception as e:
             results[name]["error"] = f"warm-up: {e}"[-2000:]
+            print(f"{name}: warm-up: {e}", file=sys.stderr, flush=True)
     for key, phase_args in LOAD_PHASES:
         slices = {name: [] for name in names}
         for rnd in range(args.rounds):
@@ -389,7 +400,8 @@ def measure_all(servers, args):
                 running[name] = server
             except Exception as e:
                 results[name]["error"] = f"start: {e}"[-2000:]
-        print(f"  load phases, interleaved: {', '.join(running)}", file=sys.stderr, flush=True)
+        if running:
+            print(f"  load phases, interleaved: {', '.join(running)}", file=sys.stderr, flush=True)
         interleaved_load(running, results, args)
         for name, server in running.items():
             if "error" in results[name]:
@@ -559,7 +571,10 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(report, indent=2))
     import report as render  # bench/report.py
-    render.write(report, out, ROOT / "bench/README.md")
+    # The table in bench/README.md follows the results in bench/results only, so a quick
+    # look elsewhere (--out) leaves the published figures alone.
+    published = out.resolve() == (ROOT / "bench/results").resolve()
+    render.write(report, out, ROOT / "bench/README.md" if published else None)
     print(json.dumps(report["summary"], indent=2))
 
 
