@@ -14,10 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
 use crate::cert::inspect::rfc3339;
 use crate::config::Upstream;
@@ -78,41 +76,11 @@ impl Admin {
 
 /// Serves the admin endpoints until `shutdown`.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    http::serve_plain(listener, shutdown, "admin", move |req| {
         let admin = admin.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(1024);
-            let read = tokio::time::timeout(
-                Duration::from_secs(10),
-                http::read_head(&mut stream, &mut buf),
-            )
-            .await;
-            let Ok(Ok(end)) = read else { return };
-            let response = match Request::parse(&buf[..end]) {
-                Ok(req) => respond(&admin, &req).await,
-                Err(_) => http::error_response(
-                    400,
-                    &[],
-                    "Malformed HTTP request.\n",
-                    &SecurityHeaders::default(),
-                ),
-            };
-            debug!(%peer, "admin request answered");
-            let _ = stream.write_all(&response).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+        async move { respond(&admin, &req).await }
+    })
+    .await
 }
 
 async fn respond(admin: &Admin, req: &Request) -> Vec<u8> {

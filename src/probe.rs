@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
-use pki_types::pem::PemObject;
 use pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -367,22 +366,8 @@ impl RecordingVerifier {
         }
         let mut roots = RootCertStore::empty();
         match &opts.ca {
-            Some(path) => {
-                let certs = CertificateDer::pem_file_iter(path)
-                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-                if certs.is_empty() {
-                    return Err(format!(
-                        "CA file {} holds no PEM certificate",
-                        path.display()
-                    ));
-                }
-                for cert in certs {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-                }
-            }
+            Some(path) => crate::tls::add_pem_roots(&mut roots, path)
+                .map_err(|reason| format!("CA file {}: {reason}", path.display()))?,
             None => {
                 let native = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(native.certs);

@@ -98,6 +98,22 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Adds every certificate of the PEM CA bundle at `path` to `roots` (the listener's
+/// `client_ca_file`, `[acme] ca_file`, `probe --ca`). The error is the reason alone
+/// (unreadable, no certificate in it, not a usable trust anchor); callers name the file.
+pub fn add_pem_roots(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn client_verifier(
     path: &Path,
     auth: Option<ClientAuth>,
@@ -106,16 +122,8 @@ fn client_verifier(
         path: path.to_path_buf(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| bad(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(bad("no PEM certificate in it".into()));
-    }
     let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert).map_err(|e| bad(e.to_string()))?;
-    }
+    add_pem_roots(&mut roots, path).map_err(bad)?;
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     if auth == Some(ClientAuth::Optional) {
         builder = builder.allow_unauthenticated();

@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use instant_acme::{ChallengeType, Identifier, KeyAuthorization};
 use rustls::sign::CertifiedKey;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::config::Challenge;
 use crate::reload::resolver::Resolver;
@@ -240,43 +239,11 @@ pub async fn serve_http01(
     https_port: u16,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "http-01 accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let tokens = tokens.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(1024);
-            let head = tokio::time::timeout(
-                Duration::from_secs(10),
-                http::read_head(&mut stream, &mut buf),
-            )
-            .await;
-            let response = match head {
-                Ok(Ok(end)) => match Request::parse(&buf[..end]) {
-                    Ok(req) => http01_response(&req, &tokens, https_port),
-                    Err(_) => http::error_response(
-                        400,
-                        &[],
-                        "Malformed HTTP request.\n",
-                        &SecurityHeaders::default(),
-                    ),
-                },
-                _ => return,
-            };
-            debug!(%peer, "http-01 request answered");
-            let _ = stream.write_all(&response).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+    http::serve_plain(listener, shutdown, "http-01", move |req| {
+        let response = http01_response(&req, &tokens, https_port);
+        async move { response }
+    })
+    .await
 }
 
 fn http01_response(req: &Request, tokens: &Http01Tokens, https_port: u16) -> Vec<u8> {

@@ -17,8 +17,6 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
-use pki_types::CertificateDer;
-use pki_types::pem::PemObject;
 
 type Inner = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>;
 
@@ -46,19 +44,12 @@ impl AcmeHttp {
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         if let Some(path) = ca_file {
-            let bad = |reason: String| HttpSetupError::CaFile {
-                path: path.to_path_buf(),
-                reason,
-            };
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| bad(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(bad("no PEM certificate in it".into()));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| bad(e.to_string()))?;
-            }
+            crate::tls::add_pem_roots(&mut roots, path).map_err(|reason| {
+                HttpSetupError::CaFile {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            })?;
         }
         if roots.is_empty() {
             return Err(HttpSetupError::NoRoots);

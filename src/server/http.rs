@@ -4,12 +4,20 @@
 //! Only heads are parsed (httparse); after the 101 the connection carries WebSocket
 //! frames, never HTTP again, so there is no body handling and no keep-alive.
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 /// Largest request or response head accepted (request line + headers).
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most header lines accepted in one head.
 pub const MAX_HEADERS: usize = 64;
+/// How long a side-port client (admin, http-01) gets to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Headers on every response wssd makes itself (besides HSTS, whose max-age is set).
 const FIXED_HEADERS: &[(&str, &str)] = &[
@@ -228,6 +236,53 @@ pub fn error_response(
         body.len()
     ));
     out.into_bytes()
+}
+
+/// A small plain-HTTP/1.1 server for wssd's side ports (the admin endpoints, the http-01
+/// responder) until `shutdown`: one request per connection, its head read within 10 s,
+/// a malformed head answered 400, every other one with what `answer` returns. `what` names
+/// the server in log lines.
+pub async fn serve_plain<F, Fut>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    what: &'static str,
+    answer: F,
+) where
+    F: Fn(Request) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Vec<u8>> + Send,
+{
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, usually: wait a little instead of spinning.
+                    warn!(error = %e, "{what} accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(1024);
+            let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
+            let Ok(Ok(end)) = head else { return };
+            let response = match Request::parse(&buf[..end]) {
+                Ok(req) => answer(req).await,
+                Err(_) => error_response(
+                    400,
+                    &[],
+                    "Malformed HTTP request.\n",
+                    &SecurityHeaders::default(),
+                ),
+            };
+            debug!(%peer, "{what} request answered");
+            let _ = stream.write_all(&response).await;
+            let _ = stream.shutdown().await;
+        });
+    }
 }
 
 pub fn reason_phrase(status: u16) -> &'static str {
