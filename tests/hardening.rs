@@ -1,143 +1,23 @@
 //! wssd under hostile clients and faults: origin checks before the upstream is touched,
 //! strict upgrades, size and time limits (slowloris in TLS and in HTTP), connection caps,
-//! backpressure against a flooding upstream, mTLS identity, keepalive, peers that vanish,
-//! TLS profiles and resumption, and private files.
+//! backpressure against a flooding upstream, keepalive, and peers that vanish. (mTLS, TLS
+//! profiles and private key files: tests/tls_policy.rs.)
 
 #![allow(clippy::result_large_err)] // tungstenite's callback signature
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::edge::*;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// An upstream echo server that counts its connections and remembers the last request's
-/// headers.
-struct Upstream {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
-    last_headers: Arc<std::sync::Mutex<Vec<(String, String)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Upstream {
-    async fn start() -> Upstream {
-        Upstream::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap()).await
-    }
-
-    async fn start_on(listener: TcpListener) -> Upstream {
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let last_headers = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (count, headers) = (connections.clone(), last_headers.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                let headers = headers.clone();
-                tokio::spawn(async move {
-                    let callback = move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                                         res: tokio_tungstenite::tungstenite::handshake::server::Response| {
-                        *headers.lock().unwrap() = req
-                            .headers()
-                            .iter()
-                            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
-                            .collect();
-                        Ok(res)
-                    };
-                    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-                        return;
-                    };
-                    let (tx, rx) = ws.split();
-                    let _ = rx
-                        .filter(|m| {
-                            std::future::ready(matches!(
-                                m,
-                                Ok(Message::Text(_) | Message::Binary(_))
-                            ))
-                        })
-                        .forward(tx)
-                        .await;
-                });
-            }
-        });
-        Upstream {
-            addr,
-            connections,
-            last_headers,
-            task,
-        }
-    }
-
-    fn header(&self, name: &str) -> Vec<String> {
-        self.last_headers
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    ca: TestCa,
-    wssd: Wssd,
-}
-
-impl Setup {
-    /// wssd with a `files` certificate; `tail` is appended to the config (more sections).
-    fn start(listener_extra: &str, tail: &str) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new();
-        write_pair(dir.path(), &ca.leaf(&["localhost"]));
-        let config = format!("{}{tail}", files_config(dir.path(), listener_extra, ""));
-        let wssd = Wssd::start(dir.path(), &config);
-        Setup {
-            _dir: dir,
-            ca,
-            wssd,
-        }
-    }
-
-    fn client(&self) -> Arc<rustls::ClientConfig> {
-        client_config(&self.ca.cert_pem)
-    }
-}
-
-/// Sends a raw request over TLS and returns the response head and body.
-async fn raw_request(
-    addr: SocketAddr,
-    client: &Arc<rustls::ClientConfig>,
-    request: &[u8],
-) -> String {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(client.clone())
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    tls.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disallowed_origin_gets_403_before_the_upstream_is_contacted() {
@@ -423,100 +303,6 @@ async fn a_slow_reader_with_a_flooding_upstream_keeps_memory_flat() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_required_refuses_anonymous_clients_and_passes_the_identity() {
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let clients = TestCa::new();
-    write_pair(dir.path(), &ca.leaf(&["localhost"]));
-    std::fs::write(dir.path().join("clients.pem"), &clients.cert_pem).unwrap();
-    let tls = format!(
-        "[tls]\nclient_ca_file = \"{}\"\nclient_auth = \"required\"\n",
-        dir.path().join("clients.pem").display()
-    );
-    let config = format!(
-        "{}{tls}",
-        files_config(dir.path(), &format!("upstream = \"ws://{}\"", up.addr), "")
-    );
-    let wssd = Wssd::start(dir.path(), &config);
-
-    // No certificate: the handshake fails (or the connection dies right after it).
-    let anonymous = client_config(&ca.cert_pem);
-    let refused = async {
-        let (tls, _) = tls_connect(wssd.addr, &anonymous).await?;
-        let url = format!("wss://localhost:{}/", wssd.addr.port());
-        tokio_tungstenite::client_async(url.into_client_request().unwrap(), tls)
-            .await
-            .map_err(std::io::Error::other)?;
-        Ok::<_, std::io::Error>(())
-    };
-    assert!(refused.await.is_err(), "an anonymous client got through");
-    // A certificate from another CA is refused too.
-    let stranger = client_config_with_cert(&ca.cert_pem, &TestCa::new().client("mallory"));
-    assert!(
-        tls_connect(wssd.addr, &stranger).await.is_err()
-            || up.connections.load(Ordering::SeqCst) == 0
-    );
-
-    // A valid certificate: the upstream learns who it is, and a forged header is dropped.
-    let alice = client_config_with_cert(&ca.cert_pem, &clients.client("alice"));
-    let (tls, _) = tls_connect(wssd.addr, &alice).await.unwrap();
-    let mut request = format!("wss://localhost:{}/", wssd.addr.port())
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "x-forwarded-client-cert",
-        "Hash=forged;Subject=\"CN=admin\"".parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
-    echo(&mut ws, "hello as alice").await.unwrap();
-    let identity = up.header("x-forwarded-client-cert");
-    assert_eq!(
-        identity.len(),
-        1,
-        "exactly one identity header: {identity:?}"
-    );
-    assert!(
-        identity[0].contains("Subject=\"CN=alice\"") && identity[0].starts_with("Hash="),
-        "{identity:?}"
-    );
-    assert!(!identity[0].contains("forged") && !identity[0].contains("admin"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_optional_lets_anonymous_clients_in_without_an_identity() {
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    write_pair(dir.path(), &ca.leaf(&["localhost"]));
-    std::fs::write(dir.path().join("clients.pem"), TestCa::new().cert_pem).unwrap();
-    let tls = format!(
-        "[tls]\nclient_ca_file = \"{}\"\nclient_auth = \"optional\"\n",
-        dir.path().join("clients.pem").display()
-    );
-    let config = format!(
-        "{}{tls}",
-        files_config(dir.path(), &format!("upstream = \"ws://{}\"", up.addr), "")
-    );
-    let wssd = Wssd::start(dir.path(), &config);
-    let (tls, _) = tls_connect(wssd.addr, &client_config(&ca.cert_pem))
-        .await
-        .unwrap();
-    let mut request = format!("wss://localhost:{}/", wssd.addr.port())
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("x-forwarded-client-cert", "Hash=forged".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
-    echo(&mut ws, "anonymous").await.unwrap();
-    assert!(
-        up.header("x-forwarded-client-cert").is_empty(),
-        "a forged identity reached the upstream"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_get_pings_and_live_ones_stay() {
     let up = Upstream::start().await;
     for extra in [
@@ -570,108 +356,4 @@ async fn a_vanished_upstream_is_reported_to_the_client_with_1011() {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1011),
         other => panic!("expected close 1011, got {other:?}"),
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_profiles_set_the_versions_and_sessions_resume() {
-    let versions = |v: &[&'static rustls::SupportedProtocolVersion], ca: &str| {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in pki_types::pem::PemObject::pem_slice_iter(ca.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(wssd::tls::provider())
-                .with_protocol_versions(v)
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    };
-    let intermediate = Setup::start("", "");
-    let tls12 = versions(&[&rustls::version::TLS12], &intermediate.ca.cert_pem);
-    assert!(
-        tls_connect(intermediate.wssd.addr, &tls12).await.is_ok(),
-        "intermediate offers TLS 1.2"
-    );
-
-    let modern = Setup::start("", "[tls]\nprofile = \"modern\"\n");
-    let tls12 = versions(&[&rustls::version::TLS12], &modern.ca.cert_pem);
-    assert!(
-        tls_connect(modern.wssd.addr, &tls12).await.is_err(),
-        "modern must refuse TLS 1.2"
-    );
-    let tls13 = versions(&[&rustls::version::TLS13], &modern.ca.cert_pem);
-    assert!(tls_connect(modern.wssd.addr, &tls13).await.is_ok());
-
-    // A second connection with the same client config resumes (stateless tickets).
-    let client = intermediate.client();
-    let (mut first, _) = tls_connect(intermediate.wssd.addr, &client).await.unwrap();
-    // TLS 1.3 tickets arrive after the handshake: read until they are processed.
-    let _ = tokio::time::timeout(Duration::from_millis(300), first.read(&mut [0u8; 1])).await;
-    let (second, _) = tls_connect(intermediate.wssd.addr, &client).await.unwrap();
-    assert_eq!(
-        second.get_ref().1.handshake_kind(),
-        Some(rustls::HandshakeKind::Resumed)
-    );
-
-    // openssl agrees: nothing below TLS 1.2, no CBC suites.
-    let openssl = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args([
-                "s_client",
-                "-connect",
-                &intermediate.wssd.addr.to_string(),
-                "-servername",
-                "localhost",
-            ])
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    };
-    assert!(!openssl(&["-tls1_1"]).status.success(), "TLS 1.1 accepted");
-    assert!(
-        !openssl(&[
-            "-tls1_2",
-            "-cipher",
-            "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-GCM-SHA256"
-        ])
-        .status
-        .success(),
-        "a CBC or non-ECDHE suite accepted"
-    );
-    assert!(
-        openssl(&["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"])
-            .status
-            .success()
-    );
-}
-
-#[test]
-fn an_open_private_key_stops_startup_with_the_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "data_dir = \"{}\"\nca_dir = \"{}\"\n[listener]\nbind = \"127.0.0.1:0\"\n[[certificate]]\ndomains = [\"localhost\"]\nsource = \"selfsigned\"\n",
-        dir.path().join("data").display(),
-        dir.path().join("ca").display()
-    );
-    let path = dir.path().join("wssd.toml");
-    std::fs::write(&path, config).unwrap();
-    // A first pass makes the key, private.
-    assert!(
-        wssd_cmd(dir.path(), &["issue", "--config", path.to_str().unwrap()])
-            .status
-            .success()
-    );
-    let key = dir.path().join("data/certs/localhost/key.pem");
-    use std::os::unix::fs::PermissionsExt;
-    let real = std::fs::canonicalize(&key).unwrap();
-    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = wssd_cmd(dir.path(), &["run", "--config", path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("chmod 600 {}", key.display())) && err.contains("mode 644"),
-        "{err}"
-    );
 }

@@ -23,6 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+pub mod edge;
 pub mod pebble;
 
 pub const WSSD: &str = env!("CARGO_BIN_EXE_wssd");
@@ -55,12 +56,9 @@ impl Wssd {
 
     /// Like `start`, with extra arguments before `run` and extra environment.
     pub fn start_with(dir: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Wssd {
-        let path = dir.join("wssd.toml");
-        std::fs::write(&path, config).expect("write config");
+        let path = write_config(dir, config);
         let mut command = Command::new(WSSD);
-        command
-            .args(args)
-            .args(["run", "--config", path.to_str().unwrap()]);
+        command.args(args).args(["run", "--config", &path]);
         for (k, v) in env {
             command.env(k, v);
         }
@@ -558,4 +556,11 @@ pub fn write_pair(dir: &Path, pair: &Pair) -> PathBuf {
     std::fs::write(tls.join("cert.pem"), &pair.cert_pem).unwrap();
     std::fs::write(tls.join("key.pem"), &pair.key_pem).unwrap();
     tls
+}
+
+/// Writes `text` as `wssd.toml` in `dir`; returns its path for `--config`.
+pub fn write_config(dir: &Path, text: &str) -> String {
+    let path = dir.join("wssd.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
 }

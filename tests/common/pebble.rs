@@ -10,6 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use pki_types::pem::PemObject;
+use pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
+
 use super::TestCa;
 
 /// The EAB key Pebble's own example config uses for `kid-1`.
@@ -195,4 +200,50 @@ impl Drop for Pebble {
         let _ = self.challtestsrv.kill();
         let _ = self.challtestsrv.wait();
     }
+}
+
+// ACME test helpers.
+
+/// Verifies the chain in `cert_file` against Pebble's root, for every name.
+pub fn assert_chain_verifies(pebble: &Pebble, cert_file: &Path, names: &[&str]) -> String {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(chain.len() >= 2, "the full chain is stored, leaf first");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pebble.root_pem().as_bytes()).unwrap())
+        .unwrap();
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots.into(), wssd::tls::provider())
+        .build()
+        .unwrap();
+    for name in names {
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &ServerName::try_from(*name).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    wssd::cert::inspect::CertSummary::from_der(&chain[0])
+        .unwrap()
+        .serial
+}
+
+/// The top of a config with one `source = "acme"` certificate for `domains` (a TOML list
+/// body, e.g. `"a.test", "127.0.0.1"`).
+pub fn acme_cert(domains: &str, dir: &Path) -> String {
+    format!(
+        "data_dir = \"{}\"\n[listener]\nbind = \"127.0.0.1:0\"\n[[certificate]]\ndomains = [{domains}]\nsource = \"acme\"\n",
+        dir.join("data").display()
+    )
+}
+
+/// A client config trusting Pebble's root (for certificates Pebble issued).
+pub fn pebble_client(pebble: &Pebble) -> std::sync::Arc<rustls::ClientConfig> {
+    super::client_config(&pebble.root_pem())
 }

@@ -1,0 +1,248 @@
+//! ACME when things go wrong, against a real CA (Pebble): a failing dns-01 hook, a domain
+//! the CA refuses, a CA that cannot be reached (for `wssd issue`, and for `wssd run`,
+//! which keeps serving and backs off), and no secret in the logs of a full run.
+
+mod common;
+
+use std::time::Duration;
+
+use common::pebble::*;
+use common::*;
+
+#[test]
+fn a_failing_dns_hook_is_reported_with_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let pebble = Pebble::start(dir.path(), PebbleOptions::default());
+    let hook = dir.path().join("broken-hook.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho 'zone example.test is read-only' >&2\nexit 7\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let extra = format!("dns01_hook = \"{}\"", hook.display());
+    let config = format!(
+        "{}{}",
+        acme_cert("\"ro.example.test\"", dir.path()),
+        pebble.acme_section("dns-01", &extra)
+    );
+    let out = wssd_cmd(
+        dir.path(),
+        &["issue", "--config", &write_config(dir.path(), &config)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("zone example.test is read-only") && err.contains("exit status: 7"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_refused_domain_names_the_domain_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let pebble = Pebble::start(
+        dir.path(),
+        PebbleOptions {
+            blocked_domains: vec!["blocked.example.test".into()],
+            ..Default::default()
+        },
+    );
+    let config = format!(
+        "{}{}",
+        acme_cert("\"blocked.example.test\"", dir.path()),
+        pebble.acme_section("http-01", "")
+    );
+    let out = wssd_cmd(
+        dir.path(),
+        &["issue", "--config", &write_config(dir.path(), &config)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("blocked.example.test") && err.contains("rejectedIdentifier"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_ca_is_named_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::pebble::free_port();
+    let config = format!(
+        "{}[acme]\ndirectory = \"https://127.0.0.1:{port}/dir\"\nchallenge = \"http-01\"\nhttp01_bind = \"127.0.0.1:0\"\n",
+        acme_cert("\"down.example.test\"", dir.path())
+    );
+    let out = wssd_cmd(
+        dir.path(),
+        &["issue", "--config", &write_config(dir.path(), &config)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot reach the ACME server https://127.0.0.1:{port}/dir"
+        )),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_serving_and_backs_off_while_the_ca_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::pebble::free_port();
+    // A valid certificate already on disk, due for renewal, and a CA that is not there.
+    let ca = TestCa::new();
+    let pair = ca.leaf(&["down.example.test"]);
+    let cert_dir = dir.path().join("data/certs/down.example.test");
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cert_dir)
+        .unwrap();
+    wssd::cert::store::write_pair(
+        &cert_dir.join("cert.pem"),
+        &cert_dir.join("key.pem"),
+        pair.cert_pem.as_bytes(),
+        pair.key_pem.as_bytes(),
+    )
+    .unwrap();
+    let config = format!(
+        "{}[acme]\ndirectory = \"https://127.0.0.1:{port}/dir\"\nchallenge = \"tls-alpn-01\"\nrenew_before = \"1000d\"\nretry_backoff = \"1s\"\n",
+        acme_cert("\"down.example.test\"", dir.path())
+    );
+    let wssd = Wssd::start(dir.path(), &config);
+    wssd.wait_for_logs("ACME renewal failed", 3, Duration::from_secs(30))
+        .await;
+    let client = client_config(&ca.cert_pem);
+    assert_eq!(
+        served_serial_for(wssd.addr, &client, "down.example.test")
+            .await
+            .unwrap(),
+        pair.serial
+    );
+    // The delays grow: 1 s, 2 s, 4 s (each ±10%).
+    let failures: Vec<String> = wssd
+        .logs()
+        .lines()
+        .filter(|l| l.contains("ACME renewal failed"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        failures[0].contains(&format!(
+            "cannot reach the ACME server https://127.0.0.1:{port}/dir"
+        )),
+        "{}",
+        failures[0]
+    );
+    assert!(failures[2].contains("failures=3"), "{}", failures[2]);
+    let waits: Vec<String> = wssd
+        .logs()
+        .lines()
+        .filter(|l| l.contains("backoff after"))
+        .map(str::to_string)
+        .collect();
+    assert!(waits.len() >= 2, "{}", wssd.logs());
+    let status = wssd_cmd(
+        dir.path(),
+        &[
+            "status",
+            "--config",
+            dir.path().join("wssd.toml").to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(entries[0]["failures"].as_u64().unwrap() >= 2, "{entries}");
+    assert!(
+        entries[0]["renewal_reason"]
+            .as_str()
+            .unwrap()
+            .contains("backoff after"),
+        "{entries}"
+    );
+    assert!(
+        entries[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach"),
+        "{entries}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_of_a_full_acme_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pebble = Pebble::start(
+        dir.path(),
+        PebbleOptions {
+            eab_required: true,
+            ..Default::default()
+        },
+    );
+    let config = format!(
+        "data_dir = \"{}\"\n[listener]\nbind = \"127.0.0.1:{}\"\n[[certificate]]\ndomains = [\"secret.example.test\"]\nsource = \"acme\"\n{}",
+        dir.path().join("data").display(),
+        pebble.tls_port,
+        pebble.acme_section(
+            "tls-alpn-01",
+            &format!("eab_kid = \"{EAB_KID}\"\neab_hmac_key = \"{EAB_HMAC}\"")
+        )
+    );
+    let wssd = Wssd::start(dir.path(), &config); // logs at debug level
+    wssd.wait_for_logs(
+        "certificate issued by the CA and stored",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    let status = wssd_cmd(
+        dir.path(),
+        &[
+            "status",
+            "--config",
+            dir.path().join("wssd.toml").to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let logs = format!(
+        "{}\n{}\n{}",
+        wssd.logs(),
+        wssd.stdout(),
+        String::from_utf8_lossy(&status.stdout)
+    );
+
+    let account_file = std::fs::read_dir(dir.path().join("data/acme"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("account-"))
+        .unwrap()
+        .path();
+    let account: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&account_file).unwrap()).unwrap();
+    let account_key = account["credentials"]["key_pkcs8"]
+        .as_str()
+        .expect("the stored account key")
+        .to_string();
+    let cert_key =
+        std::fs::read_to_string(dir.path().join("data/certs/secret.example.test/key.pem")).unwrap();
+    let key_body: Vec<&str> = cert_key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(!logs.contains("PRIVATE KEY"));
+    assert!(!logs.contains(EAB_HMAC), "the EAB HMAC key was logged");
+    assert!(
+        !logs.contains(&account_key[..40]),
+        "the account key was logged"
+    );
+    for line in key_body {
+        assert!(
+            !logs.contains(line),
+            "a line of the certificate key was logged"
+        );
+    }
+}
