@@ -15,6 +15,8 @@ FIGURES = [
     ("mb_per_s_16KiB", "16 KiB echo, 50 conns", "MB/s", "high", ("peer", 1.0)),
     ("p99_ms_16KiB", "16 KiB echo p99", "ms", "low", ("peer", 1.0)),
     ("cpu_us_per_msg_64B", "server CPU per 64 B message relayed", "µs", "low", ("peer", 0.8)),
+    ("cpu_user_us_per_msg_64B", "… of which user space", "µs", "low", None),
+    ("cpu_sys_us_per_msg_64B", "… of which kernel", "µs", "low", None),
     ("cpu_ms_per_mb_16KiB", "server CPU per MB relayed (16 KiB msgs)", "ms", "low", ("peer", 0.8)),
     ("conn_per_s_full", "new connections/s, full handshake", "conn/s", "high", None),
     ("p99_ms_conn_full", "new connection p99, full handshake", "ms", "low", None),

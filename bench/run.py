@@ -80,15 +80,21 @@ def descendants(pid):
     return out
 
 
-def cpu_seconds(pid):
-    total = 0
+def cpu_split(pid):
+    """User and system CPU seconds of pid and its descendants."""
+    user = system = 0
     for p in descendants(pid):
         try:
             fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except (OSError, ValueError, IndexError):
             pass
-    return total / TICK
+    return user / TICK, system / TICK
+
+
+def cpu_seconds(pid):
+    return sum(cpu_split(pid))
 
 
 def rss_kib(pid):
@@ -287,14 +293,14 @@ def load_slice(server, phase_args, secs):
         watchdog = threading.Timer(secs + 120, proc.kill)  # a wedged slice fails, not the run
         watchdog.start()
         try:
-            cpu0 = cpu_seconds(server.proc.pid)
+            cpu0 = cpu_split(server.proc.pid)
             cpu1 = None
             last = ""
             for line in proc.stdout:
                 if '"window":"start"' in line:
-                    cpu0 = cpu_seconds(server.proc.pid)
+                    cpu0 = cpu_split(server.proc.pid)
                 elif '"window":"end"' in line:
-                    cpu1 = cpu_seconds(server.proc.pid)
+                    cpu1 = cpu_split(server.proc.pid)
                 elif line.strip():
                     last = line
             code = proc.wait()
@@ -304,9 +310,11 @@ def load_slice(server, phase_args, secs):
             err.seek(0)
             raise RuntimeError(f"loadgen {phase_args[0]} failed ({code}): {err.read()[-2000:]}")
     if cpu1 is None:  # connect mode: its whole run is the window
-        cpu1 = cpu_seconds(server.proc.pid)
+        cpu1 = cpu_split(server.proc.pid)
     result = json.loads(last)
-    result["cpu_s"] = cpu1 - cpu0
+    result["cpu_user_s"] = cpu1[0] - cpu0[0]
+    result["cpu_sys_s"] = cpu1[1] - cpu0[1]
+    result["cpu_s"] = result["cpu_user_s"] + result["cpu_sys_s"]
     return result
 
 
@@ -324,6 +332,9 @@ def combine(key, slices):
         out.update(messages=messages, msg_per_s=statistics.mean(pick("msg_per_s")),
                    mb_per_s=statistics.mean(pick("mb_per_s")),
                    cpu_us_per_msg=cpu * 1e6 / max(relayed, 1),
+                   # The kernel's share (TCP on loopback) is a floor every proxy pays.
+                   cpu_user_us_per_msg=sum(pick("cpu_user_s")) * 1e6 / max(relayed, 1),
+                   cpu_sys_us_per_msg=sum(pick("cpu_sys_s")) * 1e6 / max(relayed, 1),
                    cpu_ms_per_mb=cpu * 1e3 / max(relayed * size / 1e6, 1e-9))
     else:
         connections = sum(pick("connections"))
@@ -500,6 +511,8 @@ def summarize(runs):
         "msg_per_s_64B": ("throughput_64B", "msg_per_s"), "p99_ms_64B": ("throughput_64B", "p99_ms"),
         "p999_ms_64B": ("throughput_64B", "p999_ms"), "mb_per_s_16KiB": ("throughput_16KiB", "mb_per_s"),
         "p99_ms_16KiB": ("throughput_16KiB", "p99_ms"), "cpu_us_per_msg_64B": ("throughput_64B", "cpu_us_per_msg"),
+        "cpu_user_us_per_msg_64B": ("throughput_64B", "cpu_user_us_per_msg"),
+        "cpu_sys_us_per_msg_64B": ("throughput_64B", "cpu_sys_us_per_msg"),
         "cpu_ms_per_mb_16KiB": ("throughput_16KiB", "cpu_ms_per_mb"),
         "conn_per_s_full": ("connect_full", "conn_per_s"), "p99_ms_conn_full": ("connect_full", "p99_ms"),
         "cpu_us_per_conn_full": ("connect_full", "cpu_us_per_conn"),

@@ -59,6 +59,8 @@ pub enum AgentError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Private(#[from] crate::cert::store::StoreError),
+    #[error("cannot start the connection workers: {0}")]
+    Workers(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -272,7 +274,9 @@ pub async fn run(
         }
     };
     tokio::spawn(signals);
-    server::serve(listener, server, shutdown).await;
+    server::serve(listener, server, shutdown)
+        .await
+        .map_err(AgentError::Workers)?;
     info!("stopped");
     Ok(())
 }

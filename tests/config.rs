@@ -79,6 +79,7 @@ fn zero_timeouts_and_sizes_are_refused() {
         ("max_message_size", "\"0\"", "larger than zero"),
         ("drain_timeout", "\"500000 years\"", "longer than ten years"),
         ("max_connections", "0", "nonzero"),
+        ("workers", "0", "nonzero"),
     ] {
         let config = GOOD.replace(
             "bind = \"127.0.0.1:0\"",

@@ -100,7 +100,12 @@ impl OneShot {
                             Arc::new(Metrics::default()),
                             resolver.clone(),
                         ));
-                        tokio::spawn(crate::server::serve(listener, server, self.stop.clone()));
+                        let stop = self.stop.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = crate::server::serve(listener, server, stop).await {
+                                tracing::warn!(error = %e, "tls-alpn-01 listener failed");
+                            }
+                        });
                     }
                     Solver::Dns01(_) => {}
                 }

@@ -82,6 +82,8 @@ pub struct ListenerConfig {
     pub upstream_connect_timeout: Duration,
     /// `Strict-Transport-Security: max-age=` on wssd's own responses.
     pub hsts_max_age: Duration,
+    /// Connection worker threads (default: the CPUs wssd may use).
+    pub workers: usize,
 }
 
 impl Default for ListenerConfig {
@@ -101,6 +103,7 @@ impl Default for ListenerConfig {
             handshake_rate_per_ip: 0,
             upstream_connect_timeout: Duration::from_secs(5),
             hsts_max_age: Duration::from_secs(365 * 86_400),
+            workers: crate::server::workers::default_count(),
         }
     }
 }

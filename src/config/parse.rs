@@ -93,6 +93,7 @@ impl Config {
                 .upstream_connect_timeout
                 .unwrap_or(listener.upstream_connect_timeout);
             listener.hsts_max_age = l.hsts_max_age.unwrap_or(listener.hsts_max_age);
+            listener.workers = l.workers.map_or(listener.workers, |n| n.get());
         }
         if listener.max_connections == 0 {
             return Err(invalid(

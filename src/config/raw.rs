@@ -49,6 +49,7 @@ pub(super) struct RawListener {
     pub(super) upstream_connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     pub(super) hsts_max_age: Option<Duration>,
+    pub(super) workers: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Deserialize)]

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use super::http::{self, HeadError, Request, SecurityHeaders};
 use super::limits::{IpLimits, IpPermit};
 use super::relay::{self, Limits};
+use super::workers::Workers;
 use super::{echo, proxy, upgrade};
 use crate::config::ListenerConfig;
 use crate::metrics::Metrics;
@@ -68,11 +69,62 @@ impl Server {
     }
 }
 
-/// Serves until `shutdown` fires, then drains (up to `drain_timeout`) and returns.
-pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: CancellationToken) {
+/// Serves until `shutdown` fires, then drains (up to `drain_timeout`) and returns. Fails
+/// only when the connection workers cannot be started.
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<Server>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let workers = Arc::new(Workers::start(server.settings.workers)?);
+    // The accept loop runs on the first worker: a connection it keeps costs no hand-over,
+    // and one it hands to another worker costs that worker's wake-up and moving the
+    // socket's registration (two epoll_ctl calls).
+    let listener = listener.into_std()?;
+    let tasks = TaskTracker::new();
+    let accepting = workers.first().spawn(accept_loop(
+        listener,
+        server.clone(),
+        shutdown,
+        workers.clone(),
+        tasks.clone(),
+    ));
+    let _ = accepting.await;
+    tasks.close();
+    let open = tasks.len();
+    info!(connections = open, timeout = ?server.settings.drain_timeout, "draining");
+    if tokio::time::timeout(server.settings.drain_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            connections = tasks.len(),
+            "drain timeout reached; closing the rest"
+        );
+    }
+    // Dropping the workers here ends what is left.
+    drop(workers);
+    Ok(())
+}
+
+/// Accepts until `shutdown` fires, then drops the listening socket. Each admitted
+/// connection is handed to the least loaded worker.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    server: Arc<Server>,
+    shutdown: CancellationToken,
+    workers: Arc<Workers>,
+    tasks: TaskTracker,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "cannot register the listening socket; not accepting");
+            return;
+        }
+    };
     let acceptor = TlsAcceptor::from(server.tls.clone());
     let slots = Arc::new(Semaphore::new(server.settings.max_connections));
-    let tasks = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -101,24 +153,36 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: Cancell
             }
         };
         let _ = stream.set_nodelay(true);
+        let worker = workers.assign();
         let server = server.clone();
         let acceptor = acceptor.clone();
         let drain = shutdown.clone();
-        tasks.spawn(async move {
-            handle(stream, peer, acceptor, server, drain, (permit, ip_permit)).await;
-        });
-    }
-    drop(listener);
-    tasks.close();
-    let open = tasks.len();
-    info!(connections = open, timeout = ?server.settings.drain_timeout, "draining");
-    if tokio::time::timeout(server.settings.drain_timeout, tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            connections = tasks.len(),
-            "drain timeout reached; closing the rest"
+        let permits = (permit, ip_permit);
+        if worker.index == 0 {
+            tasks.spawn(async move {
+                let _load = worker.load;
+                handle(stream, peer, acceptor, server, drain, permits).await;
+            });
+            continue;
+        }
+        // Registered again with the other worker's reactor, so that its events reach
+        // that worker's thread directly.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%peer, error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
+        tasks.spawn_on(
+            async move {
+                let _load = worker.load;
+                let Ok(stream) = TcpStream::from_std(stream) else {
+                    return;
+                };
+                handle(stream, peer, acceptor, server, drain, permits).await;
+            },
+            &worker.handle,
         );
     }
 }

@@ -15,5 +15,6 @@ pub mod origin;
 pub mod proxy;
 pub mod relay;
 pub mod upgrade;
+pub mod workers;
 
 pub use listener::{Server, serve};

@@ -1,0 +1,88 @@
+//! The connection workers (`[listener] workers`): the configured number of worker
+//! threads exists, every one of them carries connections under load, and a certificate
+//! swap reaches handshakes on all of them while the connections they hold keep echoing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// CPU ticks (user + system) of each of the process's threads named `wssd-conn-*`.
+fn worker_ticks(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !comm.starts_with("wssd-conn-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        out.push((comm.to_string(), ticks));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_carries_connections_and_sees_each_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let first = ca.leaf(&["localhost"]);
+    let tls = write_pair(dir.path(), &first);
+    let wssd = Wssd::start(dir.path(), &files_config(dir.path(), "workers = 3", ""));
+    let client = client_config(&ca.cert_pem);
+
+    let before = worker_ticks(wssd.pid());
+    let names: Vec<_> = before.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["wssd-conn-0", "wssd-conn-1", "wssd-conn-2"]);
+
+    // 30 clients: 10 per worker (each new connection goes to the least loaded one).
+    let load = Load::start(wssd.addr, &client, 30).await;
+    load.progress(20_000).await;
+    let after = worker_ticks(wssd.pid());
+    for ((name, t0), (_, t1)) in before.iter().zip(&after) {
+        assert!(
+            t1 > t0,
+            "{name} carried no connection: {before:?} -> {after:?}"
+        );
+    }
+
+    // A swap is seen by fresh handshakes, whichever worker they land on, while the 30
+    // connections keep echoing.
+    let second = ca.leaf(&["localhost"]);
+    std::fs::write(tls.join("key.tmp"), &second.key_pem).unwrap();
+    std::fs::write(tls.join("cert.tmp"), &second.cert_pem).unwrap();
+    std::fs::rename(tls.join("key.tmp"), tls.join("key.pem")).unwrap();
+    std::fs::rename(tls.join("cert.tmp"), tls.join("cert.pem")).unwrap();
+    wait_for_serial(wssd.addr, &client, &second.serial, Duration::from_secs(10)).await;
+    for _ in 0..6 {
+        assert_eq!(served_serial(wssd.addr, &client).await, second.serial);
+    }
+    load.progress(1_000).await;
+    assert!(load.finish().await >= 21_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    write_pair(dir.path(), &ca.leaf(&["localhost"]));
+    let wssd = Wssd::start(dir.path(), &files_config(dir.path(), "workers = 1", ""));
+    let client = client_config(&ca.cert_pem);
+    let (mut ws, _) = ws_connect(wssd.addr, &client, "/").await;
+    echo(&mut ws, "one worker").await.unwrap();
+    let names: Vec<_> = worker_ticks(wssd.pid())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["wssd-conn-0"]);
+}
