@@ -175,6 +175,7 @@ data_dir = "{self.work}/data"
 bind = "127.0.0.1:{self.port}"
 upstream = "ws://127.0.0.1:{self.upstream_port}"
 max_connections = 50000
+workers = {THREADS}
 [[certificate]]
 domains = ["localhost"]
 source = "files"
