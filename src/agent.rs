@@ -59,8 +59,8 @@ pub enum AgentError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Private(#[from] crate::cert::store::StoreError),
-    #[error("cannot start the connection workers: {0}")]
-    Workers(std::io::Error),
+    #[error("cannot serve connections: {0}")]
+    Serve(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -276,7 +276,7 @@ pub async fn run(
     tokio::spawn(signals);
     server::serve(listener, server, shutdown)
         .await
-        .map_err(AgentError::Workers)?;
+        .map_err(AgentError::Serve)?;
     info!("stopped");
     Ok(())
 }

@@ -70,7 +70,8 @@ impl Server {
 }
 
 /// Serves until `shutdown` fires, then drains (up to `drain_timeout`) and returns. Fails
-/// only when the connection workers cannot be started.
+/// only when the connection workers cannot be started or the listening socket cannot be
+/// used by them.
 pub async fn serve(
     listener: TcpListener,
     server: Arc<Server>,
@@ -82,14 +83,18 @@ pub async fn serve(
     // socket's registration (two epoll_ctl calls).
     let listener = listener.into_std()?;
     let tasks = TaskTracker::new();
+    // Should this future be dropped rather than shut down, the accept loop stops too, and
+    // with it the workers (it holds them).
+    let stop_accepting = shutdown.child_token();
+    let _stop_accepting_on_drop = stop_accepting.clone().drop_guard();
     let accepting = workers.first().spawn(accept_loop(
         listener,
         server.clone(),
-        shutdown,
+        (stop_accepting, shutdown),
         workers.clone(),
         tasks.clone(),
     ));
-    let _ = accepting.await;
+    accepting.await.map_err(std::io::Error::other)??;
     tasks.close();
     let open = tasks.len();
     info!(connections = open, timeout = ?server.settings.drain_timeout, "draining");
@@ -107,27 +112,21 @@ pub async fn serve(
     Ok(())
 }
 
-/// Accepts until `shutdown` fires, then drops the listening socket. Each admitted
-/// connection is handed to the least loaded worker.
+/// Accepts until `stop` fires, then drops the listening socket. Each admitted connection
+/// is handed to the least loaded worker, with `drain` as its signal to close.
 async fn accept_loop(
     listener: std::net::TcpListener,
     server: Arc<Server>,
-    shutdown: CancellationToken,
+    (stop, drain): (CancellationToken, CancellationToken),
     workers: Arc<Workers>,
     tasks: TaskTracker,
-) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(error = %e, "cannot register the listening socket; not accepting");
-            return;
-        }
-    };
+) -> std::io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
     let acceptor = TlsAcceptor::from(server.tls.clone());
     let slots = Arc::new(Semaphore::new(server.settings.max_connections));
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => return Ok(()),
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -156,7 +155,7 @@ async fn accept_loop(
         let worker = workers.assign();
         let server = server.clone();
         let acceptor = acceptor.clone();
-        let drain = shutdown.clone();
+        let drain = drain.clone();
         let permits = (permit, ip_permit);
         if worker.index == 0 {
             tasks.spawn(async move {
