@@ -247,7 +247,7 @@ pub async fn run(
         Some(up) => format!("proxy to {up}"),
         None => "built-in echo".to_string(),
     };
-    info!(%addr, %mode, "listening");
+    info!(%addr, %mode, workers = config.listener.workers, "listening");
     on_ready(addr, &config);
 
     // systemd (Type=notify): ready once the listener is bound and certificates loaded.
