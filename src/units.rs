@@ -44,15 +44,21 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     number.checked_mul(multiplier).ok_or_else(bad)
 }
 
-/// Formats a duration for people: `"89d 23h"`, `"4m 10s"`, `"350ms"`.
+/// Formats a duration for people, in at most two units and without a zero second one:
+/// `"89d 23h"`, `"30d"`, `"4m 10s"`, `"350ms"`.
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    match secs {
-        0 => format!("{}ms", d.as_millis()),
-        1..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
-        3600..=86_399 => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
-        _ => format!("{}d {}h", secs / 86_400, secs % 86_400 / 3600),
+    let (big, big_unit, small, small_unit) = match secs {
+        0 => return format!("{}ms", d.as_millis()),
+        1..=59 => return format!("{secs}s"),
+        60..=3599 => (secs / 60, "m", secs % 60, "s"),
+        3600..=86_399 => (secs / 3600, "h", secs % 3600 / 60, "m"),
+        _ => (secs / 86_400, "d", secs % 86_400 / 3600, "h"),
+    };
+    if small == 0 {
+        format!("{big}{big_unit}")
+    } else {
+        format!("{big}{big_unit} {small}{small_unit}")
     }
 }
 
@@ -98,6 +104,8 @@ mod tests {
     fn durations_print_for_people() {
         assert_eq!(format_duration(Duration::from_millis(350)), "350ms");
         assert_eq!(format_duration(Duration::from_secs(250)), "4m 10s");
+        assert_eq!(format_duration(Duration::from_secs(30 * 86_400)), "30d");
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
         assert_eq!(
             format_duration(Duration::from_secs(90 * 86_400 - 3600)),
             "89d 23h"

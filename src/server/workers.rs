@@ -9,11 +9,10 @@
 //! runtime with 2 workers and ~6.4 µs with 1, against nginx's ~6.8 µs. Workers keep the
 //! second figure and still use every core.
 //!
-//! The accept loop stays where it is (the agent's runtime) and hands each admitted socket
-//! to the worker with the fewest connections; the socket is registered with that worker's
-//! reactor, so its readiness events, timers and task all live on one thread. Everything
-//! else (certificate watching, ACME, the admin endpoints) keeps running on the agent's
-//! runtime.
+//! The accept loop runs on the first worker and hands each admitted socket to the worker
+//! with the fewest connections; the socket is registered with that worker's reactor, so
+//! its readiness events, timers and task all live on one thread. Everything else
+//! (certificate watching, ACME, the admin endpoints) runs on the agent's runtime.
 
 use std::io;
 use std::sync::Arc;
