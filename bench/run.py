@@ -93,10 +93,6 @@ def cpu_split(pid):
     return user / TICK, system / TICK
 
 
-def cpu_seconds(pid):
-    return sum(cpu_split(pid))
-
-
 def rss_kib(pid):
     total = 0
     for p in descendants(pid):

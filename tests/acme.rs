@@ -87,14 +87,7 @@ fn dns01_issues_a_wildcard_through_the_hook() {
         acme_cert("\"dns.example.test\", \"*.dns.example.test\"", dir.path()),
         pebble.acme_section("dns-01", &extra)
     );
-    let path = write_config(dir.path(), &config);
-    let out = wssd_cmd(dir.path(), &["issue", "--config", &path]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    issue(dir.path(), &config, 0);
     assert_chain_verifies(
         &pebble,
         &dir.path().join("data/certs/dns.example.test/cert.pem"),
@@ -329,16 +322,7 @@ fn issuance_survives_half_the_nonces_being_rejected() {
         ),
         pebble.acme_section("http-01", "")
     );
-    let out = wssd_cmd(
-        dir.path(),
-        &["issue", "--config", &write_config(dir.path(), &config)],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    issue(dir.path(), &config, 0);
     assert_chain_verifies(
         &pebble,
         &dir.path().join("data/certs/nonce.example.test/cert.pem"),
@@ -360,17 +344,7 @@ fn one_pass_orders_several_certificates() {
         ));
     }
     config.push_str(&pebble.acme_section("http-01", ""));
-    let out = wssd_cmd(
-        dir.path(),
-        &["issue", "--config", &write_config(dir.path(), &config)],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (stdout, _) = issue(dir.path(), &config, 0);
     let lines: Vec<&str> = stdout.lines().collect();
     for (i, name) in ["one", "two", "three"].iter().enumerate() {
         assert!(

@@ -27,12 +27,7 @@ fn a_failing_dns_hook_is_reported_with_its_stderr() {
         acme_cert("\"ro.example.test\"", dir.path()),
         pebble.acme_section("dns-01", &extra)
     );
-    let out = wssd_cmd(
-        dir.path(),
-        &["issue", "--config", &write_config(dir.path(), &config)],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, err) = issue(dir.path(), &config, 1);
     assert!(
         err.contains("zone example.test is read-only") && err.contains("exit status: 7"),
         "{err}"
@@ -54,12 +49,7 @@ fn a_refused_domain_names_the_domain_and_the_problem() {
         acme_cert("\"blocked.example.test\"", dir.path()),
         pebble.acme_section("http-01", "")
     );
-    let out = wssd_cmd(
-        dir.path(),
-        &["issue", "--config", &write_config(dir.path(), &config)],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, err) = issue(dir.path(), &config, 1);
     assert!(
         err.contains("blocked.example.test") && err.contains("rejectedIdentifier"),
         "{err}"
@@ -74,12 +64,7 @@ fn an_unreachable_ca_is_named_with_the_cause() {
         "{}[acme]\ndirectory = \"https://127.0.0.1:{port}/dir\"\nchallenge = \"http-01\"\nhttp01_bind = \"127.0.0.1:0\"\n",
         acme_cert("\"down.example.test\"", dir.path())
     );
-    let out = wssd_cmd(
-        dir.path(),
-        &["issue", "--config", &write_config(dir.path(), &config)],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, err) = issue(dir.path(), &config, 1);
     assert!(
         err.contains(&format!(
             "cannot reach the ACME server https://127.0.0.1:{port}/dir"

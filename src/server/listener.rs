@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::http::{self, HeadError, Request, SecurityHeaders};
 use super::limits::{IpLimits, IpPermit};
 use super::relay::{self, Limits};
-use super::workers::Workers;
+use super::workers::{Assigned, Workers};
 use super::{echo, proxy, upgrade};
 use crate::config::ListenerConfig;
 use crate::metrics::Metrics;
@@ -152,16 +152,20 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let worker = workers.assign();
+        let Assigned {
+            index,
+            handle: runtime,
+            load,
+        } = workers.assign();
         let server = server.clone();
         let acceptor = acceptor.clone();
         let drain = drain.clone();
-        let permits = (permit, ip_permit);
-        if worker.index == 0 {
-            tasks.spawn(async move {
-                let _load = worker.load;
-                handle(stream, peer, acceptor, server, drain, permits).await;
-            });
+        let connection = move |stream: TcpStream| async move {
+            let _load = load;
+            handle(stream, peer, acceptor, server, drain, (permit, ip_permit)).await;
+        };
+        if index == 0 {
+            tasks.spawn(connection(stream));
             continue;
         }
         // Registered again with the other worker's reactor, so that its events reach
@@ -175,13 +179,11 @@ async fn accept_loop(
         };
         tasks.spawn_on(
             async move {
-                let _load = worker.load;
-                let Ok(stream) = TcpStream::from_std(stream) else {
-                    return;
-                };
-                handle(stream, peer, acceptor, server, drain, permits).await;
+                if let Ok(stream) = TcpStream::from_std(stream) {
+                    connection(stream).await;
+                }
             },
-            &worker.handle,
+            &runtime,
         );
     }
 }

@@ -100,14 +100,6 @@ impl Workers {
     pub fn first(&self) -> &Handle {
         &self.workers[0].handle
     }
-
-    /// How many connections each worker holds, in worker order.
-    pub fn loads(&self) -> Vec<usize> {
-        self.workers
-            .iter()
-            .map(|w| w.connections.load(Ordering::Relaxed))
-            .collect()
-    }
 }
 
 /// The default worker count: the CPUs this process may use (cgroup quotas included).
@@ -118,6 +110,16 @@ pub fn default_count() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Workers {
+        /// How many connections each worker holds, in worker order.
+        fn loads(&self) -> Vec<usize> {
+            self.workers
+                .iter()
+                .map(|w| w.connections.load(Ordering::Relaxed))
+                .collect()
+        }
+    }
 
     #[test]
     fn each_connection_goes_to_the_least_loaded_worker() {

@@ -47,6 +47,16 @@ pub fn wssd_cmd(home: &Path, args: &[&str]) -> std::process::Output {
         .expect("run wssd")
 }
 
+/// Writes `config` to `dir/wssd.toml` and runs `wssd issue` on it, which must exit with
+/// `code`; returns its stdout and stderr.
+pub fn issue(dir: &Path, config: &str, code: i32) -> (String, String) {
+    let out = wssd_cmd(dir, &["issue", "--config", &write_config(dir, config)]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stdout}{stderr}");
+    (stdout, stderr)
+}
+
 impl Wssd {
     /// Writes `config` to `dir/wssd.toml` and runs `wssd run --config` on it, waiting for
     /// the "listening" line.
