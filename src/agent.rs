@@ -339,7 +339,8 @@ async fn start_acme(
                 .await
                 .map_err(|source| AgentError::Bind { addr: bind, source })?;
             let tokens = Http01Tokens::default();
-            info!(addr = %bind, "http-01 responder listening");
+            let bound = listener.local_addr().unwrap_or(bind);
+            info!(addr = %bound, "http-01 responder listening");
             tokio::spawn(serve_http01(
                 listener,
                 tokens.clone(),

@@ -146,7 +146,8 @@ pub fn check(path: &Path) -> Outcome {
         None => println!("  listener   wss://{} → built-in echo", l.bind),
     }
     if !l.allowed_origins.is_empty() {
-        println!("  origins    {}", l.allowed_origins.join(", "));
+        let origins: Vec<String> = l.allowed_origins.iter().map(ToString::to_string).collect();
+        println!("  origins    {}", origins.join(", "));
     }
     println!(
         "  limits     max_connections {}, handshake_timeout {}, idle_timeout {}, max_message_size {} bytes, drain_timeout {}",

@@ -2,7 +2,8 @@
 //! goes through: sizes, durations and Origin patterns.
 
 use proptest::prelude::*;
-use wssd::server::origin::{is_allowed, normalize_pattern};
+use wssd::config::OriginPattern;
+use wssd::server::origin::is_allowed;
 use wssd::units::{parse_duration, parse_size};
 
 proptest! {
@@ -34,7 +35,7 @@ proptest! {
         deeper in "[a-z0-9]{1,12}",
         suffix in "[a-z]{1,10}\\.(com|org|example)",
     ) {
-        let patterns = vec![normalize_pattern(&format!("https://*.{suffix}")).unwrap()];
+        let patterns = vec![OriginPattern::parse(&format!("https://*.{suffix}")).unwrap()];
         let allowed = |origin: String| is_allowed(&patterns, Some(&origin));
         let sub = allowed(format!("https://{label}.{suffix}"));
         let deep = allowed(format!("https://{deeper}.{label}.{suffix}"));
@@ -55,7 +56,7 @@ proptest! {
         port in prop::option::of(1u16..65535),
     ) {
         let origin = match port { Some(p) => format!("https://{host}:{p}"), None => format!("https://{host}") };
-        let patterns = vec![normalize_pattern(&origin).unwrap()];
+        let patterns = vec![OriginPattern::parse(&origin).unwrap()];
         prop_assert!(is_allowed(&patterns, Some(&origin.to_uppercase())));
         if other != host {
             prop_assert!(!is_allowed(&patterns, Some(&origin.replace(&host, &other))));
@@ -64,7 +65,7 @@ proptest! {
 
     #[test]
     fn any_origin_header_is_judged_without_panicking(origin in ".{0,60}", pattern in "https://(\\*\\.)?[a-z.]{1,20}") {
-        if let Ok(p) = normalize_pattern(&pattern) {
+        if let Ok(p) = OriginPattern::parse(&pattern) {
             let _ = is_allowed(&[p], Some(&origin));
         }
     }

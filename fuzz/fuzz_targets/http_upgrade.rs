@@ -3,13 +3,16 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wssd::config::Upstream;
+use wssd::config::{OriginPattern, Upstream};
 use wssd::server::http::Request;
 use wssd::server::{proxy, upgrade};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(request) = Request::parse(data) else { return };
-    let origins = vec!["https://app.example.com".to_string(), "https://*.example.com".to_string()];
+    let origins: Vec<OriginPattern> = ["https://app.example.com", "https://*.example.com"]
+        .iter()
+        .filter_map(|p| OriginPattern::parse(p).ok())
+        .collect();
     let _ = upgrade::check(&request, &[]);
     if upgrade::check(&request, &origins).is_ok() {
         let upstream = Upstream { host: "127.0.0.1".into(), port: 9000 };

@@ -19,7 +19,7 @@ mod names;
 mod parse;
 mod raw;
 
-pub use names::{Domain, Upstream};
+pub use names::{Domain, Origin, OriginPattern, Upstream};
 
 /// Where the zero-config dev mode listens, and the default `[listener] bind`.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8443";
@@ -68,7 +68,7 @@ pub struct ListenerConfig {
     /// `None`: the built-in echo service.
     pub upstream: Option<Upstream>,
     /// Empty: any Origin.
-    pub allowed_origins: Vec<String>,
+    pub allowed_origins: Vec<OriginPattern>,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,

@@ -1,6 +1,6 @@
-//! The names in a config: the domains a certificate covers and the upstream URL. Pure
-//! parsing with unit tests; serde calls these while reading the file, so a bad name is
-//! reported with its key and line.
+//! The names in a config: the domains a certificate covers, the upstream URL, and the
+//! origins allowed to open WebSockets. Pure parsing with unit tests; serde calls these
+//! while reading the file, so a bad name is reported with its key and line.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -123,6 +123,152 @@ impl fmt::Display for Domain {
     }
 }
 
+/// A web origin (RFC 6454 §4): scheme, host and port, and nothing else. A browser's
+/// `Origin` header is exactly this; anything with a path, a query, a fragment, user
+/// information or characters no host has is not an origin and matches nothing. Lowercase;
+/// the default port of `http`/`ws` (80) and `https`/`wss` (443) is dropped, so
+/// `https://a.example:443` and `https://a.example` are the same origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    pub fn parse(text: &str) -> Option<Origin> {
+        let text = text.to_ascii_lowercase();
+        let (scheme, rest) = text.split_once("://")?;
+        let scheme_ok = scheme
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        if !scheme_ok {
+            return None;
+        }
+        let (host, port) = split_host_port(rest)?;
+        let default_port = match scheme {
+            "http" | "ws" => Some(80),
+            "https" | "wss" => Some(443),
+            _ => None,
+        };
+        Some(Origin {
+            scheme: scheme.to_string(),
+            host: host.to_string(),
+            port: port.filter(|p| Some(*p) != default_port),
+        })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host)?;
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `host[:port]` of an origin: a DNS-style name (labels of letters, digits, `-` and `_`;
+/// no empty label) or a bracketed IPv6 literal, then an optional decimal port.
+fn split_host_port(text: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if text.starts_with('[') {
+        let end = text.find(']')?;
+        let literal = &text[1..end];
+        literal.parse::<std::net::Ipv6Addr>().ok()?;
+        (&text[..=end], &text[end + 1..])
+    } else {
+        match text.find(':') {
+            Some(colon) => (&text[..colon], &text[colon..]),
+            None => (text, ""),
+        }
+    };
+    let port = match port.strip_prefix(':') {
+        None if port.is_empty() => None,
+        None => return None,
+        Some(digits) => {
+            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            Some(digits.parse::<u16>().ok().filter(|p| *p != 0)?)
+        }
+    };
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !host.starts_with('[') && (host.len() > 253 || !host.split('.').all(valid_label)) {
+        return None;
+    }
+    Some((host, port))
+}
+
+/// An entry of `allowed_origins`: an exact origin (`https://app.example.com`,
+/// `http://localhost:3000`) or a wildcard on the host (`https://*.example.com`: any
+/// subdomain, at any depth, but not the apex), with the same scheme and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginPattern {
+    /// For a wildcard, `host` holds the suffix after `*.`.
+    origin: Origin,
+    wildcard: bool,
+}
+
+impl OriginPattern {
+    pub fn parse(pattern: &str) -> Result<OriginPattern, String> {
+        let bad = || {
+            format!(
+                "{pattern:?} is not an origin pattern; write \"https://app.example.com\" or \"https://*.example.com\" (scheme and host, optional port, no path)"
+            )
+        };
+        let text = pattern.trim();
+        let text = text.strip_suffix('/').unwrap_or(text);
+        let (scheme, rest) = text.split_once("://").ok_or_else(bad)?;
+        let (wildcard, rest) = match rest.strip_prefix("*.") {
+            Some(suffix) => (true, suffix),
+            None => (false, rest),
+        };
+        let origin = Origin::parse(&format!("{scheme}://{rest}")).ok_or_else(bad)?;
+        if wildcard && origin.host.starts_with('[') {
+            return Err(bad());
+        }
+        Ok(OriginPattern { origin, wildcard })
+    }
+
+    /// Does `origin` (parsed from a request's `Origin` header) match?
+    pub fn matches(&self, origin: &Origin) -> bool {
+        if !self.wildcard {
+            return *origin == self.origin;
+        }
+        let p = &self.origin;
+        origin.scheme == p.scheme
+            && origin.port == p.port
+            && origin
+                .host
+                .strip_suffix(p.host.as_str())
+                .and_then(|labels| labels.strip_suffix('.'))
+                .is_some_and(|labels| !labels.is_empty())
+    }
+}
+
+impl fmt::Display for OriginPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.origin;
+        let star = if self.wildcard { "*." } else { "" };
+        write!(f, "{}://{star}{}", o.scheme, o.host)?;
+        match o.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +320,131 @@ mod tests {
             "x:1",
         ] {
             assert!(bad.parse::<Upstream>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    fn allowed(patterns: &[&str], origin: &str) -> bool {
+        let origin = Origin::parse(origin);
+        patterns.iter().any(|p| {
+            let p = OriginPattern::parse(p).unwrap();
+            origin.as_ref().is_some_and(|o| p.matches(o))
+        })
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port_only() {
+        let o = Origin::parse("HTTPS://App.Example.com:443").unwrap();
+        assert_eq!(o.to_string(), "https://app.example.com");
+        assert_eq!(
+            Origin::parse("http://localhost:3000").unwrap().to_string(),
+            "http://localhost:3000"
+        );
+        assert_eq!(
+            Origin::parse("https://[::1]:8443").unwrap().to_string(),
+            "https://[::1]:8443"
+        );
+        for bad in [
+            "null",
+            "https://",
+            "https://a.example.com/",
+            "https://a.example.com/x",
+            "https://a.example.com?x",
+            "https://a.example.com#x",
+            "https://u@a.example.com",
+            "https://a..example.com",
+            "https://.example.com",
+            "https://example.com.",
+            "https://a.example.com:",
+            "https://a.example.com:0",
+            "https://a.example.com:65536",
+            "https://a.example.com:44x",
+            "https://a b.example.com",
+            "https://a\\b.example.com",
+            "https://[::1",
+            "https://[zz]",
+            "1https://a.example",
+            "://a.example",
+            "a.example",
+        ] {
+            assert_eq!(Origin::parse(bad), None, "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn exact_patterns() {
+        let list = ["https://app.example.com", "http://localhost:3000/"];
+        assert!(allowed(&list, "https://app.example.com"));
+        assert!(allowed(&list, "HTTPS://APP.example.com"));
+        assert!(allowed(&list, "https://app.example.com:443"));
+        assert!(allowed(&list, "http://localhost:3000"));
+        assert!(!allowed(&list, "http://app.example.com"), "scheme matters");
+        assert!(
+            !allowed(&list, "https://app.example.com:8443"),
+            "port matters"
+        );
+        assert!(!allowed(&list, "http://localhost"), "port matters");
+        assert!(!allowed(&list, "https://app.example.com.evil.io"));
+        assert!(!allowed(&list, "https://app.example.com/"));
+        assert!(!allowed(&list, "null"));
+    }
+
+    #[test]
+    fn wildcard_patterns_take_subdomains_only() {
+        let list = ["https://*.example.com"];
+        assert!(allowed(&list, "https://a.example.com"));
+        assert!(allowed(&list, "https://a.b.example.com"));
+        assert!(allowed(&list, "https://a.example.com:443"));
+        assert!(!allowed(&list, "https://example.com"), "not the apex");
+        assert!(!allowed(&list, "https://evilexample.com"));
+        assert!(!allowed(&list, "https://aexample.com"));
+        assert!(!allowed(&list, "http://a.example.com"));
+        assert!(!allowed(&list, "https://a.example.com:444"));
+        assert!(!allowed(&list, "https://a.example.com.evil"));
+        for hostile in [
+            "https://evil.com?.example.com",
+            "https://evil.com#.example.com",
+            "https://a@b.example.com",
+            "https://evil.com/.example.com",
+            "https://evil.com:1.example.com",
+        ] {
+            assert!(!allowed(&list, hostile), "{hostile}");
+        }
+        assert!(allowed(
+            &["https://*.example.com:8443"],
+            "https://a.example.com:8443"
+        ));
+        assert!(!allowed(
+            &["https://*.example.com:8443"],
+            "https://a.example.com"
+        ));
+    }
+
+    #[test]
+    fn patterns_print_normalised_and_bad_ones_are_refused() {
+        assert_eq!(
+            OriginPattern::parse(" HTTPS://*.Example.com:443/ ")
+                .unwrap()
+                .to_string(),
+            "https://*.example.com"
+        );
+        assert_eq!(
+            OriginPattern::parse("http://localhost:3000")
+                .unwrap()
+                .to_string(),
+            "http://localhost:3000"
+        );
+        for bad in [
+            "example.com",
+            "https://",
+            "https://a.example.com/path",
+            "://x",
+            "https://*.",
+            "https://*",
+            "https://a.*.example.com",
+            "https://*.[::1]",
+            "https://a.example.com?q",
+        ] {
+            assert!(OriginPattern::parse(bad).is_err(), "{bad} accepted");
         }
     }
 }

@@ -75,7 +75,7 @@ impl Config {
                 for origin in origins {
                     let span = origin.span();
                     let value = origin.into_inner();
-                    let normalized = crate::server::origin::normalize_pattern(&value)
+                    let normalized = super::OriginPattern::parse(&value)
                         .map_err(|m| invalid(line_of(span.start), "listener.allowed_origins", m))?;
                     listener.allowed_origins.push(normalized);
                 }

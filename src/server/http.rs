@@ -151,10 +151,77 @@ impl Request {
         header(&self.headers, name)
     }
 
+    /// How many header lines are called `name` (case-insensitive).
+    pub fn count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+
+    /// Is the target a path with an optional query (origin-form, RFC 9112 §3.2.1)? The
+    /// absolute form (`http://host/x`), `*` and anything else would leave the upstream
+    /// and wssd to disagree about which host and path were asked for.
+    pub fn has_origin_form_target(&self) -> bool {
+        self.target.starts_with('/')
+            && self
+                .target
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'#')
+    }
+
+    /// The request's one `Host`, checked (RFC 9112 §3.2: a request with no Host, two, or
+    /// an invalid one is answered 400). `Ok(None)`: there is none.
+    pub fn host(&self) -> Result<Option<&str>, &'static str> {
+        match self.count("host") {
+            0 => Ok(None),
+            1 => match self.header("host") {
+                Some(host) if valid_host(host) => Ok(Some(host)),
+                _ => Err("Host is not a valid host name, address or port.\n"),
+            },
+            _ => Err("Host appears more than once.\n"),
+        }
+    }
+
     /// Every comma-separated token of every `name` header, trimmed.
     pub fn tokens<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         tokens(&self.headers, name)
     }
+}
+
+/// `uri-host [":" port]` (RFC 9110 §7.2), narrowed to what names a server: a DNS-style
+/// name (letters, digits, `-`, `_`, `.`), an IPv4 address, or a bracketed IPv6 literal,
+/// then an optional decimal port. Refused: quotes, commas, semicolons, spaces, `@`, `/`,
+/// `\\` and the like, which would otherwise reach the upstream inside `Host`,
+/// `X-Forwarded-Host` and `Forwarded`, where they read as syntax.
+pub fn valid_host(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if literal.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        (None, after)
+    } else {
+        match host.find(':') {
+            Some(colon) => (Some(&host[..colon]), &host[colon..]),
+            None => (Some(host), ""),
+        }
+    };
+    let port_ok = match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(digits) => {
+            !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
+        }
+    };
+    let name_ok = name.is_none_or(|n| {
+        !n.is_empty()
+            && n.len() <= 253
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    port_ok && name_ok
 }
 
 /// A parsed response head (from the upstream), owned.
@@ -268,15 +335,22 @@ pub async fn serve_plain<F, Fut>(
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(1024);
             let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
-            let Ok(Ok(end)) = head else { return };
-            let response = match Request::parse(&buf[..end]) {
-                Ok(req) => answer(req).await,
-                Err(_) => error_response(
-                    400,
-                    &[],
-                    "Malformed HTTP request.\n",
-                    &SecurityHeaders::default(),
-                ),
+            let refuse =
+                |status, body| error_response(status, &[], body, &SecurityHeaders::default());
+            let response = match head {
+                Ok(Ok(end)) => match Request::parse(&buf[..end]) {
+                    Ok(req) if !req.has_origin_form_target() => {
+                        refuse(400, "The request target must be a path.\n")
+                    }
+                    Ok(req) => match req.host() {
+                        Ok(_) => answer(req).await,
+                        Err(why) => refuse(400, why),
+                    },
+                    Err(HeadError::TooLarge) => refuse(431, "Request header fields too large.\n"),
+                    Err(_) => refuse(400, "Malformed HTTP request.\n"),
+                },
+                Ok(Err(HeadError::TooLarge)) => refuse(431, "Request header fields too large.\n"),
+                Ok(Err(_)) | Err(_) => return,
             };
             debug!(%peer, "{what} request answered");
             let _ = stream.write_all(&response).await;

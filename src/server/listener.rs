@@ -130,7 +130,12 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            // An IPv4 client of a dual-stack socket arrives as ::ffff:a.b.c.d; it is the
+            // IPv4 address in logs, limits and X-Forwarded-For.
+            Ok((stream, peer)) => (
+                stream,
+                SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            ),
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.
                 warn!(error = %e, "accept failed");

@@ -2,134 +2,49 @@
 //!
 //! Browsers send `Origin` with every WebSocket handshake and, unlike fetch, do not
 //! enforce CORS on WebSockets, so the server must (cross-site WebSocket hijacking).
-//! A pattern is an exact origin (`https://app.example.com`, `http://localhost:3000`) or
-//! a wildcard on the host (`https://*.example.com`, any subdomain but not the apex).
+//! The header is parsed as an origin (scheme, host, port: [`Origin`]) before it is
+//! compared, so text that merely ends like an allowed host (`https://evil.com?.example.com`)
+//! matches nothing. The patterns themselves ([`OriginPattern`]) come from the config.
 
-/// Checks and normalises a pattern from the config file.
-pub fn normalize_pattern(pattern: &str) -> Result<String, String> {
-    let p = pattern.trim().trim_end_matches('/').to_ascii_lowercase();
-    let bad = || {
-        format!(
-            "{pattern:?} is not an origin pattern; write \"https://app.example.com\" or \"https://*.example.com\" (scheme and host, optional port, no path)"
-        )
-    };
-    let (scheme, rest) = p.split_once("://").ok_or_else(bad)?;
-    if scheme.is_empty()
-        || !scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
-    {
-        return Err(bad());
-    }
-    let host = rest.strip_prefix("*.").unwrap_or(rest);
-    let host_only = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() {
-            h
-        } else {
-            "/"
-        }
-    });
-    if host_only.is_empty()
-        || !host_only
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'[' | b']' | b':'))
-    {
-        return Err(bad());
-    }
-    Ok(p)
-}
+use crate::config::{Origin, OriginPattern};
 
 /// Is a request with this `Origin` header allowed? An empty pattern list allows any.
-pub fn is_allowed(patterns: &[String], origin: Option<&str>) -> bool {
+pub fn is_allowed(patterns: &[OriginPattern], origin: Option<&str>) -> bool {
     if patterns.is_empty() {
         return true;
     }
-    let Some(origin) = origin else { return false };
-    let origin = origin.trim().to_ascii_lowercase();
-    patterns.iter().any(|p| matches(p, &origin))
-}
-
-fn matches(pattern: &str, origin: &str) -> bool {
-    if pattern == origin {
-        return true;
-    }
-    let (Some((p_scheme, p_rest)), Some((o_scheme, o_rest))) =
-        (pattern.split_once("://"), origin.split_once("://"))
-    else {
+    let Some(origin) = origin.and_then(Origin::parse) else {
         return false;
     };
-    let Some(suffix) = p_rest.strip_prefix("*.") else {
-        return false;
-    };
-    // `o_rest` must be `<one or more labels>.<suffix>`, with the same port.
-    p_scheme == o_scheme
-        && o_rest.len() > suffix.len() + 1
-        && o_rest.ends_with(suffix)
-        && o_rest.as_bytes()[o_rest.len() - suffix.len() - 1] == b'.'
-        && !o_rest[..o_rest.len() - suffix.len() - 1].contains([':', '/'])
+    patterns.iter().any(|p| p.matches(&origin))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn allowed(patterns: &[&str], origin: Option<&str>) -> bool {
-        let patterns: Vec<String> = patterns
-            .iter()
-            .map(|p| normalize_pattern(p).unwrap())
-            .collect();
-        is_allowed(&patterns, origin)
+    fn patterns(list: &[&str]) -> Vec<OriginPattern> {
+        list.iter()
+            .map(|p| OriginPattern::parse(p).unwrap())
+            .collect()
     }
 
     #[test]
     fn empty_list_allows_anything() {
-        assert!(allowed(&[], None));
-        assert!(allowed(&[], Some("https://evil.example")));
+        assert!(is_allowed(&[], None));
+        assert!(is_allowed(&[], Some("https://evil.example")));
+        assert!(is_allowed(&[], Some("not an origin")));
     }
 
     #[test]
-    fn exact_origins() {
-        let list = ["https://app.example.com", "http://localhost:3000/"];
-        assert!(allowed(&list, Some("https://app.example.com")));
-        assert!(allowed(&list, Some("HTTPS://APP.example.com")));
-        assert!(allowed(&list, Some("http://localhost:3000")));
-        assert!(
-            !allowed(&list, Some("http://app.example.com")),
-            "scheme matters"
-        );
-        assert!(
-            !allowed(&list, Some("https://app.example.com:8443")),
-            "port matters"
-        );
-        assert!(!allowed(&list, Some("https://app.example.com.evil.io")));
-        assert!(!allowed(&list, None), "a list needs an Origin");
-        assert!(!allowed(&list, Some("null")));
-    }
-
-    #[test]
-    fn wildcard_origins() {
-        let list = ["https://*.example.com"];
-        assert!(allowed(&list, Some("https://a.example.com")));
-        assert!(allowed(&list, Some("https://a.b.example.com")));
-        assert!(!allowed(&list, Some("https://example.com")), "not the apex");
-        assert!(!allowed(&list, Some("https://evilexample.com")));
-        assert!(!allowed(&list, Some("http://a.example.com")));
-        assert!(!allowed(&list, Some("https://a.example.com:444")));
-        assert!(allowed(
-            &["https://*.example.com:8443"],
-            Some("https://a.example.com:8443")
-        ));
-    }
-
-    #[test]
-    fn bad_patterns_are_refused() {
-        for bad in [
-            "example.com",
-            "https://",
-            "https://a.example.com/path",
-            "://x",
-        ] {
-            assert!(normalize_pattern(bad).is_err(), "{bad} accepted");
-        }
+    fn a_list_needs_an_origin_that_parses_and_matches() {
+        let list = patterns(&["https://app.example.com", "https://*.example.org"]);
+        assert!(is_allowed(&list, Some("https://app.example.com")));
+        assert!(is_allowed(&list, Some("https://chat.example.org")));
+        assert!(!is_allowed(&list, None));
+        assert!(!is_allowed(&list, Some("")));
+        assert!(!is_allowed(&list, Some("null")));
+        assert!(!is_allowed(&list, Some("https://evil.com?.example.org")));
+        assert!(!is_allowed(&list, Some("https://app.example.com/")));
     }
 }

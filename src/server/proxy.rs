@@ -42,6 +42,15 @@ const NOT_FORWARDED: &[&str] = &[
     CLIENT_CERT_HEADER_LOWER,
 ];
 
+/// Headers a client's `Connection` cannot turn into hop-by-hop ones.
+const NEVER_HOP_BY_HOP: &[&str] = &[
+    "origin",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+];
+
 /// The header that carries the verified client certificate to the upstream. Whatever a
 /// client sends under this name is dropped, so only wssd can set it.
 pub const CLIENT_CERT_HEADER: &str = "X-Forwarded-Client-Cert";
@@ -182,12 +191,19 @@ pub fn upstream_request(
         )
         .as_bytes(),
     );
-    // Headers the client named in Connection are hop-by-hop too.
-    let named: Vec<&str> = req.tokens("connection").collect();
+    // Headers the client named in Connection are hop-by-hop too, except the ones wssd
+    // checked or the handshake needs: naming them must not make wssd drop what it judged.
+    let named: Vec<&str> = req
+        .tokens("connection")
+        .filter(|n| !NEVER_HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h)))
+        .collect();
     for (name, value) in &req.headers {
         let lower = name.to_ascii_lowercase();
         if NOT_FORWARDED.contains(&lower.as_str())
             || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+            // `X_Forwarded_For` reads as `X-Forwarded-For` to CGI, WSGI and Rack servers,
+            // which turn both into HTTP_X_FORWARDED_FOR: dropped, as nginx does.
+            || name.contains('_')
         {
             continue;
         }

@@ -4,6 +4,7 @@
 
 use super::http::Request;
 use super::origin;
+use crate::config::OriginPattern;
 
 /// A request that may be upgraded.
 #[derive(Debug, Clone)]
@@ -34,7 +35,19 @@ impl Rejection {
 }
 
 /// Checks `req` as an upgrade, with `allowed_origins` (empty: any).
-pub fn check(req: &Request, allowed_origins: &[String]) -> Result<Upgrade, Rejection> {
+pub fn check(req: &Request, allowed_origins: &[OriginPattern]) -> Result<Upgrade, Rejection> {
+    // What every request must get right before its meaning is looked at.
+    if !req.has_origin_form_target() {
+        return Err(Rejection::new(
+            400,
+            "The request target must be a path, like /chat?room=1.\n",
+        ));
+    }
+    match req.host() {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(Rejection::new(400, "Host is missing.\n")),
+        Err(why) => return Err(Rejection::new(400, why)),
+    }
     let wants_websocket = req
         .tokens("upgrade")
         .any(|t| t.eq_ignore_ascii_case("websocket"));
@@ -55,16 +68,11 @@ pub fn check(req: &Request, allowed_origins: &[String]) -> Result<Upgrade, Rejec
     {
         return Err(Rejection::new(400, "Connection: Upgrade is missing.\n"));
     }
-    // One key and one version: a request that repeats them is ambiguous, and proxies
-    // must not guess which copy the upstream would read.
-    for name in ["sec-websocket-key", "sec-websocket-version"] {
-        if req
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
-            > 1
-        {
+    // One key, one version, one Origin: a request that repeats them is ambiguous, and a
+    // proxy must not guess which copy the upstream would read (the allow-list would check
+    // one, the upstream might read the other).
+    for name in ["sec-websocket-key", "sec-websocket-version", "origin"] {
+        if req.count(name) > 1 {
             return Err(Rejection::new(
                 400,
                 format!("{name} appears more than once.\n"),
@@ -76,9 +84,6 @@ pub fn check(req: &Request, allowed_origins: &[String]) -> Result<Upgrade, Rejec
             Rejection::new(426, "Only WebSocket version 13 is supported.\n")
                 .with("Sec-WebSocket-Version", "13"),
         );
-    }
-    if req.header("host").is_none_or(str::is_empty) {
-        return Err(Rejection::new(400, "Host is missing.\n"));
     }
     let key = req.header("sec-websocket-key").unwrap_or_default();
     if !is_valid_key(key) {
@@ -156,8 +161,41 @@ mod tests {
     }
 
     #[test]
+    fn bad_targets_and_hosts_are_bad_requests() {
+        for target in ["http://a/x", "*", "@evil.com", "x", "/a#b"] {
+            let r = Request::parse(
+                format!("GET {target} HTTP/1.1\r\nHost: a\r\n{GOOD}\r\n").as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(check(&r, &[]).unwrap_err().status, 400, "{target}");
+        }
+        for host in [
+            "a, b", "a\"b", "a;b", "", "a:", "a:1:2", "[::1", "a b", "a/b",
+        ] {
+            let r =
+                Request::parse(format!("GET / HTTP/1.1\r\nHost: {host}\r\n{GOOD}\r\n").as_bytes())
+                    .unwrap();
+            assert_eq!(check(&r, &[]).unwrap_err().status, 400, "{host:?}");
+        }
+        let twice = format!("{GOOD}Host: a\r\n");
+        assert_eq!(check(&req(&twice), &[]).unwrap_err().status, 400);
+        for host in ["a", "a.example:8443", "127.0.0.1", "[::1]:1", "a_b.example"] {
+            let r =
+                Request::parse(format!("GET / HTTP/1.1\r\nHost: {host}\r\n{GOOD}\r\n").as_bytes())
+                    .unwrap();
+            assert!(check(&r, &[]).is_ok(), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_origin_is_a_bad_request() {
+        let twice = format!("{GOOD}Origin: https://a.example\r\nOrigin: https://b.example\r\n");
+        assert_eq!(check(&req(&twice), &[]).unwrap_err().status, 400);
+    }
+
+    #[test]
     fn origin_is_checked() {
-        let list = vec!["https://app.example.com".to_string()];
+        let list = vec![OriginPattern::parse("https://app.example.com").unwrap()];
         assert_eq!(check(&req(GOOD), &list).unwrap_err().status, 403);
         let with = format!("{GOOD}Origin: https://app.example.com\r\n");
         assert!(check(&req(&with), &list).is_ok());

@@ -135,3 +135,111 @@ pub async fn raw_request(
 
 /// The headers of a valid WebSocket upgrade request.
 pub const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+/// An upstream that answers every WebSocket upgrade with a valid 101 and keeps each
+/// request head exactly as it arrived, bytes and all (header order, repeats, case).
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start() -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    let key = head
+                        .lines()
+                        .find_map(|l| {
+                            let (n, v) = l.split_once(':')?;
+                            n.eq_ignore_ascii_case("sec-websocket-key")
+                                .then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_default();
+                    seen.lock().unwrap().push(head);
+                    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+                        key.as_bytes(),
+                    );
+                    let response = format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    // Hold the connection until the peer goes.
+                    let _ = stream.read(&mut chunk).await;
+                });
+            }
+        });
+        RawUpstream { addr, heads, task }
+    }
+
+    /// Every request head received so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// The header lines of the last head called `name` (case-insensitive), values trimmed.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.heads()
+            .last()
+            .map(|head| {
+                head.lines()
+                    .skip(1)
+                    .filter_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends a raw request over TLS and returns what came back within `wait` (the
+/// connection may stay open, as after a 101).
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    client: &Arc<rustls::ClientConfig>,
+    request: &[u8],
+    wait: Duration,
+) -> String {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client.clone())
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tls.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+        if out.windows(4).any(|w| w == b"\r\n\r\n") && out.starts_with(b"HTTP/1.1 101") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
