@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::acme::oneshot::Ensured;
 use crate::cert::devca::DevCa;
 use crate::cert::inspect::{CertSummary, rfc3339};
-use crate::cert::pair::{self, PairError};
+use crate::cert::pair;
 use crate::cert::store::{self, CERT_MODE, KEY_MODE, PRIVATE_DIR_MODE};
 use crate::config::{self, Config, Domain, KeyType, Source};
 use crate::probe::{self, ProbeOptions};
@@ -188,7 +188,7 @@ pub fn check(path: &Path) -> Outcome {
                     path.display()
                 )));
             }
-            Err(PairError::Read { .. }) => {
+            Err(e) if e.is_missing() => {
                 println!("             not issued yet: `wssd run` or `wssd issue` will issue it")
             }
             Err(e) => println!("             will be re-issued: {e}"),
@@ -236,6 +236,8 @@ pub fn status(path: &Path, json: bool) -> Outcome {
         let recorded = (cert.source == Source::Acme)
             .then(|| crate::acme::renew::load_state(&config.data_dir).remove(&cert.domain_list()))
             .flatten();
+        // A record about another certificate (renewed since) is out of date.
+        let recorded = recorded.filter(|r| r.serial == summary.map(|s| s.serial.clone()));
         let (next_renewal, renewal_reason) = match (cert.source, summary, &recorded) {
             (Source::Files, _, _) => (None, Some("files are renewed outside wssd".to_string())),
             (Source::Acme, _, Some(state)) if state.reason.is_some() => {
@@ -246,13 +248,15 @@ pub fn status(path: &Path, json: bool) -> Outcome {
                 Some("missing or invalid: issued at the next run".to_string()),
             ),
             (source, Some(s), _) => {
-                let before = if source == Source::Acme {
-                    renew_before
+                // As the renewal loops plan it: ACME with renew_before and the serial's
+                // point in the window, the dev CA at the start of the last third.
+                let (before, jitter) = if source == Source::Acme {
+                    (renew_before, crate::acme::renew::jitter_for(&s.serial))
                 } else {
-                    None
+                    (None, 0.0)
                 };
                 let (at, reason) =
-                    crate::acme::renew::plan(s.not_before, s.not_after, before, None, 0.0);
+                    crate::acme::renew::plan(s.not_before, s.not_after, before, None, jitter);
                 (Some(rfc3339(at.max(now))), Some(reason.to_string()))
             }
         };

@@ -102,8 +102,13 @@ pub fn server_config(
 /// `client_ca_file`, `[acme] ca_file`, `probe --ca`). The error is the reason alone
 /// (unreadable, no certificate in it, not a usable trust anchor); callers name the file.
 pub fn add_pem_roots(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+    let bytes = crate::cert::read::read_pem_file(path).map_err(|e| match e {
+        // The caller names the file.
+        crate::cert::read::ReadError::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     if certs.is_empty() {
         return Err("no PEM certificate in it".into());

@@ -361,3 +361,100 @@ fn one_pass_orders_several_certificates() {
         );
     }
 }
+
+#[test]
+fn a_certificate_shorter_than_the_clock_skew_allowance_is_accepted() {
+    // step-ca issues 5-minute certificates; wssd tolerates a CA that does not backdate
+    // not_before by checking it 5 minutes ahead, and that shift must not reach not_after.
+    let dir = tempfile::tempdir().unwrap();
+    let pebble = Pebble::start(
+        dir.path(),
+        PebbleOptions {
+            validity_secs: Some(240),
+            ..Default::default()
+        },
+    );
+    let config = format!(
+        "{}{}",
+        acme_cert("\"short.example.test\"", dir.path()),
+        pebble.acme_section("http-01", "")
+    );
+    let (stdout, _) = issue(dir.path(), &config, 0);
+    assert!(stdout.contains("issued serial"), "{stdout}");
+    assert_chain_verifies(
+        &pebble,
+        &dir.path().join("data/certs/short.example.test/cert.pem"),
+        &["short.example.test"],
+    );
+}
+
+/// The renewal moment as `wssd issue` prints it ("renews from <time>: ...").
+fn renews_from(stdout: &str) -> String {
+    stdout
+        .split("renews from ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').take(3).collect::<Vec<_>>().join(":").into())
+        .map(|t: String| t.trim().to_string())
+        .unwrap_or_else(|| panic!("no renewal time in {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_schedule_per_certificate_whichever_command_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let pebble = Pebble::start(dir.path(), PebbleOptions::default());
+    let base = format!(
+        "data_dir = \"{}\"\n[listener]\nbind = \"127.0.0.1:{}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[[certificate]]\ndomains = [\"plan.example.test\"]\nsource = \"acme\"\n{}",
+        dir.path().join("data").display(),
+        pebble.tls_port,
+        pebble.acme_section("tls-alpn-01", "")
+    );
+    let path = write_config(dir.path(), &base);
+    let wssd = Wssd::start(dir.path(), &base);
+    wssd.wait_for_logs("next ACME renewal", 1, Duration::from_secs(60))
+        .await;
+    let daemon_next = wssd
+        .logs()
+        .lines()
+        .find(|l| l.contains("next ACME renewal"))
+        .and_then(|l| l.split("next=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let admin = wssd.logged_addr("admin server listening");
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    let metric_next = metrics
+        .lines()
+        .find(|l| l.starts_with("wssd_certificate_next_renewal_seconds{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+
+    // Three one-shot passes beside the daemon: each finds the certificate fresh and
+    // prints the same moment, and none moves the daemon's schedule.
+    let mut printed = Vec::new();
+    for _ in 0..3 {
+        let out = wssd_cmd(dir.path(), &["issue", "--config", &path]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        assert!(stdout.contains("not due"), "{stdout}");
+        printed.push(renews_from(&stdout));
+    }
+    assert!(
+        printed.iter().all(|p| *p == daemon_next),
+        "issue printed {printed:?}, the daemon plans {daemon_next}"
+    );
+    let status = wssd_cmd(dir.path(), &["status", "--config", &path, "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json[0]["next_renewal"], daemon_next.as_str(), "{json}");
+    let at = humantime::parse_rfc3339(&daemon_next)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(metric_next, at as f64, "the metric says the same");
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains(&format!(" {at}\n")) || metrics.ends_with(&format!(" {at}")),
+        "still the same after the passes: {metrics}"
+    );
+}

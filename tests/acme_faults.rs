@@ -231,3 +231,36 @@ async fn no_secret_reaches_the_logs_of_a_full_acme_run() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_order_says_no_certificate_exists_and_counts_no_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::pebble::free_port();
+    let config = format!(
+        "{}[admin]\nbind = \"127.0.0.1:0\"\n[acme]\ndirectory = \"https://127.0.0.1:{port}/dir\"\nchallenge = \"tls-alpn-01\"\nretry_backoff = \"30s\"\n",
+        acme_cert("\"first.example.test\"", dir.path())
+    );
+    let wssd = Wssd::start(dir.path(), &config);
+    wssd.wait_for_logs("ACME order failed", 1, Duration::from_secs(30))
+        .await;
+    // The start-up reload's retries of the missing pair take ~2 s: wait them out.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let logs = wssd.logs();
+    let failed = logs
+        .lines()
+        .find(|l| l.contains("ACME order failed"))
+        .unwrap();
+    assert!(failed.contains("no certificate exists yet"), "{failed}");
+    assert!(!logs.contains("keeps serving"), "{logs}");
+    assert!(!logs.contains("certificate_refused"), "{logs}");
+    let admin = wssd.logged_addr("admin server listening");
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "wssd_certificate_reloads_total{result=\"error\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("not loaded yet"), "{body}");
+}

@@ -3,38 +3,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::pebble::{Pebble, PebbleOptions};
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A plain HTTP GET; returns (status, body).
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The value of the first sample line starting with `series`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 fn admin_config(dir: &std::path::Path) -> String {
     files_config(dir, "", "") + "\n[admin]\nbind = \"127.0.0.1:0\"\n"
@@ -48,14 +21,14 @@ async fn metrics_follow_the_certificate_swaps_refusals_and_connections() {
     let tls = write_pair(dir.path(), &first);
     let wssd = Wssd::start(dir.path(), &admin_config(dir.path()));
     let admin = wssd.logged_addr("admin server listening");
-    assert_eq!(get(admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
 
     let client = client_config(&ca.cert_pem);
     let mut clients = Vec::new();
     for _ in 0..3 {
         clients.push(ws_connect(wssd.addr, &client, "/").await.0);
     }
-    let (_, metrics) = get(admin, "/metrics").await;
+    let (_, metrics) = http_get(admin, "/metrics").await;
     assert_eq!(
         sample(&metrics, "wssd_connections_active"),
         Some(3.0),
@@ -105,7 +78,7 @@ async fn metrics_follow_the_certificate_swaps_refusals_and_connections() {
     replace_file(&tls.join("key.pem"), &second.key_pem);
     replace_file(&tls.join("cert.pem"), &second.cert_pem);
     wait_for_serial(wssd.addr, &client, &second.serial, Duration::from_secs(10)).await;
-    let (_, metrics) = get(admin, "/metrics").await;
+    let (_, metrics) = http_get(admin, "/metrics").await;
     assert_eq!(
         sample(&metrics, "wssd_certificate_reloads_total{result=\"ok\"}"),
         Some(2.0)
@@ -122,7 +95,7 @@ async fn metrics_follow_the_certificate_swaps_refusals_and_connections() {
     replace_file(&tls.join("cert.pem"), "not a certificate\n");
     wssd.wait_for_logs("certificate refused", 1, Duration::from_secs(15))
         .await;
-    let (_, metrics) = get(admin, "/metrics").await;
+    let (_, metrics) = http_get(admin, "/metrics").await;
     assert_eq!(
         sample(&metrics, "wssd_certificate_reloads_total{result=\"error\"}"),
         Some(1.0)
@@ -136,7 +109,7 @@ async fn metrics_follow_the_certificate_swaps_refusals_and_connections() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, metrics) = get(admin, "/metrics").await;
+        let (_, metrics) = http_get(admin, "/metrics").await;
         if sample(&metrics, "wssd_connections_active") == Some(0.0) {
             break;
         }
@@ -172,16 +145,20 @@ async fn readyz_is_503_until_certificates_load_and_once_they_expire() {
     );
     let wssd = Wssd::start(dir.path(), &config);
     let admin = wssd.logged_addr("admin server listening");
-    let (status, body) = get(admin, "/readyz").await;
+    let (status, body) = http_get(admin, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains("certificate[0] (ready.example.test): not loaded yet"),
         "{body}"
     );
-    assert_eq!(get(admin, "/healthz").await.0, 200, "alive while not ready");
+    assert_eq!(
+        http_get(admin, "/healthz").await.0,
+        200,
+        "alive while not ready"
+    );
     std::fs::write(&gate, "").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while get(admin, "/readyz").await.0 != 200 {
+    while http_get(admin, "/readyz").await.0 != 200 {
         assert!(
             std::time::Instant::now() < deadline,
             "never ready:\n{}",
@@ -196,9 +173,9 @@ async fn readyz_is_503_until_certificates_load_and_once_they_expire() {
     write_pair(dir.path(), &ca.leaf_between(&["localhost"], -60, 3));
     let wssd = Wssd::start(dir.path(), &admin_config(dir.path()));
     let admin = wssd.logged_addr("admin server listening");
-    assert_eq!(get(admin, "/readyz").await.0, 200);
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let (status, body) = get(admin, "/readyz").await;
+    let (status, body) = http_get(admin, "/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("expired at"), "{body}");
 }

@@ -277,14 +277,15 @@ impl Acme {
         let obtained = tokio::time::timeout(ORDER_TIMEOUT, order)
             .await
             .map_err(|_| AcmeError::Timeout)??;
-        let checked = pair::pair_from_pem(
+        let checked = pair::pair_from_pem_with_skew(
             obtained.cert_pem.as_bytes(),
             obtained.key_pem.as_bytes(),
             &cert.cert_file,
             &cert.key_file,
             &cert.domains,
+            SystemTime::now(),
             // A CA that does not backdate, and a clock a little behind: still good.
-            SystemTime::now() + SKEW,
+            SKEW,
         )?;
         store::write_pair(
             &cert.cert_file,

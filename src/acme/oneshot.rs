@@ -124,12 +124,12 @@ impl OneShot {
         let current = renew::current_pair(cert);
         let (at, reason) = renew::next_renewal(&self.acme, current.as_ref()).await;
         let now = SystemTime::now();
+        // Fresh: nothing to record. The plan follows from the certificate, the same for
+        // every command, and a daemon beside this pass keeps its own record (its backoff,
+        // say) untouched.
         if let Some(pair) = &current
             && now < at
         {
-            state.next_attempt = Some(rfc3339(at));
-            state.reason = Some(reason.to_string());
-            renew::save_state(data_dir, &key, &state);
             return Ok(Ensured::Fresh(pair.summary.clone(), at, reason));
         }
         // A CA that rate-limited an earlier pass is not asked again before it said.
@@ -151,16 +151,18 @@ impl OneShot {
                     summary.not_after,
                     self.acme.config().renew_before,
                     None,
-                    0.0,
+                    renew::jitter_for(&summary.serial),
                 );
                 state = CertState {
                     next_attempt: Some(rfc3339(next)),
                     reason: Some(why.to_string()),
                     last_attempt: state.last_attempt,
+                    serial: Some(summary.serial.clone()),
                     ..CertState::default()
                 };
             }
             Err(e) => {
+                state.serial = current.as_ref().map(|p| p.summary.serial.clone());
                 state.failures += 1;
                 state.last_error = Some(renew::failure_text(e));
                 state.next_attempt = None;

@@ -135,6 +135,16 @@ pub fn reorder_floor(at: SystemTime, last_issued: Option<(SystemTime, Duration)>
     }
 }
 
+/// The point of the renewal window for the certificate with this serial, in [0, 1): a
+/// hash of the serial, so `wssd run`, `wssd issue` and `wssd status` (and every restart)
+/// plan the same moment, while certificates (and hosts) still spread over the window.
+pub fn jitter_for(serial: &str) -> f64 {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, serial.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest.as_ref()[..8]);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// A random number in [0, 1).
 pub fn random_unit() -> f64 {
     let mut b = [0u8; 8];
@@ -153,6 +163,10 @@ pub struct CertState {
     /// A rate limit's Retry-After (unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_not_before: Option<u64>,
+    /// The serial of the certificate this plan is about (none: there was none); a record
+    /// about another serial is out of date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 impl CertState {
@@ -226,7 +240,7 @@ pub async fn next_renewal(acme: &Acme, current: Option<&LoadedPair>) -> (SystemT
         pair.summary.not_after,
         acme.config().renew_before,
         window,
-        random_unit(),
+        jitter_for(&pair.summary.serial),
     )
 }
 
@@ -255,12 +269,13 @@ pub async fn run(r: Renewal) {
     };
     let initial = r.acme.config().retry_backoff;
     let mut last_issued: Option<(SystemTime, Duration)> = None;
-    // One draw per certificate, so re-planning after a nap lands on the same moment.
-    let jitter = random_unit();
+    // For the backoff only: the renewal moment itself follows from the serial.
+    let backoff_jitter = random_unit();
     let mut announced: Option<SystemTime> = None;
     loop {
         // Re-read every time: someone else (`wssd issue`, an operator) may have renewed.
         let current = current_pair(&r.cert);
+        state.serial = current.as_ref().map(|p| p.summary.serial.clone());
         let (mut at, mut reason) = if state.failures > 0 {
             let rate_limited = state
                 .last_error
@@ -270,7 +285,7 @@ pub async fn run(r: Renewal) {
                 state.failures,
                 rate_limited.then(|| state.retry_not_before()).flatten(),
                 initial,
-                jitter,
+                backoff_jitter,
                 SystemTime::now(),
             )
         } else {
@@ -284,7 +299,7 @@ pub async fn run(r: Renewal) {
                         s.not_after,
                         r.acme.config().renew_before,
                         window,
-                        jitter,
+                        jitter_for(&s.serial),
                     )
                 }
             };
@@ -359,14 +374,25 @@ pub async fn run(r: Renewal) {
                 if e.is_rate_limited() {
                     state.set_retry_not_before(r.acme.take_retry_after());
                 }
-                error!(
-                    event = "certificate_renewal_failed",
-                    certificate = r.index,
-                    %domains,
-                    error = %e,
-                    failures = state.failures,
-                    "ACME renewal failed; the current certificate keeps serving"
-                );
+                if current.is_some() {
+                    error!(
+                        event = "certificate_renewal_failed",
+                        certificate = r.index,
+                        %domains,
+                        error = %e,
+                        failures = state.failures,
+                        "ACME renewal failed; the current certificate keeps serving"
+                    );
+                } else {
+                    error!(
+                        event = "certificate_order_failed",
+                        certificate = r.index,
+                        %domains,
+                        error = %e,
+                        failures = state.failures,
+                        "ACME order failed; no certificate exists yet for these domains, so none is served"
+                    );
+                }
             }
         }
     }
@@ -453,6 +479,16 @@ mod tests {
         assert_eq!(reorder_floor(t(1), None), t(1));
         assert_eq!(reorder_floor(t(1), Some((t(1), DAY * 6))), t(3));
         assert_eq!(reorder_floor(t(5), Some((t(1), DAY * 6))), t(5));
+    }
+
+    #[test]
+    fn the_window_point_follows_the_serial() {
+        assert_eq!(jitter_for("04ab"), jitter_for("04ab"));
+        assert_ne!(jitter_for("04ab"), jitter_for("04ac"));
+        let spread: Vec<f64> = (0..1000).map(|i| jitter_for(&format!("{i:x}"))).collect();
+        assert!(spread.iter().all(|j| (0.0..1.0).contains(j)));
+        let low = spread.iter().filter(|j| **j < 0.5).count();
+        assert!((400..600).contains(&low), "{low} of 1000 below 0.5");
     }
 
     #[test]

@@ -8,14 +8,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use pki_types::pem::{self, PemObject};
 use pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
 use super::inspect::{CertSummary, rfc3339};
+use super::read::{ReadError, read_pem_file};
 use crate::config::Domain;
+use crate::units::format_duration;
 
 /// A validated pair, ready to serve.
 #[derive(Debug, Clone)]
@@ -37,10 +39,13 @@ impl LoadedPair {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PairError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
+    #[error(transparent)]
+    File(#[from] ReadError),
+    #[error("reading {} and {} took longer than {}s", cert.display(), key.display(), seconds)]
+    TimedOut {
+        cert: PathBuf,
+        key: PathBuf,
+        seconds: u64,
     },
     #[error("{}: no PEM CERTIFICATE block found", path.display())]
     NoCertificate { path: PathBuf },
@@ -54,10 +59,18 @@ pub enum PairError {
     BadKey { path: PathBuf, reason: String },
     #[error("the key in {} does not match the certificate in {}", key.display(), cert.display())]
     KeyMismatch { cert: PathBuf, key: PathBuf },
-    #[error("{}: the certificate is not valid before {not_before}", path.display())]
-    NotYetValid { path: PathBuf, not_before: String },
-    #[error("{}: the certificate expired at {not_after}", path.display())]
-    Expired { path: PathBuf, not_after: String },
+    #[error("{}: the certificate is not valid before {not_before} (in {wait}; is this machine's clock right?)", path.display())]
+    NotYetValid {
+        path: PathBuf,
+        not_before: String,
+        wait: String,
+    },
+    #[error("{}: the certificate expired at {not_after} ({ago} ago)", path.display())]
+    Expired {
+        path: PathBuf,
+        not_after: String,
+        ago: String,
+    },
     #[error("{}: the certificate does not cover {domain} (it covers {covered})", path.display())]
     NotCovered {
         path: PathBuf,
@@ -67,11 +80,16 @@ pub enum PairError {
 }
 
 impl PairError {
+    /// Is a file of the pair simply not there? (Nothing written yet, or deleted.)
+    pub fn is_missing(&self) -> bool {
+        matches!(self, PairError::File(e) if e.is_not_found())
+    }
+
     /// Could this be a pair caught in the middle of being written (and worth a retry)?
     pub fn may_be_mid_write(&self) -> bool {
         matches!(
             self,
-            PairError::Read { .. }
+            PairError::File(ReadError::Io { .. })
                 | PairError::NoCertificate { .. }
                 | PairError::BadPem { .. }
                 | PairError::BadCertificate { .. }
@@ -88,14 +106,8 @@ pub fn load_pair(
     domains: &[Domain],
     now: SystemTime,
 ) -> Result<LoadedPair, PairError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| PairError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    let cert_pem = read(cert_path)?;
-    let key_pem = read(key_path)?;
+    let cert_pem = read_pem_file(cert_path)?;
+    let key_pem = read_pem_file(key_path)?;
     pair_from_pem(&cert_pem, &key_pem, cert_path, key_path, domains, now)
 }
 
@@ -107,6 +119,30 @@ pub fn pair_from_pem(
     key_path: &Path,
     domains: &[Domain],
     now: SystemTime,
+) -> Result<LoadedPair, PairError> {
+    pair_from_pem_with_skew(
+        cert_pem,
+        key_pem,
+        cert_path,
+        key_path,
+        domains,
+        now,
+        Duration::ZERO,
+    )
+}
+
+/// Like [`pair_from_pem`], accepting a `not_before` up to `skew` after `now`: for a
+/// certificate fresh from a CA that does not backdate, on a machine whose clock is a
+/// little behind. `not_after` is checked against `now` itself, so a certificate with a
+/// lifetime shorter than `skew` is still good.
+pub fn pair_from_pem_with_skew(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+    domains: &[Domain],
+    now: SystemTime,
+    skew: Duration,
 ) -> Result<LoadedPair, PairError> {
     let chain = parse_chain(cert_pem, cert_path)?;
     let key_der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
@@ -145,16 +181,20 @@ pub fn pair_from_pem(
         path: cert_path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    if now < summary.not_before {
+    if now + skew < summary.not_before {
+        let wait = summary.not_before.duration_since(now).unwrap_or_default();
         return Err(PairError::NotYetValid {
             path: cert_path.to_path_buf(),
             not_before: rfc3339(summary.not_before),
+            wait: format_duration(wait),
         });
     }
     if now > summary.not_after {
+        let ago = now.duration_since(summary.not_after).unwrap_or_default();
         return Err(PairError::Expired {
             path: cert_path.to_path_buf(),
             not_after: rfc3339(summary.not_after),
+            ago: format_duration(ago),
         });
     }
     if let Some(domain) = domains.iter().find(|d| !summary.covers(d)) {
@@ -199,5 +239,68 @@ fn pem_reason(e: &pem::Error) -> String {
         pem::Error::SectionTooLarge => "a PEM section is too large".into(),
         pem::Error::NoItemsFound => "no PEM items found".into(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed pair for `localhost` valid from `from` to `to` seconds after `now`.
+    fn pair(now: SystemTime, from: i64, to: i64) -> (String, String) {
+        let at = |offset: i64| {
+            if offset >= 0 {
+                now + Duration::from_secs(offset as u64)
+            } else {
+                now - Duration::from_secs(offset.unsigned_abs())
+            }
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_before = at(from).into();
+        params.not_after = at(to).into();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn check(
+        cert: &str,
+        key: &str,
+        now: SystemTime,
+        skew: Duration,
+    ) -> Result<LoadedPair, PairError> {
+        crate::tls::install_default_provider();
+        let domains = [Domain::parse("localhost").unwrap()];
+        let (c, k) = (Path::new("cert.pem"), Path::new("key.pem"));
+        pair_from_pem_with_skew(cert.as_bytes(), key.as_bytes(), c, k, &domains, now, skew)
+    }
+
+    #[test]
+    fn the_skew_applies_to_not_before_only() {
+        let now = SystemTime::now();
+        let skew = Duration::from_secs(300);
+        // A 4-minute certificate that starts a minute from now (a CA clock ahead of ours).
+        let (cert, key) = pair(now, 60, 300);
+        assert!(check(&cert, &key, now, skew).is_ok());
+        let early = check(&cert, &key, now, Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            early.contains("not valid before") && early.contains("(in "),
+            "{early}"
+        );
+        // One that starts 6 minutes from now is not fresh, whatever the skew.
+        let (cert, key) = pair(now, 360, 600);
+        assert!(matches!(
+            check(&cert, &key, now, skew),
+            Err(PairError::NotYetValid { .. })
+        ));
+        // Expired means expired now, said relative to now.
+        let (cert, key) = pair(now, -600, -120);
+        let expired = check(&cert, &key, now, skew).unwrap_err().to_string();
+        assert!(
+            expired.contains("expired at") && expired.contains("(2m ago)"),
+            "{expired}"
+        );
     }
 }

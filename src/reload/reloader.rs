@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cert::inspect::{CertSummary, rfc3339};
 use crate::cert::pair::{LoadedPair, PairError, load_pair};
@@ -121,23 +121,53 @@ impl Reloader {
         Reloaded::Swapped(summary)
     }
 
-    /// Records a pair that was refused for good (after any retries).
+    /// Is slot `index` serving a certificate?
+    pub fn is_serving(&self, index: usize) -> bool {
+        self.served
+            .lock()
+            .is_ok_and(|s| s.get(index).is_some_and(Option::is_some))
+    }
+
+    /// Records a pair that was refused for good (after any retries). Files that do not
+    /// exist for a slot that never served anything are no refusal: nothing was written yet
+    /// (an ACME certificate before its first order).
     pub fn refused(&self, index: usize, error: &PairError) {
-        self.metrics.reload(false);
+        let domains = self
+            .certificates
+            .get(index)
+            .map(|c| c.domain_list())
+            .unwrap_or_default();
         let serving = self
             .served()
             .get(index)
             .cloned()
             .flatten()
-            .map(|s| s.serial)
-            .unwrap_or_else(|| "nothing".into());
-        warn!(
-            event = "certificate_refused",
-            certificate = index,
-            domains = %self.certificates.get(index).map(|c| c.domain_list()).unwrap_or_default(),
-            error = %error,
-            still_serving = %serving,
-            "certificate refused; the previous one keeps serving"
-        );
+            .map(|s| s.serial);
+        match serving {
+            None if error.is_missing() => {
+                debug!(certificate = index, %domains, "no certificate written yet");
+            }
+            None => {
+                self.metrics.reload(false);
+                warn!(
+                    event = "certificate_refused",
+                    certificate = index,
+                    %domains,
+                    error = %error,
+                    "certificate refused; no certificate is served for these domains yet"
+                );
+            }
+            Some(serial) => {
+                self.metrics.reload(false);
+                warn!(
+                    event = "certificate_refused",
+                    certificate = index,
+                    %domains,
+                    error = %error,
+                    still_serving = %serial,
+                    "certificate refused; the previous one keeps serving"
+                );
+            }
+        }
     }
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::reloader::Reloader;
+use crate::cert::pair::PairError;
 
 /// Events closer together than this are one change.
 /// (A rename or a Secret update makes its events within microseconds; a new certificate
@@ -43,6 +44,11 @@ const RETRIES: [Duration; 8] = [
     Duration::from_millis(500),
     Duration::from_millis(1000),
 ];
+
+/// The longest one reload attempt may take. Reading a pair takes microseconds; a file on
+/// a hung network mount could take forever, and the reload task (and with it SIGHUP's
+/// READY=1) must not wait on it.
+const ATTEMPT_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -292,15 +298,31 @@ async fn attempt(
     p: Pending,
 ) {
     let worker = reloader.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let reading = tokio::task::spawn_blocking(move || {
         // Stamped before reading: a write after the stamp makes the next refusal new.
         let files = worker
             .certificates()
             .get(index)
             .and_then(|c| Some([stamp(&c.cert_file)?, stamp(&c.key_file)?]));
         (worker.reload(index, p.reason), files)
-    })
-    .await;
+    });
+    let result = match tokio::time::timeout(ATTEMPT_DEADLINE, reading).await {
+        Ok(result) => result,
+        // The blocking read goes on in its thread; its result, if it ever comes, is dropped.
+        Err(_) => {
+            let Some(config) = reloader.certificates().get(index) else {
+                return;
+            };
+            Ok((
+                Err(PairError::TimedOut {
+                    cert: config.cert_file.clone(),
+                    key: config.key_file.clone(),
+                    seconds: ATTEMPT_DEADLINE.as_secs(),
+                }),
+                None,
+            ))
+        }
+    };
     match result {
         Ok((Ok(_), _)) => {
             refused.remove(&index);
