@@ -48,17 +48,18 @@ pub enum AgentError {
     },
     #[error("ACME: {0}")]
     Acme(#[from] crate::acme::AcmeError),
-    #[error("cannot listen on {addr}: {source}{}", bind_hint(source))]
+    #[error("{key} = {addr}: cannot listen: {source}{}", bind_hint(source))]
     Bind {
+        key: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
+    #[error(transparent)]
     Watch(#[from] WatchError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error(transparent)]
-    Private(#[from] crate::cert::store::StoreError),
     #[error("cannot serve connections: {0}")]
     Serve(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -101,7 +102,9 @@ pub async fn run(
             );
         }
     }
-    check_private_files(&config)?;
+    if let Some(problem) = crate::preflight::check(&config).into_iter().next() {
+        return Err(AgentError::Preflight(problem));
+    }
     let metrics = Arc::new(Metrics::default());
     let reloader = Arc::new(Reloader::new(config.certificates.clone(), metrics.clone()));
     let shutdown = CancellationToken::new();
@@ -112,6 +115,7 @@ pub async fn run(
             let listener = TcpListener::bind(admin_config.bind)
                 .await
                 .map_err(|source| AgentError::Bind {
+                    key: "[admin] bind",
                     addr: admin_config.bind,
                     source,
                 })?;
@@ -125,6 +129,7 @@ pub async fn run(
                     .flatten(),
             });
             let bound = listener.local_addr().map_err(|source| AgentError::Bind {
+                key: "[admin] bind",
                 addr: admin_config.bind,
                 source,
             })?;
@@ -201,10 +206,12 @@ pub async fn run(
     let listener = TcpListener::bind(config.listener.bind)
         .await
         .map_err(|source| AgentError::Bind {
+            key: "[listener] bind",
             addr: config.listener.bind,
             source,
         })?;
     let addr = listener.local_addr().map_err(|source| AgentError::Bind {
+        key: "[listener] bind",
         addr: config.listener.bind,
         source,
     })?;
@@ -289,36 +296,6 @@ fn notify(states: &[sd_notify::NotifyState]) {
     }
 }
 
-/// Refuses to start when a secret wssd keeps is open to group or others: `data_dir`, the
-/// ACME account files, the dev CA's key, and the keys of certificates wssd writes (keys
-/// of `files` certificates belong to whoever writes them).
-pub fn check_private_files(config: &Config) -> Result<(), crate::cert::store::StoreError> {
-    use crate::cert::store::check_private;
-    check_private(&config.data_dir)?;
-    if let Ok(entries) = std::fs::read_dir(config.data_dir.join("acme")) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("account-") {
-                check_private(&entry.path())?;
-            }
-        }
-    }
-    if config
-        .certificates
-        .iter()
-        .any(|c| c.source == Source::Selfsigned)
-    {
-        check_private(&config.ca_dir.join("ca-key.pem"))?;
-    }
-    for cert in config
-        .certificates
-        .iter()
-        .filter(|c| c.source != Source::Files)
-    {
-        check_private(&cert.key_file)?;
-    }
-    Ok(())
-}
-
 /// The ACME client, when any certificate comes from ACME, with its challenge solver
 /// running: the http-01 responder bound, or the resolver ready for tls-alpn-01.
 async fn start_acme(
@@ -337,7 +314,11 @@ async fn start_acme(
             let bind = acme_config.http01_bind;
             let listener = TcpListener::bind(bind)
                 .await
-                .map_err(|source| AgentError::Bind { addr: bind, source })?;
+                .map_err(|source| AgentError::Bind {
+                    key: "[acme] http01_bind",
+                    addr: bind,
+                    source,
+                })?;
             let tokens = Http01Tokens::default();
             let bound = listener.local_addr().unwrap_or(bind);
             info!(addr = %bound, "http-01 responder listening");

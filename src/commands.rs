@@ -135,70 +135,86 @@ pub fn print_trust_instructions(ca: &Path) {
     );
 }
 
-/// `wssd check`
+/// `wssd check`: the config, the files it names and every start-up precondition of
+/// `wssd run` ([`crate::preflight`]). The first line is the verdict; the exit code agrees.
 pub fn check(path: &Path) -> Outcome {
     crate::tls::install_default_provider();
     let config = Config::load(path)?;
-    println!("{}: configuration is valid", path.display());
+    let mut lines = Vec::new();
+    let mut problems: Vec<String> = crate::preflight::check(&config)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let l = &config.listener;
     match &l.upstream {
-        Some(up) => println!("  listener   wss://{} → proxy to {up}", l.bind),
-        None => println!("  listener   wss://{} → built-in echo", l.bind),
+        Some(up) => lines.push(format!("  listener   wss://{} → proxy to {up}", l.bind)),
+        None => lines.push(format!("  listener   wss://{} → built-in echo", l.bind)),
     }
     if !l.allowed_origins.is_empty() {
         let origins: Vec<String> = l.allowed_origins.iter().map(ToString::to_string).collect();
-        println!("  origins    {}", origins.join(", "));
+        lines.push(format!("  origins    {}", origins.join(", ")));
     }
-    println!(
+    lines.push(format!(
         "  limits     max_connections {}, handshake_timeout {}, idle_timeout {}, max_message_size {} bytes, drain_timeout {}",
         l.max_connections,
         format_duration(l.handshake_timeout),
         format_duration(l.idle_timeout),
         l.max_message_size,
         format_duration(l.drain_timeout)
-    );
-    let mut invalid = None;
+    ));
     for (index, cert) in config.certificates.iter().enumerate() {
-        println!(
+        lines.push(format!(
             "  certificate[{index}] {} from {}",
             cert.domain_list(),
             cert.source
-        );
-        println!(
+        ));
+        lines.push(format!(
             "             cert {}  key {}",
             cert.cert_file.display(),
             cert.key_file.display()
+        ));
+        let now = SystemTime::now();
+        lines.push(
+            match pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, now) {
+                Ok(p) => format!(
+                    "             serial {}, expires {} ({} days left)",
+                    p.summary.serial,
+                    rfc3339(p.summary.not_after),
+                    p.summary.days_left(now)
+                ),
+                Err(e) if cert.source == Source::Files => {
+                    problems.push(format!("certificate[{index}]: {e}"));
+                    format!("             INVALID: {e}")
+                }
+                Err(e) if e.is_missing() => {
+                    "             not issued yet: `wssd run` or `wssd issue` will issue it".into()
+                }
+                Err(e) => format!("             will be re-issued: {e}"),
+            },
         );
-        match pair::load_pair(
-            &cert.cert_file,
-            &cert.key_file,
-            &cert.domains,
-            SystemTime::now(),
-        ) {
-            Ok(p) => println!(
-                "             serial {}, expires {} ({} days left)",
-                p.summary.serial,
-                rfc3339(p.summary.not_after),
-                p.summary.days_left(SystemTime::now())
-            ),
-            Err(e) if cert.source == Source::Files => {
-                println!("             INVALID: {e}");
-                invalid.get_or_insert(CommandError::usage(anyhow::anyhow!(
-                    "{}: certificate[{index}]: {e}",
-                    path.display()
-                )));
-            }
-            Err(e) if e.is_missing() => {
-                println!("             not issued yet: `wssd run` or `wssd issue` will issue it")
-            }
-            Err(e) => println!("             will be re-issued: {e}"),
-        }
     }
     if let Some(admin) = &config.admin {
-        println!("  admin      http://{}", admin.bind);
+        lines.push(format!("  admin      http://{}", admin.bind));
     }
-    match invalid {
-        Some(e) => Err(e),
+    match problems.len() {
+        0 => println!("{}: configuration is valid", path.display()),
+        n => println!(
+            "{}: INVALID ({n} problem{}; `wssd run` would refuse to start)",
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    for problem in &problems {
+        println!("  problem    {problem}");
+    }
+    match problems.first() {
+        Some(first) => Err(CommandError::usage(anyhow::anyhow!(
+            "{}: {first}",
+            path.display()
+        ))),
         None => Ok(0),
     }
 }

@@ -25,6 +25,7 @@ pub mod commands;
 pub mod config;
 pub mod hooks;
 pub mod metrics;
+pub mod preflight;
 pub mod probe;
 pub mod provision;
 pub mod reload;

@@ -85,10 +85,28 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code as u8),
         Err(CommandError { code, error }) => {
-            eprintln!("wssd: error: {error:#}");
+            eprintln!("wssd: error: {}", describe(&error));
             ExitCode::from(code as u8)
         }
     }
+}
+
+/// The error and its causes on one line, each said once: most messages already quote
+/// their cause ("cannot read FILE: No such file or directory"), so a cause whose text is
+/// already there is not repeated.
+fn describe(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
