@@ -20,6 +20,8 @@ pub enum Advance {
     Consumed,
     /// A frame boundary was reached after this many bytes (asked for by `stop_at_boundary`).
     Boundary(usize),
+    /// A close frame starts after this many bytes (asked for by [`FrameTracker::stop_before_close`]).
+    BeforeClose(usize),
     /// A frame header breaks a rule wssd enforces: `code` is the close code to answer
     /// with (1009 message too big, 1002 protocol error). `header_at` is the offset of that
     /// header's first byte in the data, or `None` if it began in an earlier chunk;
@@ -47,6 +49,8 @@ pub struct FrameTracker {
     limit: u64,
     /// Still checking frames (until the first violation).
     strict: bool,
+    /// Stop at the boundary before a close frame instead of passing it.
+    before_close: bool,
     /// A close frame has gone by.
     pub close_seen: bool,
     /// Complete data messages that have gone by.
@@ -63,9 +67,22 @@ impl FrameTracker {
             message_len: 0,
             limit,
             strict: true,
+            before_close: false,
             close_seen: false,
             messages: 0,
         }
+    }
+
+    /// From now on, [`advance`](Self::advance) stops before a close frame's first byte
+    /// (with [`Advance::BeforeClose`]), so that the caller can put its own close there.
+    pub fn stop_before_close(&mut self) {
+        self.before_close = true;
+    }
+
+    /// Stops judging frames (no more violations); boundaries are still found.
+    pub fn relax(&mut self) {
+        self.strict = false;
+        self.limit = u64::MAX;
     }
 
     /// Between two frames?
@@ -82,6 +99,9 @@ impl FrameTracker {
             }
             if i == data.len() {
                 return Advance::Consumed;
+            }
+            if self.before_close && self.at_boundary() && data[i] & 0x0f == OP_CLOSE {
+                return Advance::BeforeClose(i);
             }
             if self.payload_left > 0 {
                 let take = self.payload_left.min((data.len() - i) as u64);
@@ -303,6 +323,24 @@ mod tests {
             t.advance(&frame(true, 0x9, 125, true), false),
             Advance::Consumed
         );
+    }
+
+    #[test]
+    fn stops_before_a_close_frame_when_asked() {
+        let mut stream = frame(true, OP_TEXT, 10, false);
+        let close_at = stream.len();
+        stream.extend(frame(true, OP_CLOSE, 2, false));
+        let mut t = FrameTracker::new(u64::MAX);
+        t.stop_before_close();
+        assert_eq!(t.advance(&stream[..3], false), Advance::Consumed);
+        assert_eq!(
+            t.advance(&stream[3..], false),
+            Advance::BeforeClose(close_at - 3)
+        );
+        assert!(!t.close_seen);
+        let mut t = FrameTracker::new(u64::MAX);
+        assert_eq!(t.advance(&stream, false), Advance::Consumed);
+        assert!(t.close_seen, "without the request, the close passes");
     }
 
     #[test]

@@ -7,11 +7,22 @@
 //! (extensions such as permessage-deflate included). Each direction is one loop: read
 //! a chunk, let the [`FrameTracker`] walk its frame headers, write the chunk on.
 //!
-//! wssd still speaks up when it must close a connection itself (drain on SIGTERM, a
-//! message over `max_message_size`, `idle_timeout`): both loops are told through
-//! `Shared::close`, each finishes the frame in flight, injects a close frame at the
-//! boundary (masked towards the upstream), and stops forwarding. The client's close
-//! reply ends the connection.
+//! wssd still speaks up when it must close a connection itself. For drain on SIGTERM and
+//! `idle_timeout` it starts a normal closing handshake: both loops are told through
+//! `Shared::request_close`, each finishes the frame in flight, injects a close frame at
+//! the boundary (masked towards the upstream), and stops forwarding; the client's close
+//! reply ends the connection. A frame that breaks a rule wssd enforces (a message over
+//! `max_message_size`, a control frame over 125 bytes, a reserved opcode) *fails* the
+//! connection (RFC 6455 §7.1.7): close frames with 1009 or 1002, then wssd closes the TCP
+//! connections itself, waiting for no reply. When the client broke the rule, the upstream
+//! is told first, and what it had already sent still reaches the client, up to the
+//! upstream's close reply (for at most [`FAIL_GRACE`]); in that reply's place the client
+//! gets wssd's close. So the client sees what a direct connection would show.
+//!
+//! A closing handshake a peer started is left to the peers: once the client has sent a
+//! close, an upstream that then drops TCP ends the connection without a 1011 from wssd;
+//! once the upstream has sent a close, the rest of the client's bytes are passed on (or
+//! discarded) without being judged.
 //!
 //! Measured before choosing (release build, 50 connections echoing through wssd to a
 //! local upstream, wssd's user+sys CPU per round trip, 2 cores shared with the client):
@@ -43,6 +54,13 @@ const CHUNK_START: usize = 1024;
 const CHUNK_MAX: usize = 64 * 1024;
 /// After one side has gone, how long the other may take to finish.
 const LINGER: Duration = Duration::from_secs(5);
+/// When the client broke a rule: how long the upstream's frames (and its close reply to
+/// wssd's close) may still reach the client before wssd closes the client itself.
+pub const FAIL_GRACE: Duration = Duration::from_secs(1);
+/// After failing a connection: how long the client's remaining bytes (the rest of an
+/// oversize message, say) are read and discarded, so that closing the socket does not
+/// reset the connection before the client has read wssd's close frame.
+const DISCARD: Duration = Duration::from_secs(2);
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
@@ -74,6 +92,16 @@ pub struct RelayStats {
 struct Shared {
     /// wssd closes the connection (drain, idle timeout, a limit broken).
     closing: AtomicBool,
+    /// wssd fails the connection: no close reply is waited for.
+    failing: AtomicBool,
+    /// The client broke a rule; the upstream has been told, the client is told when the
+    /// upstream's close reply comes, or after [`FAIL_GRACE`].
+    client_failed: AtomicBool,
+    /// A close frame from the client has gone by (the client started or answered a
+    /// closing handshake).
+    client_closed: AtomicBool,
+    /// A close frame from the upstream has gone by.
+    upstream_closed: AtomicBool,
     /// The upstream-to-client pump is to send the client a ping (keepalive).
     ping: AtomicBool,
     code: AtomicU16,
@@ -94,6 +122,27 @@ impl Shared {
 
     fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
+    }
+
+    fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Fails the connection with `code`: both pumps close at their next boundary and wait
+    /// for no reply.
+    fn fail(&self, code: u16, reason: &'static str) {
+        self.failing.store(true, Ordering::Relaxed);
+        self.request_close(code, reason);
+    }
+
+    /// The client broke a rule: the Up pump tells the upstream now, the client hears of it
+    /// in place of the upstream's close reply, or after the grace period ([`fail_grace`]).
+    fn client_failed(&self, code: u16, reason: &'static str) {
+        if self.reason.set(reason).is_ok() {
+            self.code.store(code, Ordering::Relaxed);
+        }
+        self.failing.store(true, Ordering::Relaxed);
+        self.client_failed.store(true, Ordering::Relaxed);
     }
 
     fn touch(&self) {
@@ -145,6 +194,10 @@ where
 {
     let shared = Shared {
         closing: AtomicBool::new(false),
+        failing: AtomicBool::new(false),
+        client_failed: AtomicBool::new(false),
+        client_closed: AtomicBool::new(false),
+        upstream_closed: AtomicBool::new(false),
         ping: AtomicBool::new(false),
         code: AtomicU16::new(CLOSE_GOING_AWAY),
         reason: std::sync::OnceLock::new(),
@@ -157,7 +210,14 @@ where
     let mut down_pump = Pump::new(Direction::Down, limits.max_message_size);
     {
         let up = up_pump.run(&mut client_rd, &mut up_wr, client_early, &shared);
-        let down = down_pump.run(&mut up_rd, &mut client_wr, upstream_early, &shared);
+        // The grace timer runs with the Down pump, so that it keeps running whichever
+        // side finished first.
+        let down = async {
+            tokio::select! {
+                r = down_pump.run(&mut up_rd, &mut client_wr, upstream_early, &shared) => r,
+                () = fail_grace(&shared) => Ok(()),
+            }
+        };
         let idle = idle_watch(&shared, limits.idle_timeout);
         let drained = async {
             drain.cancelled().await;
@@ -193,6 +253,9 @@ where
     // Close both sides for real: TLS close_notify to the client, FIN to the upstream.
     let _ = tokio::time::timeout(Duration::from_secs(1), client_wr.shutdown()).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), up_wr.shutdown()).await;
+    if shared.is_failing() {
+        discard(&mut client_rd).await;
+    }
     RelayStats {
         messages_up: up_pump.tracker.messages,
         messages_down: down_pump.tracker.messages,
@@ -202,6 +265,36 @@ where
             .is_closing()
             .then(|| shared.code.load(Ordering::Relaxed)),
     }
+}
+
+/// Reads and drops what the client still sends, until it closes or [`DISCARD`] passes.
+async fn discard<R: AsyncRead + Unpin>(client: &mut R) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(DISCARD, async {
+        while let Ok(n) = tokio::io::AsyncReadExt::read(client, &mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// After the client broke a rule: once [`FAIL_GRACE`] has passed without the upstream's
+/// close reply, fails the connection towards the client too. Never returns.
+async fn fail_grace(shared: &Shared) {
+    std::future::poll_fn(|_| {
+        if shared.client_failed.load(Ordering::Relaxed) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    tokio::time::sleep(FAIL_GRACE).await;
+    shared.closing.store(true, Ordering::Relaxed);
+    repoll().await;
+    std::future::pending::<()>().await
 }
 
 /// Asks for a close when neither side has sent anything for `idle`.
@@ -291,9 +384,13 @@ impl Pump {
             let read = match self.next_event(src, &mut buf, shared).await {
                 Event::Close => {
                     self.closing = true;
+                    // The upstream's own close already went to the client: nothing to add.
+                    if self.direction == Direction::Down && self.tracker.close_seen {
+                        return Ok(());
+                    }
                     if self.tracker.at_boundary() {
                         self.inject(dst, shared).await?;
-                        if self.direction == Direction::Down {
+                        if self.direction == Direction::Down || shared.is_failing() {
                             return Ok(());
                         }
                     }
@@ -313,17 +410,24 @@ impl Pump {
                 Ok(0) => 0,
                 Ok(n) => n,
                 Err(e) => {
-                    self.peer_gone(dst).await;
+                    self.peer_gone(dst, shared).await;
                     return Err(e);
                 }
             };
             if n == 0 {
-                self.peer_gone(dst).await;
+                self.peer_gone(dst, shared).await;
                 return Ok(());
             }
             shared.touch();
             if let Flow::Done = self.forward(&buf[..n], dst, shared).await? {
                 return Ok(());
+            }
+            if self.tracker.close_seen {
+                let flag = match self.direction {
+                    Direction::Up => &shared.client_closed,
+                    Direction::Down => &shared.upstream_closed,
+                };
+                flag.store(true, Ordering::Relaxed);
             }
             if n == buf.len() && buf.len() < CHUNK_MAX {
                 buf.resize(buf.len() * 2, 0);
@@ -360,15 +464,27 @@ impl Pump {
     /// are between frames, tell the other side in WebSocket terms rather than just cutting
     /// the connection: 1011 to the client when the upstream went away, 1001 to the
     /// upstream when the client did. Then end our half.
-    async fn peer_gone<W: AsyncWrite + Unpin>(&mut self, dst: &mut W) {
+    async fn peer_gone<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, shared: &Shared) {
         if !self.injected && !self.tracker.close_seen && self.tracker.at_boundary() {
             let frame = match self.direction {
-                Direction::Down => close_frame(CLOSE_INTERNAL_ERROR, "upstream went away", false),
-                Direction::Up => close_frame(CLOSE_GOING_AWAY, "client went away", true),
+                // wssd failed the client's connection and the upstream left instead of
+                // answering: the client hears wssd's close.
+                Direction::Down if shared.is_failing() => Some(shared.close_frame(false)),
+                // The client started closing; the upstream ending TCP is its answer.
+                Direction::Down if shared.client_closed.load(Ordering::Relaxed) => None,
+                Direction::Down => Some(close_frame(
+                    CLOSE_INTERNAL_ERROR,
+                    "upstream went away",
+                    false,
+                )),
+                Direction::Up if shared.upstream_closed.load(Ordering::Relaxed) => None,
+                Direction::Up => Some(close_frame(CLOSE_GOING_AWAY, "client went away", true)),
             };
-            let _ = dst.write_all(&frame).await;
-            let _ = dst.flush().await;
-            self.injected = true;
+            if let Some(frame) = frame {
+                let _ = dst.write_all(&frame).await;
+                let _ = dst.flush().await;
+                self.injected = true;
+            }
         }
         let _ = dst.shutdown().await;
     }
@@ -379,9 +495,20 @@ impl Pump {
         dst: &mut W,
         shared: &Shared,
     ) -> std::io::Result<Flow> {
+        // Once the upstream has sent its close, the client's bytes are no longer judged:
+        // the handshake is the upstream's, and a client replying mid-frame is not wssd's
+        // to fail.
+        if self.direction == Direction::Up && shared.upstream_closed.load(Ordering::Relaxed) {
+            self.tracker.relax();
+        }
+        // The client broke a rule and must hear wssd's close code: the upstream's frames
+        // still pass, its close frame (its reply to wssd's) is replaced by wssd's own.
+        if self.direction == Direction::Down && shared.client_failed.load(Ordering::Relaxed) {
+            self.tracker.stop_before_close();
+        }
         loop {
             if self.injected {
-                return Ok(self.after_injection(chunk));
+                return Ok(self.after_injection(chunk, shared));
             }
             match self
                 .tracker
@@ -390,6 +517,11 @@ impl Pump {
                 Advance::Consumed => {
                     self.write(dst, chunk).await?;
                     return Ok(Flow::Continue);
+                }
+                Advance::BeforeClose(at) => {
+                    self.write(dst, &chunk[..at]).await?;
+                    self.inject(dst, shared).await?;
+                    return Ok(Flow::Done);
                 }
                 Advance::Boundary(at) => {
                     self.write(dst, &chunk[..at]).await?;
@@ -411,7 +543,10 @@ impl Pump {
                     } else {
                         "protocol error"
                     };
-                    shared.request_close(code, reason);
+                    match self.direction {
+                        Direction::Up => shared.client_failed(code, reason),
+                        Direction::Down => shared.fail(code, reason),
+                    }
                     repoll().await;
                     self.closing = true;
                     if let Some(at) = header_at {
@@ -422,7 +557,7 @@ impl Pump {
                         // gets no close frame, only the end of the connection.
                         self.injected = true;
                     }
-                    return Ok(self.after_injection(&chunk[resume_at..]));
+                    return Ok(self.after_injection(&chunk[resume_at..], shared));
                 }
             }
         }
@@ -457,9 +592,9 @@ impl Pump {
     }
 
     /// After wssd's close: towards the client we are done; from the client we wait for
-    /// its close reply.
-    fn after_injection(&mut self, rest: &[u8]) -> Flow {
-        if self.direction == Direction::Down {
+    /// its close reply, unless wssd is failing the connection.
+    fn after_injection(&mut self, rest: &[u8], shared: &Shared) -> Flow {
+        if self.direction == Direction::Down || shared.is_failing() {
             return Flow::Done;
         }
         let _ = self.tracker.advance(rest, false);
