@@ -252,12 +252,13 @@ async fn handle(
 
     match &settings.upstream {
         None => {
-            if let Err(e) = Box::pin(echo::serve(
+            match Box::pin(echo::serve(
                 tls, early, &upgrade, settings, security, &drain,
             ))
             .await
             {
-                debug!(%peer, error = %e, "echo connection ended with an error");
+                Ok((ended, messages)) => debug!(%peer, ?ended, messages, "echo connection closed"),
+                Err(e) => debug!(%peer, error = %e, "echo connection ended with an error"),
             }
         }
         Some(upstream) => {
