@@ -7,17 +7,23 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+use super::limits::{DescriptorReserve, IpLimits, SidePortCaps, descriptor_limit};
 
 /// Largest request or response head accepted (request line + headers).
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most header lines accepted in one head.
 pub const MAX_HEADERS: usize = 64;
-/// How long a side-port client (admin, http-01) gets to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a side-port client (admin, http-01) gets to send its request head. Such a
+/// request is one short line and a Host; a CA's validation or Prometheus sends it at once.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Headers on every response wssd makes itself (besides HSTS, whose max-age is set).
 const FIXED_HEADERS: &[(&str, &str)] = &[
@@ -306,9 +312,11 @@ pub fn error_response(
 }
 
 /// A small plain-HTTP/1.1 server for wssd's side ports (the admin endpoints, the http-01
-/// responder) until `shutdown`: one request per connection, its head read within 10 s,
-/// a malformed head answered 400, every other one with what `answer` returns. `what` names
-/// the server in log lines.
+/// responder) until `shutdown`: one request per connection, its head read within
+/// [`HEAD_TIMEOUT`] (else 408), an oversize head answered 431, a malformed one or a target
+/// that is not a path 400, every other one with what `answer` returns. Connections over
+/// the port's caps ([`SidePortCaps`], from the descriptor limit) are closed at once.
+/// `what` names the server in log lines.
 pub async fn serve_plain<F, Fut>(
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -318,21 +326,42 @@ pub async fn serve_plain<F, Fut>(
     F: Fn(Request) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Vec<u8>> + Send,
 {
+    let caps = SidePortCaps::for_descriptor_limit(descriptor_limit());
+    let slots = Arc::new(Semaphore::new(caps.connections));
+    let per_ip = IpLimits::new(caps.per_ip, 0);
+    let mut reserve = DescriptorReserve::new();
     loop {
         let (mut stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
+                Err(e) if DescriptorReserve::is_exhaustion(&e) => {
+                    if reserve.should_warn() {
+                        warn!(error = %e, "{what}: out of file descriptors; shedding connections");
+                    }
+                    if !reserve.shed(&listener).await {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
                 Err(e) => {
-                    // Out of file descriptors, usually: wait a little instead of spinning.
                     warn!(error = %e, "{what} accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let (Ok(slot), Ok(ip_slot)) = (
+            slots.clone().try_acquire_owned(),
+            per_ip.admit(peer.ip(), std::time::Instant::now()),
+        ) else {
+            debug!(%peer, "{what}: connection cap reached; closed");
+            continue;
+        };
         let answer = answer.clone();
         tokio::spawn(async move {
+            let _slots = (slot, ip_slot);
             let mut buf = Vec::with_capacity(1024);
             let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
             let refuse =
@@ -350,7 +379,8 @@ pub async fn serve_plain<F, Fut>(
                     Err(_) => refuse(400, "Malformed HTTP request.\n"),
                 },
                 Ok(Err(HeadError::TooLarge)) => refuse(431, "Request header fields too large.\n"),
-                Ok(Err(_)) | Err(_) => return,
+                Ok(Err(_)) => return,
+                Err(_) => refuse(408, "Request timeout.\n"),
             };
             debug!(%peer, "{what} request answered");
             let _ = stream.write_all(&response).await;

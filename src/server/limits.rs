@@ -1,7 +1,9 @@
-//! Per-IP limits, checked at accept before any TLS work: how many connections one address
-//! may hold at once, and how fast it may open new ones (a token bucket: `rate` per
-//! second, bursts of twice that). One client cannot take all of `max_connections`, nor
-//! spend the server's CPU on handshakes.
+//! Limits checked at accept, before any TLS or HTTP work. Per-IP: how many connections one
+//! address may hold at once, and how fast it may open new ones (a token bucket: `rate`
+//! per second, bursts of twice that); one client cannot take all of `max_connections`,
+//! nor spend the server's CPU on handshakes. File descriptors: the side ports' caps
+//! ([`SidePortCaps`]) leave most of them to the WSS listener, and a
+//! [`DescriptorReserve`] sheds a connection cleanly when they run out anyway.
 //!
 //! The table is sharded by address and each shard's lock is held only to update a
 //! counter, never across I/O. When both limits are off (the default) nothing is tracked.
@@ -120,6 +122,97 @@ impl Drop for IpPermit {
     }
 }
 
+/// The process's soft limit on open file descriptors (`ulimit -n`), from
+/// /proc/self/limits; 1024, the usual default, where it cannot be read.
+pub fn descriptor_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| soft_open_files(&text))
+        .unwrap_or(1024)
+}
+
+fn soft_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    // "unlimited" is as good as any large number here.
+    Some(soft.parse().unwrap_or(u64::MAX))
+}
+
+/// The caps of one side port (the admin server, the http-01 responder), from the
+/// descriptor limit: together the two side ports take at most a quarter of it, so that
+/// whatever their clients do, the WSS listener keeps the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SidePortCaps {
+    /// Connections at once.
+    pub connections: usize,
+    /// Connections at once from one IP address.
+    pub per_ip: usize,
+}
+
+impl SidePortCaps {
+    pub fn for_descriptor_limit(limit: u64) -> SidePortCaps {
+        let connections = (limit / 8).clamp(4, 1024) as usize;
+        SidePortCaps {
+            connections,
+            per_ip: (connections / 4).clamp(2, 64),
+        }
+    }
+}
+
+/// One descriptor held back for the day the process runs out: when `accept` fails with
+/// EMFILE/ENFILE, the connection waiting in the backlog would otherwise stay there (and
+/// the accept loop spin). Releasing the reserve lets it be accepted and closed at once, so
+/// its client hears no rather than nothing; then the reserve is taken again.
+pub struct DescriptorReserve {
+    file: Option<std::fs::File>,
+    warned: Option<Instant>,
+}
+
+impl DescriptorReserve {
+    pub fn new() -> DescriptorReserve {
+        DescriptorReserve {
+            file: std::fs::File::open("/dev/null").ok(),
+            warned: None,
+        }
+    }
+
+    /// Whether to log the exhaustion now: at most once a second, not once per connection.
+    pub fn should_warn(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .warned
+            .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.warned = Some(now);
+        true
+    }
+
+    /// Is `e` the process (or system) being out of descriptors?
+    pub fn is_exhaustion(e: &std::io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    }
+
+    /// After an exhaustion error: frees the reserve, accepts one waiting connection and
+    /// closes it, then takes the reserve again. Returns whether one was shed.
+    pub async fn shed(&mut self, listener: &tokio::net::TcpListener) -> bool {
+        self.file = None;
+        let shed = matches!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), listener.accept()).await,
+            Ok(Ok(_))
+        );
+        self.file = std::fs::File::open("/dev/null").ok();
+        shed
+    }
+}
+
+impl Default for DescriptorReserve {
+    fn default() -> Self {
+        DescriptorReserve::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +251,42 @@ mod tests {
             limits.admit(ip(1), now).is_ok(),
             "a closed connection frees its place"
         );
+    }
+
+    #[test]
+    fn side_port_caps_follow_the_descriptor_limit() {
+        let caps = SidePortCaps::for_descriptor_limit;
+        assert_eq!(
+            caps(256),
+            SidePortCaps {
+                connections: 32,
+                per_ip: 8
+            }
+        );
+        assert_eq!(caps(1024).connections, 128);
+        assert_eq!(
+            caps(1 << 20),
+            SidePortCaps {
+                connections: 1024,
+                per_ip: 64
+            }
+        );
+        assert_eq!(
+            caps(16),
+            SidePortCaps {
+                connections: 4,
+                per_ip: 2
+            }
+        );
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \nMax open files            256                  4096                 files     \n";
+        assert_eq!(soft_open_files(text), Some(256));
+        assert_eq!(
+            soft_open_files(
+                "Max open files            unlimited            unlimited            files"
+            ),
+            Some(u64::MAX)
+        );
+        assert!(descriptor_limit() > 0);
     }
 
     #[test]

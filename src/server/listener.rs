@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::http::{self, HeadError, Request, SecurityHeaders};
-use super::limits::{IpLimits, IpPermit};
+use super::limits::{DescriptorReserve, IpLimits, IpPermit};
 use super::relay::{self, Limits};
 use super::workers::{Assigned, Workers};
 use super::{echo, proxy, upgrade};
@@ -124,12 +124,24 @@ async fn accept_loop(
     let listener = TcpListener::from_std(listener)?;
     let acceptor = TlsAcceptor::from(server.tls.clone());
     let slots = Arc::new(Semaphore::new(server.settings.max_connections));
+    let mut reserve = DescriptorReserve::new();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
+            Err(e) if DescriptorReserve::is_exhaustion(&e) => {
+                if reserve.should_warn() {
+                    warn!(error = %e, "out of file descriptors; shedding connections (raise LimitNOFILE / ulimit -n, or lower max_connections)");
+                }
+                if reserve.shed(&listener).await {
+                    server.metrics.connection_refused();
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                continue;
+            }
             // An IPv4 client of a dual-stack socket arrives as ::ffff:a.b.c.d; it is the
             // IPv4 address in logs, limits and X-Forwarded-For.
             Ok((stream, peer)) => (
