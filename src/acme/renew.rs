@@ -374,7 +374,8 @@ pub async fn run(r: Renewal) {
                 if e.is_rate_limited() {
                     state.set_retry_not_before(r.acme.take_retry_after());
                 }
-                if current.is_some() {
+                // An expired pair on disk is still served (wssd keeps the last one).
+                if current.is_some() || r.cert.cert_file.exists() {
                     error!(
                         event = "certificate_renewal_failed",
                         certificate = r.index,

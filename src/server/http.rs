@@ -337,7 +337,7 @@ pub async fn serve_plain<F, Fut>(
                 Ok(a) => a,
                 Err(e) if DescriptorReserve::is_exhaustion(&e) => {
                     if reserve.should_warn() {
-                        warn!(error = %e, "{what}: out of file descriptors; shedding connections");
+                        warn!(error = %e, "{what}: out of file descriptors; shedding connections (raise LimitNOFILE / ulimit -n)");
                     }
                     if !reserve.shed(&listener).await {
                         tokio::time::sleep(Duration::from_millis(50)).await;
