@@ -124,6 +124,28 @@ async fn run_keeps_serving_and_backs_off_while_the_ca_is_down() {
         failures[0]
     );
     assert!(failures[2].contains("failures=3"), "{}", failures[2]);
+    // The delays grow: the gaps between attempts roughly double (1 s, 2 s, 4 s, each
+    // ±10%, plus the attempt itself).
+    wssd.wait_for_logs("ACME renewal failed", 4, Duration::from_secs(30))
+        .await;
+    let at: Vec<std::time::SystemTime> = wssd
+        .logs()
+        .lines()
+        .filter(|l| l.contains("ACME renewal failed"))
+        .map(|l| humantime::parse_rfc3339(l.split_whitespace().next().unwrap()).unwrap())
+        .collect();
+    let gaps: Vec<f64> = at
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).unwrap().as_secs_f64())
+        .collect();
+    assert!((0.8..1.6).contains(&gaps[0]), "first gap {gaps:?}");
+    for pair in gaps.windows(2).take(2) {
+        let ratio = pair[1] / pair[0];
+        assert!(
+            (1.4..2.8).contains(&ratio),
+            "the gaps do not double: {gaps:?}"
+        );
+    }
     let waits: Vec<String> = wssd
         .logs()
         .lines()
@@ -220,9 +242,27 @@ async fn no_secret_reaches_the_logs_of_a_full_acme_run() {
         .collect();
     assert!(!logs.contains("PRIVATE KEY"));
     assert!(!logs.contains(EAB_HMAC), "the EAB HMAC key was logged");
+    let eab_bytes = base64_decode(EAB_HMAC);
     assert!(
-        !logs.contains(&account_key[..40]),
-        "the account key was logged"
+        !logs.contains(&hex(&eab_bytes)),
+        "the EAB HMAC key was logged in hex"
+    );
+    // The account key: its private scalar in every encoding a leak would use (the JWK
+    // `d`, hex, base64), and the stored PKCS#8 text past its fixed header.
+    let account_der = base64_decode(&account_key);
+    let cert_der = base64_decode(&key_body.concat());
+    for (what, der) in [("account", &account_der), ("certificate", &cert_der)] {
+        let d = p256_scalar(der).unwrap_or_else(|| panic!("no P-256 scalar in the {what} key"));
+        for encoded in secret_encodings(&d) {
+            assert!(
+                !logs.contains(&encoded),
+                "the {what} key's private scalar was logged as {encoded}"
+            );
+        }
+    }
+    assert!(
+        !logs.contains(&account_key[account_key.len() - 40..]),
+        "the stored account key was logged"
     );
     for line in key_body {
         assert!(
@@ -263,4 +303,50 @@ async fn a_failed_first_order_says_no_certificate_exists_and_counts_no_refusal()
     let (status, body) = http_get(admin, "/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("not loaded yet"), "{body}");
+}
+
+/// Standard or URL-safe base64, with or without padding.
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    let clean: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let standard = clean.replace('-', "+").replace('_', "/");
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(standard.trim_end_matches('='))
+        .expect("base64")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The 32-byte private scalar of a P-256 key in PKCS#8 (RFC 5915's ECPrivateKey inside:
+/// version 1, then the scalar as a 32-byte OCTET STRING).
+fn p256_scalar(pkcs8: &[u8]) -> Option<Vec<u8>> {
+    let at = pkcs8
+        .windows(5)
+        .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])?;
+    pkcs8.get(at + 5..at + 37).map(<[u8]>::to_vec)
+}
+
+/// How a 32-byte secret would look in a log: base64url (JWK `d`), base64, hex.
+fn secret_encodings(secret: &[u8]) -> Vec<String> {
+    use base64::Engine;
+    let e = base64::engine::general_purpose::STANDARD;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // Leaks are often partial: any 16-character run of the encodings gives it away.
+    let whole = [
+        url.encode(secret),
+        e.encode(secret),
+        hex(secret),
+        hex(secret).to_uppercase(),
+    ];
+    whole
+        .iter()
+        .flat_map(|w| {
+            [
+                w[..16].to_string(),
+                w[w.len() / 2..w.len() / 2 + 16].to_string(),
+            ]
+        })
+        .collect()
 }

@@ -296,8 +296,14 @@ impl TestCa {
 
     /// A client certificate (clientAuth) with common name `cn`.
     pub fn client(&self, cn: &str) -> Pair {
+        self.client_with_names(cn, &[])
+    }
+
+    /// A client certificate (clientAuth) with common name `cn` and DNS names `dns`.
+    pub fn client_with_names(&self, cn: &str, dns: &[&str]) -> Pair {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut params =
+            CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
