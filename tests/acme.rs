@@ -73,6 +73,47 @@ fn http01_issues_a_multi_san_certificate_and_a_second_pass_orders_nothing() {
             .contains("last third"),
         "{entries}"
     );
+    // A new order (the certificate removed) reuses the stored account: the same file,
+    // the same account URL, and Pebble saw one newAccount request in all.
+    let account_file = accounts[0].path();
+    let stored_before = std::fs::read_to_string(&account_file).unwrap();
+    drop(_busy);
+    std::fs::remove_dir_all(dir.path().join("data/certs/web.example.test")).unwrap();
+    let third = wssd_cmd(dir.path(), &["issue", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&third.stdout);
+    assert_eq!(
+        third.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    assert!(stdout.contains("issued serial"), "{stdout}");
+    assert_ne!(
+        assert_chain_verifies(&pebble, &cert_file, &["web.example.test"]),
+        serial
+    );
+    let stored_after = std::fs::read_to_string(&account_file).unwrap();
+    assert_eq!(
+        stored_after, stored_before,
+        "the account file was rewritten"
+    );
+    let url = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text).unwrap()["credentials"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        url(&stored_after).starts_with("https://127.0.0.1:"),
+        "{stored_after}"
+    );
+    let log = pebble.log();
+    assert_eq!(
+        log.matches("POST /sign-me-up").count(),
+        1,
+        "a second account was made:\n{log}"
+    );
+    assert_eq!(log.matches("Issued certificate serial").count(), 2, "{log}");
 }
 
 #[test]
@@ -456,5 +497,47 @@ async fn one_schedule_per_certificate_whichever_command_asks() {
     assert!(
         metrics.contains(&format!(" {at}\n")) || metrics.ends_with(&format!(" {at}")),
         "still the same after the passes: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_never_closes_orders_no_sooner_than_a_third_of_the_lifetime() {
+    // A 24 s certificate with renew_before = 8d: the renewal window is open from the
+    // moment of issuance, and only the floor (a third of the lifetime, 8 s) spaces orders.
+    let dir = tempfile::tempdir().unwrap();
+    let pebble = Pebble::start(
+        dir.path(),
+        PebbleOptions {
+            validity_secs: Some(24),
+            ..Default::default()
+        },
+    );
+    let config = format!(
+        "data_dir = \"{}\"\n[listener]\nbind = \"127.0.0.1:{}\"\n[[certificate]]\ndomains = [\"floor.example.test\"]\nsource = \"acme\"\n{}",
+        dir.path().join("data").display(),
+        pebble.tls_port,
+        pebble.acme_section("tls-alpn-01", "renew_before = \"8d\"")
+    );
+    let wssd = Wssd::start(dir.path(), &config);
+    let issued = "certificate issued by the CA and stored";
+    wssd.wait_for_logs(issued, 3, Duration::from_secs(60)).await;
+    let at: Vec<std::time::SystemTime> = wssd
+        .logs()
+        .lines()
+        .filter(|l| l.contains(issued))
+        .map(|l| humantime::parse_rfc3339(l.split_whitespace().next().unwrap()).unwrap())
+        .collect();
+    for pair in at.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).unwrap();
+        assert!(
+            gap >= Duration::from_millis(7_500),
+            "ordered again after {gap:?}, under a third of the 24 s lifetime:\n{}",
+            wssd.logs()
+        );
+    }
+    assert!(
+        wssd.count_logs("waiting a third of the lifetime") >= 2,
+        "the documented warning is missing:\n{}",
+        wssd.logs()
     );
 }

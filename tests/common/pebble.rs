@@ -45,6 +45,8 @@ pub struct Pebble {
     pub mgmt_port: u16,
     /// challtestsrv's management API (set-txt, clear-txt).
     pub dns_mgmt_port: u16,
+    /// Where Pebble's logs go.
+    dir: PathBuf,
 }
 
 /// A free loopback port, never the same one twice in this test binary: once the probe
@@ -136,6 +138,7 @@ impl Pebble {
             tls_port,
             mgmt_port: mgmt,
             dns_mgmt_port,
+            dir: dir.clone(),
         };
         for port in [listen, mgmt, dns_mgmt_port] {
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -149,6 +152,13 @@ impl Pebble {
             }
         }
         pebble
+    }
+
+    /// Pebble's log so far (one line per request it handled, among others).
+    pub fn log(&self) -> String {
+        let mut text = std::fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default();
+        text.push_str(&std::fs::read_to_string(self.dir.join("pebble.err")).unwrap_or_default());
+        text
     }
 
     /// The root that signs Pebble's certificates, from its management API.
