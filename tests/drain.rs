@@ -110,3 +110,86 @@ async fn echo_closes_an_oversize_message_with_1009() {
         other => panic!("expected close 1009, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncooperative_client_cannot_hold_the_drain_past_drain_timeout() {
+    // An upstream that notes the close code each connection receives.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let codes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u16>::new()));
+    let seen = codes.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Close(frame) = message {
+                        seen.lock()
+                            .unwrap()
+                            .push(frame.map_or(1005, |f| u16::from(f.code)));
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    write_pair(dir.path(), &ca.leaf(&["localhost"]));
+    let config = files_config(
+        dir.path(),
+        &format!("drain_timeout = \"3s\"\nupstream = \"ws://{up}\""),
+        "",
+    );
+    let mut wssd = Wssd::start(dir.path(), &config);
+    let client = client_config(&ca.cert_pem);
+    // A client that upgrades and then neither reads nor answers anything.
+    let (mut tls, _) = tls_connect(wssd.addr, &client).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tls,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 512];
+    let n = tokio::io::AsyncReadExt::read(&mut tls, &mut head)
+        .await
+        .unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101"));
+
+    let sent = Instant::now();
+    wssd.signal("TERM");
+    // Draining: the process is still there, holding the silent client, and refuses new
+    // connections.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        wssd.wait_exit(Duration::ZERO).is_none(),
+        "wssd left before the drain timeout"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(wssd.addr).await.is_err(),
+        "a new connection was accepted while draining"
+    );
+    // The upstream heard 1001 for the client's connection.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while codes.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the upstream got no close");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*codes.lock().unwrap(), [1001]);
+    // And wssd is gone by drain_timeout plus a small margin, client or no client.
+    let margin = Duration::from_millis(1_500);
+    let status = wssd
+        .wait_exit(
+            (sent + Duration::from_secs(3) + margin).saturating_duration_since(Instant::now()),
+        )
+        .expect("the silent client held the drain past drain_timeout");
+    assert!(status.success(), "{status}");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(2),
+        "wssd did not wait for the client at all"
+    );
+    drop(tls);
+}

@@ -56,17 +56,41 @@ async fn every_worker_carries_connections_and_sees_each_swap() {
         );
     }
 
-    // A swap is seen by fresh handshakes, whichever worker they land on, while the 30
-    // connections keep echoing.
+    // A swap is seen by fresh handshakes on every worker, while the 30 connections keep
+    // echoing.
     let second = ca.leaf(&["localhost"]);
     std::fs::write(tls.join("key.tmp"), &second.key_pem).unwrap();
     std::fs::write(tls.join("cert.tmp"), &second.cert_pem).unwrap();
     std::fs::rename(tls.join("key.tmp"), tls.join("key.pem")).unwrap();
     std::fs::rename(tls.join("cert.tmp"), tls.join("cert.pem")).unwrap();
     wait_for_serial(wssd.addr, &client, &second.serial, Duration::from_secs(10)).await;
+    // Six fresh handshakes held open at once: least-loaded assignment spreads them, two
+    // per worker. Each sees the new serial, and the log says which worker took it.
+    let mut fresh = Vec::new();
+    let mut workers_seen = std::collections::BTreeSet::new();
     for _ in 0..6 {
-        assert_eq!(served_serial(wssd.addr, &client).await, second.serial);
+        let (tls, serial) = tls_connect(wssd.addr, &client).await.unwrap();
+        assert_eq!(serial, second.serial);
+        let port = tls.get_ref().0.local_addr().unwrap().port();
+        let needle = format!("peer=127.0.0.1:{port} ");
+        wssd.wait_for_logs(&needle, 1, Duration::from_secs(5)).await;
+        let worker = wssd
+            .logs()
+            .lines()
+            .find(|l| l.contains("connection on a worker") && l.contains(&needle))
+            .and_then(|l| l.split("worker=").nth(1))
+            .and_then(|w| w.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no worker logged for port {port}"));
+        workers_seen.insert(worker);
+        fresh.push(tls);
     }
+    assert_eq!(
+        workers_seen.into_iter().collect::<Vec<_>>(),
+        ["0", "1", "2"],
+        "the swap was not seen through every worker"
+    );
+    drop(fresh);
     load.progress(1_000).await;
     assert!(load.finish().await >= 21_000);
 }

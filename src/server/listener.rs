@@ -179,6 +179,7 @@ async fn accept_loop(
         let drain = drain.clone();
         let connection = move |stream: TcpStream| async move {
             let _load = load;
+            debug!(%peer, worker = index, "connection on a worker");
             handle(stream, peer, acceptor, server, drain, (permit, ip_permit)).await;
         };
         if index == 0 {
