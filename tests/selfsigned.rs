@@ -246,4 +246,18 @@ fn days_out_of_range_is_refused() {
         &["selfsigned", "--out-dir", "x", "--days", "0"],
     );
     assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'--days <N>'") && err.contains("0 is not in 1..=825"),
+        "{err}"
+    );
+    // Refused before anything was made: no output directory, no CA.
+    assert!(!home.path().join("x").exists(), "--out-dir was created");
+    assert!(!home.path().join("xdg").exists(), "a CA was created");
+    let out = wssd_cmd(
+        home.path(),
+        &["selfsigned", "--out-dir", "x", "--days", "826"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!home.path().join("x").exists());
 }
