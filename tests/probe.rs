@@ -133,11 +133,20 @@ async fn probe_with_the_wrong_ca_fails_naming_the_verification_error() {
     let chain = report["peer_certificates"].as_array().unwrap();
     assert_eq!(chain.len(), 2, "{report}");
     assert_eq!(chain[0]["dns_names"][0], "localhost");
-    assert!(chain[1]["subject"].as_str().unwrap().contains("wssd test CA"), "{report}");
+    assert!(
+        chain[1]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("wssd test CA"),
+        "{report}"
+    );
     assert_eq!(report["echo_ok"], true);
     let out = wssd_cmd(dir.path(), &["probe", &url, "--insecure"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("wssd test CA") && text.contains("localhost"), "{text}");
+    assert!(
+        text.contains("wssd test CA") && text.contains("localhost"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

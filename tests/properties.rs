@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use wssd::config::OriginPattern;
 use wssd::server::origin::is_allowed;
-use wssd::units::{parse_duration, parse_size};
+use wssd::units::{format_duration, parse_duration, parse_size};
 
 proptest! {
     #[test]
@@ -17,9 +17,19 @@ proptest! {
     }
 
     #[test]
-    fn any_text_is_a_size_or_an_error_never_a_panic(text in ".{0,40}") {
-        let _ = parse_size(&text);
-        let _ = parse_duration(&text);
+    fn any_text_that_parses_prints_back_to_the_same_value(text in "[0-9]{1,7} ?(ms|s|m|h|d|B|KiB|MiB|GiB|KB|MB)?|[0-9 .a-zA-Z]{0,16}|.{0,40}") {
+        // A size that parses is a number of bytes, and that number reads back as itself.
+        if let Ok(n) = parse_size(&text) {
+            prop_assert_eq!(parse_size(&n.to_string()), Ok(n));
+        }
+        // A duration prints in at most two units (it may round down), and what it prints
+        // parses back to a fixed point.
+        if let Ok(d) = parse_duration(&text) {
+            let printed = format_duration(d);
+            let back = parse_duration(&printed).map_err(|e| TestCaseError::fail(format!("{printed:?}: {e}")))?;
+            prop_assert!(back <= d, "{:?} printed as {} reads as {:?}", d, printed, back);
+            prop_assert_eq!(parse_duration(&format_duration(back)), Ok(back));
+        }
     }
 
     #[test]
@@ -64,9 +74,26 @@ proptest! {
     }
 
     #[test]
-    fn any_origin_header_is_judged_without_panicking(origin in ".{0,60}", pattern in "https://(\\*\\.)?[a-z.]{1,20}") {
-        if let Ok(p) = OriginPattern::parse(&pattern) {
-            let _ = is_allowed(&[p], Some(&origin));
+    fn only_a_bare_origin_is_ever_allowed(
+        host in "[a-z0-9]{1,8}",
+        suffix in "[a-z]{1,8}\\.(com|org|example)",
+        before in "[a-z0-9@./?#:\\\\ _-]{0,6}",
+        after in "[a-z0-9@./?#:\\\\ _-]{0,6}",
+        wildcard in any::<bool>(),
+    ) {
+        let pattern = if wildcard { format!("https://*.{suffix}") } else { format!("https://{host}.{suffix}") };
+        let p = OriginPattern::parse(&pattern).unwrap();
+        let bare = format!("https://{host}.{suffix}");
+        prop_assert!(is_allowed(&[p.clone()], Some(&bare)), "{} refused by {}", bare, p);
+        let origin = format!("https://{before}{host}.{suffix}{after}");
+        if is_allowed(&[p.clone()], Some(&origin)) {
+            // Nothing before or after the host may hide another host or a path.
+            let rest = &origin["https://".len()..];
+            prop_assert!(
+                !rest.contains(['/', '?', '#', '@', '\\', ' ']),
+                "{} allowed by {}", origin, p
+            );
+            prop_assert!(after.is_empty() || after == ":443", "{} allowed by {}", origin, p);
         }
     }
 }

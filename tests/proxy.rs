@@ -365,5 +365,9 @@ async fn oversize_message_is_closed_with_1009_on_both_sides() {
             Seen::Request { .. } => continue,
         }
     }
-    assert_eq!(data, [64 * 1024], "the upstream got part of the oversize message");
+    assert_eq!(
+        data,
+        [64 * 1024],
+        "the upstream got part of the oversize message"
+    );
 }
