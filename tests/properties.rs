@@ -84,9 +84,9 @@ proptest! {
         let pattern = if wildcard { format!("https://*.{suffix}") } else { format!("https://{host}.{suffix}") };
         let p = OriginPattern::parse(&pattern).unwrap();
         let bare = format!("https://{host}.{suffix}");
-        prop_assert!(is_allowed(&[p.clone()], Some(&bare)), "{} refused by {}", bare, p);
+        prop_assert!(is_allowed(std::slice::from_ref(&p), Some(&bare)), "{} refused by {}", bare, p);
         let origin = format!("https://{before}{host}.{suffix}{after}");
-        if is_allowed(&[p.clone()], Some(&origin)) {
+        if is_allowed(std::slice::from_ref(&p), Some(&origin)) {
             // Nothing before or after the host may hide another host or a path.
             let rest = &origin["https://".len()..];
             prop_assert!(
