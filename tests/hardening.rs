@@ -240,17 +240,21 @@ async fn connections_over_the_limits_are_refused_before_tls() {
         "a third connection from one IP was served"
     );
 
-    let rate = Setup::start("handshake_rate_per_ip = 5", "");
+    // A bucket of 2 (twice the rate), refilled at 1 per second: however long the 30
+    // attempts take on a busy machine, at most 2 + that many seconds (rounded up) pass.
+    let rate = Setup::start("handshake_rate_per_ip = 1", "");
     let client = rate.client();
-    let mut ok = 0;
+    let started = Instant::now();
+    let mut ok = 0u64;
     for _ in 0..30 {
         if tls_connect(rate.wssd.addr, &client).await.is_ok() {
             ok += 1;
         }
     }
+    let refill = started.elapsed().as_secs_f64().ceil() as u64;
     assert!(
-        (10..=14).contains(&ok),
-        "a burst of 10, then 5 per second: {ok} of 30 got through"
+        ok >= 2 && ok <= 2 + refill,
+        "a burst of 2, then 1 per second: {ok} of 30 got through in {refill} s"
     );
 }
 
