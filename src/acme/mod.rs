@@ -222,6 +222,15 @@ impl Acme {
 
     /// The CA's suggested renewal window for `current` (RFC 9773), if it offers one.
     pub async fn renewal_window(&self, current: &LoadedPair) -> Option<(SystemTime, SystemTime)> {
+        self.renewal_info(current).await.map(|(window, _)| window)
+    }
+
+    /// The CA's suggested renewal window for `current`, and how soon to ask again (its
+    /// `Retry-After`), if it offers renewal information.
+    pub async fn renewal_info(
+        &self,
+        current: &LoadedPair,
+    ) -> Option<((SystemTime, SystemTime), std::time::Duration)> {
         let account = self.account().await.ok()?;
         let id = certificate_identifier(current)?;
         let info = tokio::time::timeout(
@@ -233,10 +242,20 @@ impl Acme {
             return None;
         };
         match info {
-            Ok((info, _)) => Some((
-                info.suggested_window.start.into(),
-                info.suggested_window.end.into(),
-            )),
+            Ok((info, retry_after)) => {
+                let (start, end): (SystemTime, SystemTime) = (
+                    info.suggested_window.start.into(),
+                    info.suggested_window.end.into(),
+                );
+                // RFC 9773 §4.2: a window that ends before it starts is no answer.
+                if end <= start {
+                    warn!(
+                        "the CA's renewal window ends before it starts; using the default window"
+                    );
+                    return None;
+                }
+                Some(((start, end), retry_after))
+            }
             Err(instant_acme::Error::Unsupported(_)) => None,
             Err(e) => {
                 warn!(error = %error_chain(&e), "could not fetch ACME renewal information");
@@ -256,9 +275,19 @@ impl Acme {
         let wanted = cert.profile.as_deref().or(self.config.profile.as_deref());
         let profile = match wanted {
             Some(name) if account.profiles().any(|p| p.name == name) => Some(name),
+            // Ordering without it would quietly give another kind of certificate (a
+            // 90-day one where `shortlived` was asked for, or none for an IP address).
             Some(name) => {
-                warn!(profile = name, directory = %self.config.directory, "the CA lists no such profile; ordering without one");
-                None
+                let offered: Vec<&str> = account.profiles().map(|p| p.name).collect();
+                return Err(AcmeError::Other(format!(
+                    "the CA at {} offers no profile named {name:?} ({}); set `profile` to one of those, or remove it",
+                    self.config.directory,
+                    if offered.is_empty() {
+                        "it offers no profiles at all".to_string()
+                    } else {
+                        format!("it offers: {}", offered.join(", "))
+                    }
+                )));
             }
             None => None,
         };

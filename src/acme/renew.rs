@@ -33,6 +33,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 /// The longest single sleep of the renewal loop before it looks at the clock, the files
 /// and the CA's window again.
 const NAP: Duration = Duration::from_secs(3600);
+/// The shortest wait before asking the CA's renewal window again, whatever its
+/// `Retry-After` says (RFC 9773 asks clients to follow it within reasonable limits).
+const ARI_MIN_RECHECK: Duration = Duration::from_secs(10);
 
 /// Why a certificate renews when it does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,10 +174,10 @@ pub struct CertState {
 
 impl CertState {
     pub fn set_retry_not_before(&mut self, until: Option<SystemTime>) {
+        // Rounded up: stored in whole seconds, it must never come before the CA's time.
         self.retry_not_before = until.map(|t| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs()
+            let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            since.as_secs() + u64::from(since.subsec_nanos() > 0)
         });
     }
 
@@ -275,6 +278,7 @@ pub async fn run(r: Renewal) {
     loop {
         // Re-read every time: someone else (`wssd issue`, an operator) may have renewed.
         let current = current_pair(&r.cert);
+        let mut recheck: Option<Duration> = None;
         state.serial = current.as_ref().map(|p| p.summary.serial.clone());
         let (mut at, mut reason) = if state.failures > 0 {
             let rate_limited = state
@@ -292,13 +296,15 @@ pub async fn run(r: Renewal) {
             let (at, reason) = match &current {
                 None => (SystemTime::now(), Reason::Missing),
                 Some(pair) => {
-                    let window = r.acme.renewal_window(pair).await;
+                    let info = r.acme.renewal_info(pair).await;
+                    // Ask again when the CA says, within limits (its window may move).
+                    recheck = info.map(|(_, after)| after.clamp(ARI_MIN_RECHECK, NAP));
                     let s = &pair.summary;
                     plan(
                         s.not_before,
                         s.not_after,
                         r.acme.config().renew_before,
-                        window,
+                        info.map(|(window, _)| window),
                         jitter_for(&s.serial),
                     )
                 }
@@ -330,7 +336,7 @@ pub async fn run(r: Renewal) {
         }
         // Sleep in naps against the wall clock: a monotonic sleep does not count time
         // spent suspended, and the CA's window (ARI) may move meanwhile.
-        let nap = wait.min(NAP);
+        let nap = wait.min(recheck.unwrap_or(NAP));
         tokio::select! {
             _ = r.shutdown.cancelled() => return,
             _ = tokio::time::sleep(nap) => {}

@@ -154,6 +154,11 @@ impl Pebble {
         pebble
     }
 
+    /// The certificate and key of Pebble's own HTTPS (signed by `tls_ca`).
+    pub fn tls_files(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("tls-cert.pem"), self.dir.join("tls-key.pem"))
+    }
+
     /// Pebble's log so far (one line per request it handled, among others).
     pub fn log(&self) -> String {
         let mut text = std::fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default();
