@@ -212,10 +212,12 @@ async fn renewal_in_run_swaps_to_a_new_serial_without_dropping_connections() {
             ..Default::default()
         },
     );
+    let hook_log = dir.path().join("hook.log");
     let base = format!(
-        "data_dir = \"{}\"\n[listener]\nbind = \"127.0.0.1:{}\"\n[[certificate]]\ndomains = [\"renew.example.test\"]\nsource = \"acme\"\n",
+        "data_dir = \"{}\"\n[listener]\nbind = \"127.0.0.1:{}\"\n[[certificate]]\ndomains = [\"renew.example.test\"]\nsource = \"acme\"\ndeploy_hook = \"echo $WSSD_DOMAINS >> {}\"\n",
         dir.path().join("data").display(),
-        pebble.tls_port
+        pebble.tls_port,
+        hook_log.display()
     );
     // A first certificate, from a one-shot pass.
     let path = write_config(
@@ -281,6 +283,25 @@ async fn renewal_in_run_swaps_to_a_new_serial_without_dropping_connections() {
             &["renew.example.test"]
         ),
         renewed
+    );
+    // The deploy hook ran after the first certificate (wssd issue) and after the renewal.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&hook_log)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hook did not run after the renewal:\n{}",
+            wssd.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        "renew.example.test\nrenew.example.test\n"
     );
     // It does not keep ordering: the next attempt waits a third of the lifetime.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -206,3 +206,46 @@ fn errors_say_each_cause_once_and_name_the_key_whose_bind_failed() {
     );
     assert_eq!(last.matches("Address already in use").count(), 1, "{last}");
 }
+
+#[test]
+fn an_account_file_or_a_dev_ca_key_open_to_others_fails_check_and_run() {
+    use std::os::unix::fs::PermissionsExt;
+    // The dev CA's key.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let text = selfsigned(dir.path(), "bind = \"127.0.0.1:0\"", "").replace(
+        "[listener]",
+        &format!("ca_dir = \"{}\"\n[listener]", ca_dir.display()),
+    );
+    let path = write_config(dir.path(), &text);
+    assert!(
+        wssd_cmd(dir.path(), &["issue", "--config", &path])
+            .status
+            .success()
+    );
+    let key = ca_dir.join("ca-key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    both_refuse(dir.path(), &text, &format!("chmod 600 {}", key.display()));
+
+    // An ACME account file (the CA is never contacted: the check comes first).
+    let dir = tempfile::tempdir().unwrap();
+    let acme = dir.path().join("data/acme");
+    std::fs::create_dir_all(&acme).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("data"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    let account = acme.join("account-0011223344556677.json");
+    std::fs::write(&account, "{}").unwrap();
+    std::fs::set_permissions(&account, std::fs::Permissions::from_mode(0o604)).unwrap();
+    let text = format!(
+        "data_dir = \"{}\"\n[listener]\nbind = \"127.0.0.1:0\"\n[[certificate]]\ndomains = [\"a.example.test\"]\nsource = \"acme\"\n[acme]\ndirectory = \"https://127.0.0.1:9/dir\"\nchallenge = \"tls-alpn-01\"\n",
+        dir.path().join("data").display()
+    );
+    both_refuse(
+        dir.path(),
+        &text,
+        &format!("chmod 600 {}", account.display()),
+    );
+}

@@ -180,3 +180,50 @@ async fn a_renewal_that_cannot_be_written_leaves_the_old_pair_serving() {
         .count();
     assert!(versions <= 1, "{versions} version directories");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_ca_renewal_in_run_runs_the_deploy_hook_and_a_failing_hook_is_reported() {
+    let (dir, config) = setup();
+    let cert_dir = dir.path().join("data/certs/localhost");
+    let planted = std::time::Instant::now();
+    let not_before = SystemTime::now() + Duration::from_secs(3) - Duration::from_secs(60 * DAY);
+    let old = plant_leaf(&dir.path().join("ca"), &cert_dir, not_before);
+    let log = dir.path().join("hook.log");
+    // The hook records what it was told, then fails loudly.
+    let hook = format!(
+        "echo \\\"$WSSD_DOMAINS $WSSD_CERT_FILE $WSSD_KEY_FILE\\\" >> {}; echo boom from the hook >&2; exit 3",
+        log.display()
+    );
+    let config = config.replace(
+        "source = \"selfsigned\"\n",
+        &format!("source = \"selfsigned\"\ndeploy_hook = \"{hook}\"\n"),
+    );
+    let wssd = Wssd::start(dir.path(), &config);
+    if planted.elapsed() < Duration::from_secs(2) {
+        assert!(!log.exists(), "the hook ran before any renewal");
+    }
+    wssd.wait_for_logs("deploy hook failed", 1, Duration::from_secs(30))
+        .await;
+    let ran = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        ran.trim(),
+        format!(
+            "localhost {} {}",
+            cert_dir.join("cert.pem").display(),
+            cert_dir.join("key.pem").display()
+        )
+    );
+    let failed = wssd
+        .logs()
+        .lines()
+        .find(|l| l.contains("deploy hook failed"))
+        .unwrap()
+        .to_string();
+    assert!(
+        failed.contains("exit status: 3") && failed.contains("boom from the hook"),
+        "{failed}"
+    );
+    // The renewed certificate serves anyway: a hook never undoes it.
+    let ca = std::fs::read_to_string(dir.path().join("ca/ca.pem")).unwrap();
+    assert_ne!(served_serial(wssd.addr, &client_config(&ca)).await, old);
+}
