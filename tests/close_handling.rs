@@ -54,7 +54,11 @@ async fn upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<u16>>>) {
 async fn wait_codes(codes: &Mutex<Vec<u16>>, n: usize) -> Vec<u16> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while codes.lock().unwrap().len() < n {
-        assert!(Instant::now() < deadline, "the upstream saw {:?}", codes.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "the upstream saw {:?}",
+            codes.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     codes.lock().unwrap().clone()
@@ -85,7 +89,10 @@ fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
         let opcode = bytes[0] & 0x0f;
         let (len, at) = match bytes[1] & 0x7f {
             126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-            127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+            127 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             n => (n as usize, 2),
         };
         if bytes.len() < at + len {
@@ -128,8 +135,15 @@ async fn a_silent_client_gets_a_ping_then_1001_and_is_cut_off_five_seconds_later
         }
     };
     let frames = frames(&got);
-    assert_eq!(frames[0], (0x9, b"wssd".to_vec()), "a keepalive ping first: {frames:?}");
-    let close = frames.iter().find(|(op, _)| *op == 0x8).expect("a close frame");
+    assert_eq!(
+        frames[0],
+        (0x9, b"wssd".to_vec()),
+        "a keepalive ping first: {frames:?}"
+    );
+    let close = frames
+        .iter()
+        .find(|(op, _)| *op == 0x8)
+        .expect("a close frame");
     assert_eq!(close_code(&close.1), 1001);
     assert_eq!(&close.1[2..], b"idle timeout");
     // Closed at 2 s, then the client had 5 s to answer.
@@ -137,7 +151,11 @@ async fn a_silent_client_gets_a_ping_then_1001_and_is_cut_off_five_seconds_later
         ended >= Duration::from_millis(6_500) && ended < Duration::from_secs(12),
         "cut off after {ended:?}"
     );
-    assert_eq!(wait_codes(&codes, 1).await[0], 1001, "the upstream is told too");
+    assert_eq!(
+        wait_codes(&codes, 1).await[0],
+        1001,
+        "the upstream is told too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,8 +172,15 @@ async fn a_frame_no_endpoint_may_send_gets_1002_on_both_sides() {
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got)).await;
     let frames = frames(&got);
-    assert_eq!(frames[0], (0x1, b"hi".to_vec()), "what came before still arrives: {frames:?}");
-    assert_eq!(frames.last().map(|(op, p)| (*op, close_code(p))), Some((0x8, 1002)));
+    assert_eq!(
+        frames[0],
+        (0x1, b"hi".to_vec()),
+        "what came before still arrives: {frames:?}"
+    );
+    assert_eq!(
+        frames.last().map(|(op, p)| (*op, close_code(p))),
+        Some((0x8, 1002))
+    );
     assert_eq!(wait_codes(&codes, 1).await, [1002]);
 }
 
