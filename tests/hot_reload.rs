@@ -139,7 +139,8 @@ async fn bad_pairs_are_refused_and_the_old_certificate_keeps_serving() {
     let other_b = ca.leaf(&["localhost"]);
     let expired = ca.leaf_between(&["localhost"], -10 * 86_400, -86_400);
     let wrong_name = ca.leaf(&["elsewhere.example"]);
-    let cases: [(&str, &str, &str, &str); 4] = [
+    let not_yet = ca.leaf_between(&["localhost"], 86_400, 90 * 86_400);
+    let cases: [(&str, &str, &str, &str); 5] = [
         (
             "garbage PEM",
             "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
@@ -163,6 +164,12 @@ async fn bad_pairs_are_refused_and_the_old_certificate_keeps_serving() {
             &wrong_name.cert_pem,
             &wrong_name.key_pem,
             "does not cover localhost",
+        ),
+        (
+            "not yet valid",
+            &not_yet.cert_pem,
+            &not_yet.key_pem,
+            "not valid before",
         ),
     ];
     for (i, (what, cert, key, reason)) in cases.iter().enumerate() {
@@ -233,4 +240,28 @@ async fn sighup_reloads_when_watching_is_off() {
     echo(&mut live, "still here after SIGHUP").await.unwrap();
     wssd.wait_for_logs("reason=\"SIGHUP\"", 1, Duration::from_secs(10))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_and_recreated_files_are_served_once_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let first = ca.leaf(&["localhost"]);
+    let tls = write_pair(dir.path(), &first);
+    let wssd = Wssd::start(dir.path(), &files_config(dir.path(), "", ""));
+    let client = client_config(&ca.cert_pem);
+    let load = Load::start(wssd.addr, &client, 10).await;
+    // Deleted: the certificate in memory keeps serving.
+    std::fs::remove_file(tls.join("cert.pem")).unwrap();
+    std::fs::remove_file(tls.join("key.pem")).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(served_serial(wssd.addr, &client).await, first.serial);
+    load.progress(50).await;
+    // Recreated (new files, new inodes, written in place): taken once both are whole.
+    let second = ca.leaf(&["localhost"]);
+    std::fs::write(tls.join("key.pem"), &second.key_pem).unwrap();
+    std::fs::write(tls.join("cert.pem"), &second.cert_pem).unwrap();
+    wait_for_serial(wssd.addr, &client, &second.serial, Duration::from_secs(10)).await;
+    load.progress(50).await;
+    load.finish().await;
 }
