@@ -298,6 +298,20 @@ mod tests {
         ] {
             assert!(Domain::parse(bad).is_err(), "{bad:?} accepted");
         }
+        assert_eq!(
+            Domain::parse("_acme-challenge.a_b.example"),
+            Ok(Domain::Dns("_acme-challenge.a_b.example".into())),
+            "underscores are allowed (service labels)"
+        );
+        // At most 253 characters in all.
+        let label = "a".repeat(63);
+        let longest = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(longest.len(), 253);
+        assert!(Domain::parse(&longest).is_ok());
+        assert!(
+            Domain::parse(&format!("c{longest}")).is_err(),
+            "254 characters"
+        );
         assert_eq!(Domain::parse("::1").unwrap().dir_name(), "__1");
         assert_eq!(
             Domain::parse("*.a.example").unwrap().dir_name(),
@@ -312,6 +326,12 @@ mod tests {
         assert_eq!("ws://app".parse::<Upstream>().unwrap().port, 80);
         let v6: Upstream = "ws://[::1]:9000/".parse().unwrap();
         assert_eq!(v6.to_string(), "ws://[::1]:9000");
+        let wss = "wss://x:1".parse::<Upstream>().unwrap_err();
+        assert!(wss.contains("wssd terminates TLS"), "{wss}");
+        let http = "http://x:1".parse::<Upstream>().unwrap_err();
+        assert!(http.contains("must be a ws:// URL"), "{http}");
+        let path = "ws://x:1/path".parse::<Upstream>().unwrap_err();
+        assert!(path.contains("must not have a path"), "{path}");
         for bad in [
             "wss://x:1",
             "http://x:1",
@@ -343,6 +363,31 @@ mod tests {
             Origin::parse("https://[::1]:8443").unwrap().to_string(),
             "https://[::1]:8443"
         );
+        for (with_default, without) in [
+            ("http://localhost:80", "http://localhost"),
+            ("ws://a.example:80", "ws://a.example"),
+            ("wss://a.example:443", "wss://a.example"),
+        ] {
+            assert_eq!(Origin::parse(with_default).unwrap().to_string(), without);
+        }
+        assert_eq!(
+            Origin::parse("http://localhost:443").unwrap().to_string(),
+            "http://localhost:443",
+            "443 is not http's default"
+        );
+        assert_eq!(
+            Origin::parse("https://a_b.example:65535")
+                .unwrap()
+                .to_string(),
+            "https://a_b.example:65535"
+        );
+        let label = "a".repeat(63);
+        let longest = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert!(Origin::parse(&format!("https://{longest}")).is_some());
+        assert!(
+            Origin::parse(&format!("https://c{longest}")).is_none(),
+            "254 characters"
+        );
         for bad in [
             "null",
             "https://",
@@ -362,6 +407,9 @@ mod tests {
             "https://a\\b.example.com",
             "https://[::1",
             "https://[zz]",
+            "https://[::1]x",
+            "https://[::1]:",
+            "https://a.example:000443",
             "1https://a.example",
             "://a.example",
             "a.example",

@@ -326,6 +326,19 @@ mod tests {
     }
 
     #[test]
+    fn a_relaxed_tracker_judges_nothing_but_still_finds_frames() {
+        let mut stream = frame(true, 0x9, 126, true); // an oversize ping
+        stream.extend(frame(true, 0x3, 1, true)); // a reserved opcode
+        stream.extend(frame(true, OP_BINARY, 200, true)); // over the limit
+        stream.extend(frame(true, OP_CLOSE, 2, true));
+        let mut t = FrameTracker::new(100);
+        t.relax();
+        assert_eq!(t.advance(&stream, false), Advance::Consumed);
+        assert!(t.close_seen && t.at_boundary());
+        assert_eq!(t.messages, 1);
+    }
+
+    #[test]
     fn stops_before_a_close_frame_when_asked() {
         let mut stream = frame(true, OP_TEXT, 10, false);
         let close_at = stream.len();
