@@ -410,6 +410,7 @@ mod tests {
             "https://[::1]x",
             "https://[::1]:",
             "https://a.example:000443",
+            "https://a.example:+443",
             "1https://a.example",
             "://a.example",
             "a.example",

@@ -326,6 +326,23 @@ mod tests {
     }
 
     #[test]
+    fn a_message_exactly_at_the_limit_passes_in_any_fragmentation() {
+        let mut stream = frame(false, OP_TEXT, 100, true);
+        stream.extend(frame(true, OP_CONTINUATION, 0, true));
+        stream.extend(frame(false, OP_BINARY, 60, true));
+        stream.extend(frame(true, OP_CONTINUATION, 40, true));
+        let mut t = FrameTracker::new(100);
+        assert_eq!(t.advance(&stream, false), Advance::Consumed);
+        assert_eq!(t.messages, 2);
+        let mut over = frame(false, OP_TEXT, 100, true);
+        over.extend(frame(true, OP_CONTINUATION, 1, true));
+        assert!(matches!(
+            FrameTracker::new(100).advance(&over, false),
+            Advance::Violation { code: CLOSE_TOO_BIG, .. }
+        ));
+    }
+
+    #[test]
     fn a_relaxed_tracker_judges_nothing_but_still_finds_frames() {
         let mut stream = frame(true, 0x9, 126, true); // an oversize ping
         stream.extend(frame(true, 0x3, 1, true)); // a reserved opcode

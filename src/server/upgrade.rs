@@ -149,6 +149,32 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_16_bytes_of_base64() {
+        for good in [
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "+/+/+/+/+/+/+/+/+/+/+A==",
+            "zZ09zZ09zZ09zZ09zZ09zw==",
+        ] {
+            assert!(is_valid_key(good), "{good} refused");
+        }
+        for bad in [
+            "",
+            "short",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAA==",
+            "AAAAAAAAAAAAAAAAAAAA==",
+            "AAAAAAAAAAAAAAAAAAAAAAA=",
+            "AAAAAAAAAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAAAAAAAA-==",
+            "AAAAAAAAAAAAAAAAAAAAA_==",
+            "AAAAAAAAAAAAAAAAAAAAA ==",
+            "AAAAAAAAAAAAAAAAAAAAA===",
+        ] {
+            assert!(!is_valid_key(bad), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn repeated_keys_are_a_bad_request() {
         let twice = format!("{GOOD}Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n");
         assert_eq!(check(&req(&twice), &[]).unwrap_err().status, 400);
