@@ -94,9 +94,48 @@ mod tests {
     }
 
     #[test]
+    fn every_size_unit() {
+        for (text, bytes) in [
+            ("7", 7u64),
+            ("7b", 7),
+            ("7B", 7),
+            ("7kb", 7_000),
+            ("7k", 7 << 10),
+            ("7KiB", 7 << 10),
+            ("7mb", 7_000_000),
+            ("7m", 7 << 20),
+            ("7MiB", 7 << 20),
+            ("7gb", 7_000_000_000),
+            ("7g", 7 << 30),
+            ("7GiB", 7 << 30),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+    }
+
+    #[test]
     fn bad_sizes_are_refused() {
         for bad in ["", "MiB", "12XB", "1.5MiB", "-1", "99999999999999999999GiB"] {
             assert!(parse_size(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn durations_print_in_the_unit_of_their_range() {
+        let s = Duration::from_secs;
+        for (d, text) in [
+            (s(1), "1s"),
+            (s(59), "59s"),
+            (s(60), "1m"),
+            (s(61), "1m 1s"),
+            (s(3599), "59m 59s"),
+            (s(3600), "1h"),
+            (s(3600 + 120 + 5), "1h 2m"),
+            (s(86_399), "23h 59m"),
+            (s(86_400), "1d"),
+            (s(2 * 86_400 + 3 * 3600 + 59), "2d 3h"),
+        ] {
+            assert_eq!(format_duration(d), text, "{d:?}");
         }
     }
 
