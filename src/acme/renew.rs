@@ -482,6 +482,34 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_after_equal_to_the_backoff_is_just_the_backoff() {
+        let now = t(0);
+        let s = Duration::from_secs;
+        assert_eq!(
+            retry_plan(1, Some(now + s(30)), s(30), 0.5, now),
+            (now + s(30), Reason::Backoff { failures: 1 })
+        );
+    }
+
+    #[test]
+    fn reasons_read_as_status_shows_them() {
+        let cases = [
+            (Reason::Missing, "no valid certificate yet".to_string()),
+            (Reason::LifetimeFraction, "last third of the lifetime".to_string()),
+            (Reason::RenewBefore(30 * DAY), "renew_before = 30d".to_string()),
+            (
+                Reason::RenewalInfo { start: t(1), end: t(2) },
+                format!("the CA's renewal window {} .. {}", rfc3339(t(1)), rfc3339(t(2))),
+            ),
+            (Reason::Backoff { failures: 3 }, "backoff after 3 failed attempt(s)".to_string()),
+            (Reason::RateLimited, "rate limited: the CA's Retry-After".to_string()),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text);
+        }
+    }
+
+    #[test]
     fn the_reorder_floor_holds_back_a_window_that_never_closes() {
         assert_eq!(reorder_floor(t(1), None), t(1));
         assert_eq!(reorder_floor(t(1), Some((t(1), DAY * 6))), t(3));
