@@ -173,6 +173,15 @@ pub struct CertState {
 }
 
 impl CertState {
+    /// The state a new `wssd run` starts from, given what an earlier process recorded:
+    /// a fresh start, but a rate limit's Retry-After still holds.
+    pub fn resumed(recorded: Option<CertState>) -> CertState {
+        CertState {
+            retry_not_before: recorded.and_then(|s| s.retry_not_before),
+            ..CertState::default()
+        }
+    }
+
     pub fn set_retry_not_before(&mut self, until: Option<SystemTime>) {
         // Rounded up: stored in whole seconds, it must never come before the CA's time.
         self.retry_not_before = until.map(|t| {
@@ -264,12 +273,7 @@ pub async fn run(r: Renewal) {
     let domains = r.cert.domain_list();
     let data_dir = r.acme.data_dir().to_path_buf();
     // A rate limit from an earlier run still holds.
-    let mut state = CertState {
-        retry_not_before: load_state(&data_dir)
-            .remove(&domains)
-            .and_then(|s| s.retry_not_before),
-        ..CertState::default()
-    };
+    let mut state = CertState::resumed(load_state(&data_dir).remove(&domains));
     let initial = r.acme.config().retry_backoff;
     let mut last_issued: Option<(SystemTime, Duration)> = None;
     // For the backoff only: the renewal moment itself follows from the serial.
@@ -492,17 +496,92 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_after_is_stored_rounded_up_to_the_second() {
+        let mut state = CertState::default();
+        let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        state.set_retry_not_before(Some(whole));
+        assert_eq!(state.retry_not_before, Some(1_000));
+        assert_eq!(state.retry_not_before(), Some(whole));
+        state.set_retry_not_before(Some(whole + Duration::from_millis(1)));
+        assert_eq!(
+            state.retry_not_before(),
+            Some(whole + Duration::from_secs(1))
+        );
+        state.set_retry_not_before(None);
+        assert_eq!(state.retry_not_before(), None);
+    }
+
+    #[test]
+    fn a_restart_keeps_only_the_rate_limit() {
+        let recorded = CertState {
+            failures: 4,
+            last_error: Some("boom".into()),
+            retry_not_before: Some(1_234),
+            reason: Some("backoff".into()),
+            ..CertState::default()
+        };
+        let resumed = CertState::resumed(Some(recorded));
+        assert_eq!(
+            resumed,
+            CertState {
+                retry_not_before: Some(1_234),
+                ..CertState::default()
+            }
+        );
+        assert_eq!(CertState::resumed(None), CertState::default());
+    }
+
+    #[test]
+    fn failures_are_stored_with_the_rate_limit_kept_searchable() {
+        let problem: instant_acme::Problem = serde_json::from_value(serde_json::json!({
+            "type": "urn:ietf:params:acme:error:rateLimited",
+            "detail": "too many",
+            "status": 429
+        }))
+        .unwrap();
+        let limited = AcmeError::Problem {
+            identifier: None,
+            problem,
+        };
+        let text = failure_text(&limited);
+        assert!(
+            text.starts_with("rateLimited: ") && text.contains("too many"),
+            "{text}"
+        );
+        assert_eq!(failure_text(&AcmeError::Other("boom".into())), "boom");
+    }
+
+    #[test]
     fn reasons_read_as_status_shows_them() {
         let cases = [
             (Reason::Missing, "no valid certificate yet".to_string()),
-            (Reason::LifetimeFraction, "last third of the lifetime".to_string()),
-            (Reason::RenewBefore(30 * DAY), "renew_before = 30d".to_string()),
             (
-                Reason::RenewalInfo { start: t(1), end: t(2) },
-                format!("the CA's renewal window {} .. {}", rfc3339(t(1)), rfc3339(t(2))),
+                Reason::LifetimeFraction,
+                "last third of the lifetime".to_string(),
             ),
-            (Reason::Backoff { failures: 3 }, "backoff after 3 failed attempt(s)".to_string()),
-            (Reason::RateLimited, "rate limited: the CA's Retry-After".to_string()),
+            (
+                Reason::RenewBefore(30 * DAY),
+                "renew_before = 30d".to_string(),
+            ),
+            (
+                Reason::RenewalInfo {
+                    start: t(1),
+                    end: t(2),
+                },
+                format!(
+                    "the CA's renewal window {} .. {}",
+                    rfc3339(t(1)),
+                    rfc3339(t(2))
+                ),
+            ),
+            (
+                Reason::Backoff { failures: 3 },
+                "backoff after 3 failed attempt(s)".to_string(),
+            ),
+            (
+                Reason::RateLimited,
+                "rate limited: the CA's Retry-After".to_string(),
+            ),
         ];
         for (reason, text) in cases {
             assert_eq!(reason.to_string(), text);

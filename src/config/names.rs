@@ -308,9 +308,11 @@ mod tests {
         let longest = format!("{label}.{label}.{label}.{}", "b".repeat(61));
         assert_eq!(longest.len(), 253);
         assert!(Domain::parse(&longest).is_ok());
+        let too_long = format!("{label}.{label}.{label}.{}", "b".repeat(62));
+        assert_eq!(too_long.len(), 254);
         assert!(
-            Domain::parse(&format!("c{longest}")).is_err(),
-            "254 characters"
+            Domain::parse(&too_long).is_err(),
+            "254 characters, every label valid"
         );
         assert_eq!(Domain::parse("::1").unwrap().dir_name(), "__1");
         assert_eq!(
@@ -384,8 +386,9 @@ mod tests {
         let label = "a".repeat(63);
         let longest = format!("{label}.{label}.{label}.{}", "b".repeat(61));
         assert!(Origin::parse(&format!("https://{longest}")).is_some());
+        let too_long = format!("{label}.{label}.{label}.{}", "b".repeat(62));
         assert!(
-            Origin::parse(&format!("https://c{longest}")).is_none(),
+            Origin::parse(&format!("https://{too_long}")).is_none(),
             "254 characters"
         );
         for bad in [

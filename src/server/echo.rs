@@ -30,7 +30,8 @@ const OP_PONG: u8 = 0xA;
 const CLOSE_GOING_AWAY: u16 = 1001;
 /// wssd's keepalive ping: unmasked, payload "wssd".
 const PING: &[u8] = &[0x89, 0x04, b'w', b's', b's', b'd'];
-const BUFFER: usize = 16 * 1024;
+/// 16 KiB.
+const BUFFER: usize = 16_384;
 /// How long a client gets to answer wssd's close, and to take the last bytes.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -481,6 +482,37 @@ mod tests {
             assert_eq!(e.messages, 2);
             assert!(e.at_boundary());
         }
+    }
+
+    #[test]
+    fn the_101_accepts_the_key_with_the_security_headers() {
+        let upgrade = Upgrade {
+            key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
+        };
+        let text =
+            String::from_utf8(switching_protocols(&upgrade, &SecurityHeaders::default())).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{text}"
+        );
+        // RFC 6455 §1.3's example key and answer.
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(text.contains("Strict-Transport-Security: "));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn between_frames_only_when_no_header_or_payload_is_pending() {
+        let mut e = Echoer::new(100);
+        assert!(e.at_boundary());
+        let frame = masked(0x81, b"hello");
+        let mut out = Vec::new();
+        e.feed(&frame[..1], &mut out);
+        assert!(!e.at_boundary(), "mid-header");
+        e.feed(&frame[1..8], &mut out);
+        assert!(!e.at_boundary(), "mid-payload");
+        e.feed(&frame[8..], &mut out);
+        assert!(e.at_boundary());
     }
 
     #[test]

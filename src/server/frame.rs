@@ -338,7 +338,10 @@ mod tests {
         over.extend(frame(true, OP_CONTINUATION, 1, true));
         assert!(matches!(
             FrameTracker::new(100).advance(&over, false),
-            Advance::Violation { code: CLOSE_TOO_BIG, .. }
+            Advance::Violation {
+                code: CLOSE_TOO_BIG,
+                ..
+            }
         ));
     }
 
