@@ -3,8 +3,8 @@
 //!
 //! * `GET /healthz`: 200 while the process runs (liveness).
 //! * `GET /readyz`: 200 when the listener is bound and every certificate is loaded and
-//!   within its validity (and, with `readyz_checks_upstream`, the upstream accepts a TCP
-//!   connection); otherwise 503 with the reasons, one per line (readiness).
+//!   within its validity (and, with `readyz_checks_upstream`, every upstream, the
+//!   listener's and each route's, accepts a TCP connection); otherwise 503 with the reasons, one per line (readiness).
 //! * `GET /metrics`: the Prometheus text exposition ([`crate::metrics`]).
 //!
 //! It starts before anything else in `wssd run`, so `/readyz` answers 503 while
@@ -29,8 +29,8 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     /// Set once the WSS listener is bound.
     pub listening: AtomicBool,
-    /// Checked by `/readyz` when configured.
-    pub upstream: Option<Upstream>,
+    /// Checked by `/readyz` when configured: the listener's and every route's.
+    pub upstreams: Vec<Upstream>,
 }
 
 impl Admin {
@@ -62,7 +62,7 @@ impl Admin {
                 Some(_) => {}
             }
         }
-        if let Some(up) = &self.upstream {
+        for up in &self.upstreams {
             let connect = TcpStream::connect((up.host.as_str(), up.port));
             match tokio::time::timeout(Duration::from_secs(1), connect).await {
                 Ok(Ok(_)) => {}

@@ -25,7 +25,7 @@ use crate::acme::renew::{self, Renewal};
 use crate::admin::Admin;
 use crate::cert::inspect::rfc3339;
 use crate::cert::pair::PairError;
-use crate::config::{Challenge, Config, Source};
+use crate::config::{Challenge, Config, Source, Upstream};
 use crate::metrics::Metrics;
 use crate::provision::{self, ProvisionError, Provisioned, schedule};
 use crate::reload::reloader::Reloader;
@@ -123,10 +123,18 @@ pub async fn run(
                 metrics: metrics.clone(),
                 reloader: reloader.clone(),
                 listening: AtomicBool::new(false),
-                upstream: admin_config
-                    .readyz_checks_upstream
-                    .then(|| config.listener.upstream.clone())
-                    .flatten(),
+                upstreams: if admin_config.readyz_checks_upstream {
+                    let listener = &config.listener;
+                    let mut all: Vec<Upstream> = listener.upstream.iter().cloned().collect();
+                    for route in &listener.routes {
+                        if !all.contains(&route.upstream) {
+                            all.push(route.upstream.clone());
+                        }
+                    }
+                    all
+                } else {
+                    Vec::new()
+                },
             });
             let bound = listener.local_addr().map_err(|source| AgentError::Bind {
                 key: "[admin] bind",
@@ -250,9 +258,12 @@ pub async fn run(
         metrics.clone(),
         reloader.resolver(),
     ));
-    let mode = match &config.listener.upstream {
-        Some(up) => format!("proxy to {up}"),
-        None => "built-in echo".to_string(),
+    let settings = &config.listener;
+    let mode = match (&settings.upstream, settings.routes.len()) {
+        (Some(up), 0) => format!("proxy to {up}"),
+        (Some(up), n) => format!("{n} route(s), other paths proxied to {up}"),
+        (None, 0) => "built-in echo".to_string(),
+        (None, n) => format!("{n} route(s), other paths 404"),
     };
     info!(%addr, %mode, workers = config.listener.workers, "listening");
     on_ready(addr, &config);

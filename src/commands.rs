@@ -136,6 +136,51 @@ pub fn print_trust_instructions(ca: &Path) {
 }
 
 /// `wssd check`: the config, the files it names and every start-up precondition of
+/// The route table as `wssd check` prints it: longest path first, the order in which
+/// requests are matched, then where every other path goes.
+fn route_table(l: &crate::config::ListenerConfig) -> Vec<String> {
+    let routes = crate::server::routes::Routes::new(l);
+    let table: Vec<_> = routes.table().collect();
+    let width = table
+        .iter()
+        .filter_map(|(path, _)| path.map(str::len))
+        .max()
+        .unwrap_or(0)
+        .max("(other)".len());
+    let mut lines = Vec::new();
+    for (n, (path, target)) in table.into_iter().enumerate() {
+        let label = if n == 0 {
+            "  routes    "
+        } else {
+            "            "
+        };
+        let path = path.unwrap_or("(other)");
+        let line = match target {
+            None => format!("{label} {path:width$}  → 404"),
+            Some(t) => {
+                let upstream = t
+                    .upstream
+                    .as_ref()
+                    .map_or_else(|| "built-in echo".to_string(), ToString::to_string);
+                let origins = match t.allowed_origins.as_slice() {
+                    [] => "any origin".to_string(),
+                    list => list
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                format!(
+                    "{label} {path:width$}  → {upstream}  (origins: {origins}; max_message_size {} bytes)",
+                    t.max_message_size
+                )
+            }
+        };
+        lines.push(line);
+    }
+    lines
+}
+
 /// `wssd run` ([`crate::preflight`]). The first line is the verdict; the exit code agrees.
 pub fn check(path: &Path) -> Outcome {
     crate::tls::install_default_provider();
@@ -148,7 +193,13 @@ pub fn check(path: &Path) -> Outcome {
     let l = &config.listener;
     match &l.upstream {
         Some(up) => lines.push(format!("  listener   wss://{} → proxy to {up}", l.bind)),
-        None => lines.push(format!("  listener   wss://{} → built-in echo", l.bind)),
+        None if l.routes.is_empty() => {
+            lines.push(format!("  listener   wss://{} → built-in echo", l.bind))
+        }
+        None => lines.push(format!("  listener   wss://{} → routes only", l.bind)),
+    }
+    if !l.routes.is_empty() {
+        lines.extend(route_table(l));
     }
     if !l.allowed_origins.is_empty() {
         let origins: Vec<String> = l.allowed_origins.iter().map(ToString::to_string).collect();

@@ -144,7 +144,18 @@ fn bad_domain_and_bad_upstream_are_refused() {
     );
     assert_eq!(code, Some(2));
     assert!(
-        err.contains("listener.upstream") && err.contains("ws://"),
+        err.contains("listener.upstream")
+            && err.contains("must not have a path")
+            && err.contains("line 3"),
+        "{err}"
+    );
+    let (code, err) = check(
+        dir.path(),
+        &GOOD.replace("bind = \"127.0.0.1:0\"", "upstream = \"ftp://x:1\""),
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("listener.upstream") && err.contains("ws:// or http://"),
         "{err}"
     );
 }
@@ -332,4 +343,88 @@ fn kubernetes_configmaps_hold_valid_configs() {
             "{manifest}: probes need the admin server"
         );
     }
+}
+
+#[test]
+fn route_mistakes_are_named_with_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let route = |body: &str| format!("{GOOD}\n[[route]]\n{body}\n");
+    let cases = [
+        (
+            route(
+                "path = \"/ws\"\nupstream = \"ws://127.0.0.1:1\"\n\n[[route]]\npath = \"/ws\"\nupstream = \"ws://127.0.0.1:2\"",
+            ),
+            "route[1].path",
+            "line 14",
+            "route[0] has the same path",
+        ),
+        (
+            route("path = \"ws\"\nupstream = \"ws://127.0.0.1:1\""),
+            "route[0].path",
+            "line 10",
+            "starts with /",
+        ),
+        (
+            route("path = \"/ws?x\"\nupstream = \"ws://127.0.0.1:1\""),
+            "route[0].path",
+            "line 10",
+            "no query",
+        ),
+        (
+            route("path = \"/a/../b\"\nupstream = \"ws://127.0.0.1:1\""),
+            "route[0].path",
+            "line 10",
+            "segments",
+        ),
+        (
+            route("path = \"/ws\"\nupstream = \"https://127.0.0.1:1\""),
+            "route[0].upstream",
+            "line 11",
+            "terminates TLS",
+        ),
+        (
+            route("path = \"/ws\""),
+            "route[0]",
+            "line 9",
+            "missing field `upstream`",
+        ),
+        (
+            route("upstream = \"ws://127.0.0.1:1\""),
+            "route[0]",
+            "line 9",
+            "missing field `path`",
+        ),
+        (
+            route(
+                "path = \"/ws\"\nupstream = \"ws://127.0.0.1:1\"\nallowed_origins = [\"https://a.example/x\"]",
+            ),
+            "route[0].allowed_origins",
+            "line 12",
+            "https://a.example/x",
+        ),
+        (
+            route("path = \"/ws\"\nupstream = \"ws://127.0.0.1:1\"\nmax_message_size = \"0\""),
+            "route[0].max_message_size",
+            "line 12",
+            "larger than zero",
+        ),
+        (
+            route("path = \"/ws\"\nupstream = \"ws://127.0.0.1:1\"\nidle_timeout = \"1s\""),
+            "route[0]",
+            "line 12",
+            "unknown field `idle_timeout`",
+        ),
+    ];
+    for (config, key, line, message) in cases {
+        let (code, err) = check(dir.path(), &config);
+        assert_eq!(code, Some(2), "{config}\n{err}");
+        assert!(err.contains(key), "{key}: {err}");
+        assert!(err.contains(line), "{line}: {err}");
+        assert!(err.contains(message), "{message}: {err}");
+    }
+    let ok = route(
+        "path = \"/ws\"\nupstream = \"http://127.0.0.1:1\"\nallowed_origins = [\"https://a.example\"]\nmax_message_size = \"1KiB\"",
+    );
+    let (code, err) = check(dir.path(), &ok);
+    assert_eq!(code, Some(0), "{ok}\n{err}");
 }

@@ -19,7 +19,7 @@ mod names;
 mod parse;
 mod raw;
 
-pub use names::{Domain, Origin, OriginPattern, Upstream};
+pub use names::{Domain, Origin, OriginPattern, Upstream, UpstreamScheme};
 
 /// Where the zero-config dev mode listens, and the default `[listener] bind`.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8443";
@@ -84,6 +84,19 @@ pub struct ListenerConfig {
     pub hsts_max_age: Duration,
     /// Connection worker threads (default: the CPUs wssd may use).
     pub workers: usize,
+    /// `[[route]]`s, in file order (the listener picks the longest matching prefix).
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A `[[route]]`: requests whose path is `path` or under it go to `upstream`. Unset
+/// settings are the listener's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// A normalized path prefix ([`names::route_path`]).
+    pub path: String,
+    pub upstream: Upstream,
+    pub allowed_origins: Option<Vec<OriginPattern>>,
+    pub max_message_size: Option<u64>,
 }
 
 impl Default for ListenerConfig {
@@ -104,6 +117,7 @@ impl Default for ListenerConfig {
             upstream_connect_timeout: Duration::from_secs(5),
             hsts_max_age: Duration::from_secs(365 * 86_400),
             workers: crate::server::workers::default_count(),
+            routes: Vec::new(),
         }
     }
 }

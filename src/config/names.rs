@@ -7,19 +7,33 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-/// A plain `ws://host:port` upstream.
+/// A plain-HTTP upstream, `ws://host:port` or `http://host:port`: the two name the same
+/// server (one that takes WebSocket upgrades and, on routes, ordinary requests); the
+/// scheme is kept only to show the URL as it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub host: String,
     pub port: u16,
+    pub scheme: UpstreamScheme,
+}
+
+/// How an upstream URL was written; both mean plain HTTP/1.1 to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamScheme {
+    Ws,
+    Http,
 }
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.scheme {
+            UpstreamScheme::Ws => "ws",
+            UpstreamScheme::Http => "http",
+        };
         if self.host.contains(':') {
-            write!(f, "ws://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "ws://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -31,19 +45,20 @@ impl std::str::FromStr for Upstream {
         let uri: tokio_tungstenite::tungstenite::http::Uri = text
             .parse()
             .map_err(|e| format!("invalid URL {text:?}: {e}"))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => {
+        let scheme = match uri.scheme_str() {
+            Some("ws") => UpstreamScheme::Ws,
+            Some("http") => UpstreamScheme::Http,
+            Some("wss" | "https") => {
                 return Err(format!(
-                    "{text:?}: a wss:// upstream is not supported; wssd terminates TLS and speaks plain ws:// to the upstream"
+                    "{text:?}: a TLS upstream is not supported; wssd terminates TLS and speaks plain HTTP (ws:// or http://) to the upstream"
                 ));
             }
             _ => {
                 return Err(format!(
-                    "{text:?}: the upstream must be a ws:// URL, like \"ws://127.0.0.1:9000\""
+                    "{text:?}: the upstream must be a ws:// or http:// URL, like \"http://127.0.0.1:9000\""
                 ));
             }
-        }
+        };
         let host = uri
             .host()
             .ok_or_else(|| format!("{text:?}: the upstream URL has no host"))?
@@ -58,8 +73,48 @@ impl std::str::FromStr for Upstream {
         Ok(Upstream {
             host,
             port: uri.port_u16().unwrap_or(80),
+            scheme,
         })
     }
+}
+
+/// A `[[route]]` path prefix: `/` and path segments of RFC 3986 path characters, without
+/// percent-escapes, empty segments or dot segments, so that it is already in the form
+/// the listener brings a request's path to before matching ([`crate::server::routes`]).
+pub fn route_path(text: &str) -> Result<String, String> {
+    const MAX: usize = 1024;
+    if !text.starts_with('/') {
+        return Err(format!(
+            "{text:?}: a route path starts with /, like \"/websocket\""
+        ));
+    }
+    if text.len() > MAX {
+        return Err(format!("is longer than {MAX} characters"));
+    }
+    if let Some(c) = text.chars().find(|&c| !is_path_char(c)) {
+        return Err(match c {
+            '?' | '#' => {
+                format!("{text:?}: a route path has no query or fragment; it matches every query")
+            }
+            '%' => format!(
+                "{text:?}: write the path without percent-escapes; requests are decoded before matching"
+            ),
+            _ => format!("{text:?}: {c:?} is not allowed in a route path"),
+        });
+    }
+    let inner = &text[1..];
+    let segments = inner.strip_suffix('/').unwrap_or(inner);
+    if !inner.is_empty() && segments.split('/').any(|s| matches!(s, "" | "." | "..")) {
+        return Err(format!(
+            "{text:?}: a route path has no empty, \".\" or \"..\" segments"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// RFC 3986 `pchar` without `%`, and `/`.
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(c)
 }
 
 /// A name a certificate covers: a DNS name (possibly `*.` wildcard) or an IP address.
@@ -322,27 +377,81 @@ mod tests {
     }
 
     #[test]
-    fn upstreams_are_plain_ws_without_a_path() {
+    fn upstreams_are_plain_ws_or_http_without_a_path() {
         let up: Upstream = "ws://127.0.0.1:9000".parse().unwrap();
         assert_eq!((up.host.as_str(), up.port), ("127.0.0.1", 9000));
+        assert_eq!(up.to_string(), "ws://127.0.0.1:9000");
         assert_eq!("ws://app".parse::<Upstream>().unwrap().port, 80);
         let v6: Upstream = "ws://[::1]:9000/".parse().unwrap();
         assert_eq!(v6.to_string(), "ws://[::1]:9000");
-        let wss = "wss://x:1".parse::<Upstream>().unwrap_err();
-        assert!(wss.contains("wssd terminates TLS"), "{wss}");
-        let http = "http://x:1".parse::<Upstream>().unwrap_err();
-        assert!(http.contains("must be a ws:// URL"), "{http}");
+        let http: Upstream = "http://app:8080".parse().unwrap();
+        assert_eq!(
+            (http.host.as_str(), http.port, http.scheme),
+            ("app", 8080, UpstreamScheme::Http)
+        );
+        assert_eq!(http.to_string(), "http://app:8080");
+        assert_eq!(
+            "http://[::1]".parse::<Upstream>().unwrap().to_string(),
+            "http://[::1]:80"
+        );
+        for tls in ["wss://x:1", "https://x:1"] {
+            let e = tls.parse::<Upstream>().unwrap_err();
+            assert!(e.contains("wssd terminates TLS"), "{e}");
+        }
+        let ftp = "ftp://x:1".parse::<Upstream>().unwrap_err();
+        assert!(ftp.contains("must be a ws:// or http:// URL"), "{ftp}");
         let path = "ws://x:1/path".parse::<Upstream>().unwrap_err();
         assert!(path.contains("must not have a path"), "{path}");
         for bad in [
             "wss://x:1",
-            "http://x:1",
+            "https://x:1",
+            "ftp://x:1",
             "ws://x:1/path",
+            "http://x:1/api",
             "ws://x:1/?q",
             "x:1",
         ] {
             assert!(bad.parse::<Upstream>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn route_paths_are_plain_prefixes() {
+        for good in [
+            "/",
+            "/websocket",
+            "/websocket/",
+            "/api/v1",
+            "/a-b_c.d~e/@:x",
+            "/socket.io/",
+        ] {
+            assert_eq!(route_path(good).as_deref(), Ok(good), "{good:?}");
+        }
+        for (bad, why) in [
+            ("websocket", "starts with /"),
+            ("", "starts with /"),
+            ("/ws?x=1", "no query"),
+            ("/ws#top", "no query"),
+            ("/w%73", "percent-escapes"),
+            ("/a b", "not allowed"),
+            ("/a\\b", "not allowed"),
+            ("//ws", "segments"),
+            ("/a//b", "segments"),
+            ("/a/./b", "segments"),
+            ("/a/..", "segments"),
+            ("/..", "segments"),
+            ("/.", "segments"),
+            ("/a//", "segments"),
+        ] {
+            let e = route_path(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(route_path(&format!("/{}", "a".repeat(1023))).is_ok());
+        assert!(
+            route_path(&format!("/{}", "a".repeat(1024)))
+                .unwrap_err()
+                .contains("longer than 1024")
+        );
     }
 
     fn allowed(patterns: &[&str], origin: &str) -> bool {

@@ -67,18 +67,20 @@ impl Config {
             }
             p.into_inner()
         };
+        let origin_patterns = |list: Vec<Spanned<String>>, key: &str| {
+            list.into_iter()
+                .map(|origin| {
+                    let line = line_of(origin.span().start);
+                    OriginPattern::parse(origin.get_ref()).map_err(|m| invalid(line, key, m))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
         let mut listener = ListenerConfig::default();
         if let Some(l) = raw.listener {
             listener.bind = l.bind.unwrap_or(listener.bind);
             listener.upstream = l.upstream;
             if let Some(origins) = l.allowed_origins {
-                for origin in origins {
-                    let span = origin.span();
-                    let value = origin.into_inner();
-                    let normalized = super::OriginPattern::parse(&value)
-                        .map_err(|m| invalid(line_of(span.start), "listener.allowed_origins", m))?;
-                    listener.allowed_origins.push(normalized);
-                }
+                listener.allowed_origins = origin_patterns(origins, "listener.allowed_origins")?;
             }
             listener.max_connections = l
                 .max_connections
@@ -94,6 +96,32 @@ impl Config {
                 .unwrap_or(listener.upstream_connect_timeout);
             listener.hsts_max_age = l.hsts_max_age.unwrap_or(listener.hsts_max_age);
             listener.workers = l.workers.map_or(listener.workers, |n| n.get());
+        }
+        for (index, spanned) in raw.route.into_iter().enumerate() {
+            let r = spanned.into_inner();
+            let key = |name: &str| format!("route[{index}].{name}");
+            let path_line = line_of(r.path.span().start);
+            let path = names::route_path(r.path.get_ref())
+                .map_err(|m| invalid(path_line, &key("path"), m))?;
+            if let Some(other) = listener.routes.iter().position(|o| o.path == path) {
+                return Err(invalid(
+                    path_line,
+                    &key("path"),
+                    format!(
+                        "route[{other}] has the same path {path:?}; each path prefix can have one route"
+                    ),
+                ));
+            }
+            let allowed_origins = match r.allowed_origins {
+                Some(list) => Some(origin_patterns(list, &key("allowed_origins"))?),
+                None => None,
+            };
+            listener.routes.push(RouteConfig {
+                path,
+                upstream: r.upstream,
+                allowed_origins,
+                max_message_size: r.max_message_size,
+            });
         }
         if listener.max_connections == 0 {
             return Err(invalid(

@@ -25,6 +25,20 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) certificate: Vec<Spanned<RawCertificate>>,
     pub(super) acme: Option<Spanned<RawAcme>>,
+    #[serde(default)]
+    pub(super) route: Vec<Spanned<RawRoute>>,
+}
+
+/// `[[route]]`: a path prefix and where its requests go.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) path: Spanned<String>,
+    #[serde(deserialize_with = "de_upstream_value")]
+    pub(super) upstream: Upstream,
+    pub(super) allowed_origins: Option<Vec<Spanned<String>>>,
+    #[serde(default, deserialize_with = "de_nonzero_size")]
+    pub(super) max_message_size: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +157,12 @@ pub(super) fn de_nonzero_size<'de, D: serde::Deserializer<'de>>(
 pub(super) fn de_upstream<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Upstream>, D::Error> {
+    de_upstream_value(d).map(Some)
+}
+
+pub(super) fn de_upstream_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Upstream, D::Error> {
     let text = String::deserialize(d)?;
-    text.parse().map(Some).map_err(serde::de::Error::custom)
+    text.parse().map_err(serde::de::Error::custom)
 }

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use super::http::{self, HeadError, Request, SecurityHeaders};
 use super::limits::{DescriptorReserve, IpLimits, IpPermit};
 use super::relay::{self, Limits};
+use super::routes::{Routes, Target};
 use super::workers::{Assigned, Workers};
 use super::{echo, proxy, upgrade};
 use crate::config::ListenerConfig;
@@ -46,6 +47,7 @@ pub struct Server {
     pub ip_limits: Arc<IpLimits>,
     /// For telling which certificate a handshake chose (metrics).
     pub resolver: Arc<Resolver>,
+    pub routes: Routes,
 }
 
 impl Server {
@@ -57,6 +59,7 @@ impl Server {
     ) -> Server {
         Server {
             resolver,
+            routes: Routes::new(&settings),
             headers: SecurityHeaders::new(settings.hsts_max_age),
             ip_limits: IpLimits::new(
                 settings.max_connections_per_ip,
@@ -255,15 +258,20 @@ async fn handle(
         .and_then(|chain| chain.first())
         .map(|leaf| client_identity(leaf));
 
-    let Some((request, upgrade, early)) = Box::pin(read_request(
-        &mut tls, peer, settings, security, &drain, deadline,
+    let Some((request, route, upgrade, early)) = Box::pin(read_request(
+        &mut tls,
+        peer,
+        &server.routes,
+        security,
+        &drain,
+        deadline,
     ))
     .await
     else {
         return;
     };
 
-    match &settings.upstream {
+    match &route.upstream {
         None => {
             match Box::pin(echo::serve(
                 tls, early, &upgrade, settings, security, &drain,
@@ -290,7 +298,7 @@ async fn handle(
                 return;
             };
             let limits = Limits {
-                max_message_size: settings.max_message_size,
+                max_message_size: route.max_message_size,
                 idle_timeout: settings.idle_timeout,
             };
             let stats = relay::relay(
@@ -336,17 +344,17 @@ fn client_identity(leaf: &[u8]) -> String {
     value
 }
 
-/// Reads the client's request head and checks that it asks for a WebSocket upgrade;
-/// refusals are answered here. Returns the request, the upgrade, and any bytes the client
-/// sent after the head.
-async fn read_request(
+/// Reads the client's request head, finds its route, and checks that it asks for a
+/// WebSocket upgrade; refusals are answered here. Returns the request, what it is served
+/// with, the upgrade, and any bytes the client sent after the head.
+async fn read_request<'r>(
     tls: &mut TlsStream<TcpStream>,
     peer: SocketAddr,
-    settings: &ListenerConfig,
+    routes: &'r Routes,
     security: &SecurityHeaders,
     drain: &CancellationToken,
     deadline: Instant,
-) -> Option<(Request, upgrade::Upgrade, Vec<u8>)> {
+) -> Option<(Request, &'r Target, upgrade::Upgrade, Vec<u8>)> {
     let mut buf = Vec::with_capacity(2048);
     let head = tokio::select! {
         _ = drain.cancelled() => return None,
@@ -393,7 +401,15 @@ async fn read_request(
             return None;
         }
     };
-    let upgrade = match upgrade::check(&request, &settings.allowed_origins) {
+    let route = match routes.select(&request.target) {
+        Ok(route) => route,
+        Err(miss) => {
+            debug!(%peer, status = miss.status(), target = %request.target, "no route");
+            reject(&mut *tls, refuse(miss.status(), &[], miss.message())).await;
+            return None;
+        }
+    };
+    let upgrade = match upgrade::check(&request, &route.allowed_origins) {
         Ok(u) => u,
         Err(rejection) => {
             debug!(%peer, status = rejection.status, target = %request.target, "request refused");
@@ -406,7 +422,7 @@ async fn read_request(
         }
     };
     let early = buf.split_off(head_end);
-    Some((request, upgrade, early))
+    Some((request, route, upgrade, early))
 }
 
 /// Connects to the upstream and passes its 101 on to the client; a failure is answered

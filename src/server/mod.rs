@@ -3,8 +3,8 @@
 //!
 //! A connection goes through small layers, each in its own file and testable alone:
 //! [`listener`] (accept, connection limit, drain) → TLS (tokio-rustls; the certificate
-//! comes from the resolver) → [`http`] (read the head) → [`upgrade`] (is it a WebSocket
-//! upgrade we serve? [`origin`]) → [`echo`] or [`proxy`] + [`relay`] (with [`frame`]).
+//! comes from the resolver) → [`http`] (read the head) → [`routes`] (which upstream, by
+//! path) → [`upgrade`] (is it a WebSocket upgrade we serve? [`origin`]) → [`echo`] or [`proxy`] + [`relay`] (with [`frame`]).
 
 pub mod echo;
 pub mod frame;
@@ -14,6 +14,7 @@ pub mod listener;
 pub mod origin;
 pub mod proxy;
 pub mod relay;
+pub mod routes;
 pub mod upgrade;
 pub mod workers;
 

@@ -273,6 +273,7 @@ mod tests {
         Upstream {
             host: "127.0.0.1".into(),
             port: 9000,
+            scheme: crate::config::UpstreamScheme::Ws,
         }
     }
 
