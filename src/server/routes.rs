@@ -74,7 +74,7 @@ impl Routes {
                 (r.path.clone(), target)
             })
             .collect();
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        routes.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         let fallback = (listener.upstream.is_some() || routes.is_empty()).then(|| Target {
             upstream: listener.upstream.clone(),
             allowed_origins: listener.allowed_origins.clone(),
