@@ -606,10 +606,11 @@ mod tests {
     }
 
     #[test]
-    fn random_unit_is_in_range() {
-        for _ in 0..1000 {
-            let r = random_unit();
-            assert!((0.0..1.0).contains(&r));
-        }
+    fn random_unit_is_in_range_and_spread() {
+        let draws: Vec<f64> = (0..1000).map(|_| random_unit()).collect();
+        assert!(draws.iter().all(|r| (0.0..1.0).contains(r)));
+        // Spread over the range, not one value: the odds of failing are below 1e-9.
+        let low = draws.iter().filter(|r| **r < 0.5).count();
+        assert!((350..650).contains(&low), "{low} of 1000 below 0.5");
     }
 }
