@@ -155,6 +155,18 @@ async fn without_a_listener_upstream_other_paths_get_404() {
         status_of(&s, "/other", None).await,
         "HTTP/1.1 404 Not Found"
     );
+    // The target and Host are judged before the route: 400, not 404.
+    for request in [
+        format!("GET /other HTTP/1.1\r\nHost: a, b\r\n{UPGRADE}\r\n"),
+        format!("GET /other HTTP/1.1\r\n{UPGRADE}\r\n"),
+        format!("GET http://localhost/ws/room HTTP/1.1\r\nHost: localhost\r\n{UPGRADE}\r\n"),
+    ] {
+        let response = raw_exchange(s.wssd.addr, &s.client(), request.as_bytes(), WAIT).await;
+        assert!(
+            response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{request:?}: {response}"
+        );
+    }
     assert_eq!(targets(&chat), ["/ws/room", "/ws/"]);
 }
 

@@ -401,16 +401,22 @@ async fn read_request<'r>(
             return None;
         }
     };
-    let route = match routes.select(&request.target) {
-        Ok(route) => route,
-        Err(miss) => {
-            debug!(%peer, status = miss.status(), target = %request.target, "no route");
-            reject(&mut *tls, refuse(miss.status(), &[], miss.message())).await;
-            return None;
-        }
-    };
-    let upgrade = match upgrade::check(&request, &route.allowed_origins) {
-        Ok(u) => u,
+    // The target and Host first, whatever the route; then the route; then the upgrade
+    // with the route's origins.
+    let checked = upgrade::check_target_and_host(&request)
+        .and_then(|()| {
+            routes
+                .select(&request.target)
+                .map_err(|miss| upgrade::Rejection::new(miss.status(), miss.message()))
+        })
+        .and_then(|route| {
+            Ok((
+                route,
+                upgrade::check_upgrade(&request, &route.allowed_origins)?,
+            ))
+        });
+    let (route, upgrade) = match checked {
+        Ok(checked) => checked,
         Err(rejection) => {
             debug!(%peer, status = rejection.status, target = %request.target, "request refused");
             reject(

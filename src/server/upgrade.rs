@@ -20,7 +20,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(status: u16, message: impl Into<String>) -> Rejection {
+    pub fn new(status: u16, message: impl Into<String>) -> Rejection {
         Rejection {
             status,
             headers: Vec::new(),
@@ -36,7 +36,13 @@ impl Rejection {
 
 /// Checks `req` as an upgrade, with `allowed_origins` (empty: any).
 pub fn check(req: &Request, allowed_origins: &[OriginPattern]) -> Result<Upgrade, Rejection> {
-    // What every request must get right before its meaning is looked at.
+    check_target_and_host(req)?;
+    check_upgrade(req, allowed_origins)
+}
+
+/// What every request must get right before its meaning (its route, its upgrade) is
+/// looked at: an origin-form target and one valid Host.
+pub fn check_target_and_host(req: &Request) -> Result<(), Rejection> {
     if !req.has_origin_form_target() {
         return Err(Rejection::new(
             400,
@@ -48,6 +54,15 @@ pub fn check(req: &Request, allowed_origins: &[OriginPattern]) -> Result<Upgrade
         Ok(None) => return Err(Rejection::new(400, "Host is missing.\n")),
         Err(why) => return Err(Rejection::new(400, why)),
     }
+    Ok(())
+}
+
+/// Checks a request whose target and Host are good ([`check_target_and_host`]) as an
+/// upgrade, with `allowed_origins` (empty: any).
+pub fn check_upgrade(
+    req: &Request,
+    allowed_origins: &[OriginPattern],
+) -> Result<Upgrade, Rejection> {
     let wants_websocket = req
         .tokens("upgrade")
         .any(|t| t.eq_ignore_ascii_case("websocket"));
