@@ -34,7 +34,9 @@ type Tls = Box<TlsStream<TcpStream>>;
 const HYPER_MAX_HEADERS: usize = MAX_HEADERS * 4;
 const HYPER_MAX_HEAD: usize = MAX_HEAD * 4;
 
-/// The HTTP/1.1 settings of every connection of a listener.
+/// The HTTP/1.1 settings of every connection of a listener. Header names go out in title
+/// case (`Strict-Transport-Security`), as nginx and wssd before hyper wrote them: HTTP
+/// does not care, some clients' header parsing does.
 pub fn http1_builder(head_timeout: Duration) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
@@ -42,6 +44,7 @@ pub fn http1_builder(head_timeout: Duration) -> http1::Builder {
         .header_read_timeout(head_timeout)
         .max_headers(HYPER_MAX_HEADERS)
         .max_header_size(HYPER_MAX_HEAD)
+        .title_case_headers(true)
         .keep_alive(true);
     builder
 }
