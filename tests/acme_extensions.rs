@@ -52,6 +52,8 @@ async fn renewal_information_sets_the_window_is_asked_again_and_replaces_falls_b
         "retry_backoff = \"1s\"",
     );
     issue(dir.path(), &text, 0);
+    // Orders from here on are the daemon's (a busy machine can make `issue` order twice).
+    let base = front.state.lock().unwrap().orders.len();
     let cert_file = dir.path().join("data/certs/ari.example.test/cert.pem");
     let old_id = ari_id(&cert_file);
     let old_serial = assert_chain_verifies(&pebble, &cert_file, &["ari.example.test"]);
@@ -96,14 +98,14 @@ async fn renewal_information_sets_the_window_is_asked_again_and_replaces_falls_b
         &front.state,
         "two more orders",
         Duration::from_secs(60),
-        |s| s.orders.len() >= 3,
+        |s| s.orders.len() >= base + 2,
     )
     .await;
-    let orders: Vec<_> = front.state.lock().unwrap().orders.clone();
-    assert_eq!(orders[1].0["replaces"], old_id.as_str(), "{:?}", orders[1]);
-    assert_eq!(orders[1].2, Some(409));
-    assert!(orders[2].0.get("replaces").is_none(), "{:?}", orders[2]);
-    assert_eq!(orders[2].2, None);
+    let orders: Vec<_> = front.state.lock().unwrap().orders[base..].to_vec();
+    assert_eq!(orders[0].0["replaces"], old_id.as_str(), "{orders:?}");
+    assert_eq!(orders[0].2, Some(409));
+    assert!(orders[1].0.get("replaces").is_none(), "{orders:?}");
+    assert_eq!(orders[1].2, None);
     let client = pebble_client(&pebble);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while served_serial_for(wssd.addr, &client, "ari.example.test")

@@ -41,7 +41,16 @@ async fn every_worker_carries_connections_and_sees_each_swap() {
     let wssd = Wssd::start(dir.path(), &files_config(dir.path(), "workers = 3", ""));
     let client = client_config(&ca.cert_pem);
 
-    let before = worker_ticks(wssd.pid());
+    // A thread names itself once it runs (std sets the name from inside the new thread),
+    // so on a busy machine a worker can still be unnamed for a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let ticks = worker_ticks(wssd.pid());
+        if ticks.len() >= 3 || std::time::Instant::now() > deadline {
+            break ticks;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let names: Vec<_> = before.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["wssd-conn-0", "wssd-conn-1", "wssd-conn-2"]);
 

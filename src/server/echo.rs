@@ -28,6 +28,9 @@ use crate::config::ListenerConfig;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// The first byte of a pong and of a close: FIN and the opcode.
+const FIN_PONG: u8 = 0x8A;
+const FIN_CLOSE: u8 = 0x88;
 /// wssd's keepalive ping: unmasked, payload "wssd".
 const PING: &[u8] = &[0x89, 0x04, b'w', b's', b's', b'd'];
 /// 16 KiB.
@@ -215,7 +218,7 @@ impl Echoer {
     fn answer_control(&mut self, out: &mut Vec<u8>) -> Option<Step> {
         match self.opcode {
             OP_PING => {
-                out.push(0x80 | OP_PONG);
+                out.push(FIN_PONG);
                 out.push(self.control.len() as u8);
                 out.extend_from_slice(&self.control);
                 None
@@ -225,7 +228,7 @@ impl Echoer {
                 if self.control.len() == 1 {
                     return Some(Step::Violation(CLOSE_PROTOCOL_ERROR));
                 }
-                out.push(0x80 | OP_CLOSE);
+                out.push(FIN_CLOSE);
                 out.push(self.control.len() as u8);
                 out.extend_from_slice(&self.control);
                 Some(Step::Closed)
@@ -499,6 +502,37 @@ mod tests {
                 "Referrer-Policy"
             ]
         );
+    }
+
+    #[test]
+    fn lengths_take_the_shortest_form_and_control_frames_reach_125_bytes() {
+        for (len, want) in [
+            (125u64, vec![125u8]),
+            (126, vec![126, 0, 126]),
+            (65_535, vec![126, 0xff, 0xff]),
+            (65_536, vec![127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let mut out = Vec::new();
+            push_length(&mut out, len);
+            assert_eq!(out, want, "{len}");
+        }
+        // A ping of 125 bytes, the most a control frame carries, gets its pong.
+        let mut e = Echoer::new(1000);
+        let mut out = Vec::new();
+        assert_eq!(e.feed(&masked(0x89, &[7u8; 125]), &mut out), Step::More);
+        let mut pong = vec![0x8a, 125];
+        pong.extend([7u8; 125]);
+        assert_eq!(out, pong);
+        let mut e = Echoer::new(1000);
+        assert_eq!(
+            e.feed(&masked(0x89, &[7u8; 126]), &mut Vec::new()),
+            Step::Violation(CLOSE_PROTOCOL_ERROR)
+        );
+        // A close is echoed with FIN and its opcode.
+        let mut e = Echoer::new(1000);
+        let mut out = Vec::new();
+        assert_eq!(e.feed(&masked(0x88, &[0x03, 0xe8]), &mut out), Step::Closed);
+        assert_eq!(out, [0x88, 2, 0x03, 0xe8]);
     }
 
     #[test]
