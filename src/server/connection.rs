@@ -16,7 +16,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -78,7 +77,7 @@ pub async fn serve(tls: Tls, conn: Arc<Connection>) {
 
 /// The HTTP phase: requests until the connection ends (`None`) or is upgraded (the
 /// socket, the bytes read past the 101, and what runs next).
-async fn http(tls: Tls, conn: Arc<Connection>) -> Option<(Tls, Bytes, Next)> {
+async fn http(tls: Tls, conn: Arc<Connection>) -> Option<(Tls, Vec<u8>, Next)> {
     let served = conn
         .server
         .http1
@@ -98,7 +97,9 @@ async fn http(tls: Tls, conn: Arc<Connection>) -> Option<(Tls, Bytes, Next)> {
     let (on_upgrade, next) = conn.next.lock().ok()?.take()?;
     let upgraded = on_upgrade.await.ok()?;
     match upgraded.downcast::<TokioIo<Tls>>() {
-        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf, next)),
+        // Copied out (usually nothing): the `Bytes` would keep hyper's whole read buffer
+        // alive for as long as the WebSocket is open.
+        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf.to_vec(), next)),
         Err(_) => {
             debug!(peer = %conn.peer, "upgraded connection of an unexpected type");
             None

@@ -7,9 +7,9 @@
 //! socket; every connection task sees the same token (it is their drain signal), sends
 //! close 1001 and ends; `serve` waits for them up to `drain_timeout` and returns.
 //!
-//! TLS handshake and the HTTP head share one deadline, `handshake_timeout` (slowloris in
-//! either layer is cut there): neither tokio-rustls nor the head reader has a timeout of
-//! its own.
+//! The TLS handshake must finish within `handshake_timeout` (tokio-rustls has no timeout
+//! of its own); after it, [`super::connection`] serves HTTP, where each request head gets
+//! `handshake_timeout` too, so slowloris in either layer is cut.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
