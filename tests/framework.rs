@@ -28,8 +28,16 @@ fn socket_io_with_its_default_client_connects_by_polling_and_upgrades() {
     let setup = Command::new(root.join("scripts/socketio-setup"))
         .output()
         .expect("run scripts/socketio-setup");
-    assert!(setup.status.success(), "scripts/socketio-setup failed:\n{}", String::from_utf8_lossy(&setup.stderr));
-    let node_modules = String::from_utf8_lossy(&setup.stdout).lines().last().unwrap().to_string();
+    assert!(
+        setup.status.success(),
+        "scripts/socketio-setup failed:\n{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let node_modules = String::from_utf8_lossy(&setup.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
 
     let mut server = Node(
         Command::new("node")
@@ -61,7 +69,11 @@ fn socket_io_with_its_default_client_connects_by_polling_and_upgrades() {
     std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
     let wssd = Wssd::start(
         dir.path(),
-        &files_config(dir.path(), &format!("upstream = \"http://127.0.0.1:{port}\""), ""),
+        &files_config(
+            dir.path(),
+            &format!("upstream = \"http://127.0.0.1:{port}\""),
+            "",
+        ),
     );
     let url = format!("https://localhost:{}", wssd.addr.port());
 
@@ -72,7 +84,10 @@ fn socket_io_with_its_default_client_connects_by_polling_and_upgrades() {
         .arg(&url)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&page.stdout).contains("the app's page"), "{page:?}");
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("the app's page"),
+        "{page:?}"
+    );
 
     let client = Command::new("node")
         .arg(root.join("tests/socketio/client.js"))
@@ -84,7 +99,12 @@ fn socket_io_with_its_default_client_connects_by_polling_and_upgrades() {
     let out = String::from_utf8_lossy(&client.stdout);
     let result: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("{}"))
         .unwrap_or_else(|e| panic!("{e}: {out}\n{}", String::from_utf8_lossy(&client.stderr)));
-    assert_eq!(result["error"], serde_json::Value::Null, "{result}\nwssd:\n{}", wssd.logs());
+    assert_eq!(
+        result["error"],
+        serde_json::Value::Null,
+        "{result}\nwssd:\n{}",
+        wssd.logs()
+    );
     assert_eq!(result["first"], "polling", "{result}");
     assert_eq!(result["upgraded"], "websocket", "{result}");
     assert_eq!(result["echoed"], "echo: hello over the upgrade", "{result}");
@@ -94,7 +114,10 @@ fn socket_io_with_its_default_client_connects_by_polling_and_upgrades() {
     loop {
         let events = events.lock().unwrap().clone();
         if events.iter().any(|e| e == "upgrade transport=websocket") {
-            assert!(events.contains(&"connection transport=polling".to_string()), "{events:?}");
+            assert!(
+                events.contains(&"connection transport=polling".to_string()),
+                "{events:?}"
+            );
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{events:?}");

@@ -147,10 +147,20 @@ async fn malformed_and_oversize_requests_are_refused_with_the_right_status() {
     }
     // What is not HTTP at all never reaches wssd's request handling: hyper answers it
     // with its own bare 400 (no body; no page to frame or sniff) and closes.
-    for garbage in ["\x16\x03\x01garbage\r\n\r\n", "GET / HTTP/1.1\r\nHost : x\r\n\r\n", "GET /a b HTTP/1.1\r\n\r\n"] {
+    for garbage in [
+        "\x16\x03\x01garbage\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        "GET /a b HTTP/1.1\r\n\r\n",
+    ] {
         let response = raw_request(s.wssd.addr, &client, garbage.as_bytes()).await;
-        assert!(response.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{garbage:?}: {response}");
-        assert!(response.contains("\r\nConnection: close\r\n"), "{garbage:?}: {response}");
+        assert!(
+            response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{garbage:?}: {response}"
+        );
+        assert!(
+            response.contains("\r\nConnection: close\r\n"),
+            "{garbage:?}: {response}"
+        );
         assert!(response.ends_with("\r\n\r\n"), "a body: {response}");
     }
 }

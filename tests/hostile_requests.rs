@@ -144,12 +144,7 @@ async fn origins_are_parsed_as_origins_before_matching() {
 async fn request_targets_that_are_not_origin_form_are_refused() {
     let up = RawUpstream::start().await;
     let s = Setup::start(&format!("upstream = \"ws://{}\"", up.addr), "");
-    for target in [
-        "http://evil.com/x",
-        "*",
-        "@evil.com",
-        "evil.com/x",
-    ] {
+    for target in ["http://evil.com/x", "*", "@evil.com", "evil.com/x"] {
         let status = status_of(
             &s,
             format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{UPGRADE}\r\n"),
@@ -173,7 +168,11 @@ async fn request_targets_that_are_not_origin_form_are_refused() {
     )
     .await;
     assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
-    assert!(up.heads()[1].starts_with("GET /a HTTP/1.1\r\n"), "{:?}", up.heads());
+    assert!(
+        up.heads()[1].starts_with("GET /a HTTP/1.1\r\n"),
+        "{:?}",
+        up.heads()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

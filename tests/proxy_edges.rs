@@ -34,7 +34,8 @@ async fn scripted_upstream(answer: fn(&str) -> Option<String>) -> std::net::Sock
                     .lines()
                     .find_map(|l| {
                         let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("sec-websocket-key").then_some(value)
+                        name.eq_ignore_ascii_case("sec-websocket-key")
+                            .then_some(value)
                     })
                     .unwrap_or("")
                     .trim()

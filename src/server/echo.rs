@@ -39,7 +39,10 @@ const BUFFER: usize = 16_384;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The headers of the 101 for an echo connection (besides `Upgrade` and `Connection`).
-pub fn switching_protocols(upgrade: &Upgrade, security: &SecurityHeaders) -> Vec<(String, Vec<u8>)> {
+pub fn switching_protocols(
+    upgrade: &Upgrade,
+    security: &SecurityHeaders,
+) -> Vec<(String, Vec<u8>)> {
     let accept =
         tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
     std::iter::once(("Sec-WebSocket-Accept", accept.as_str()))
@@ -488,7 +491,10 @@ mod tests {
         // RFC 6455 §1.3's example key and answer.
         assert_eq!(
             headers[0],
-            ("Sec-WebSocket-Accept".to_string(), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_vec())
+            (
+                "Sec-WebSocket-Accept".to_string(),
+                b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_vec()
+            )
         );
         let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(

@@ -85,7 +85,8 @@ impl Forwarder {
             Ok(r) => r,
             Err(why) => return http::response(400, &[], why, security),
         };
-        let answer = tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await;
+        let answer =
+            tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await;
         match answer {
             Err(_) => {
                 warn!(peer = %from.peer, %upstream, timeout = ?self.response_timeout, "upstream sent no response in time; answered 504");
@@ -127,7 +128,10 @@ fn upstream_request(
         .get(header::HOST)
         .cloned()
         .ok_or("Host is missing.\n")?;
-    let host_text = host.to_str().map_err(|_| "Host is malformed.\n")?.to_string();
+    let host_text = host
+        .to_str()
+        .map_err(|_| "Host is malformed.\n")?
+        .to_string();
     let named = forwarding::connection_named(
         parts
             .headers
@@ -159,8 +163,11 @@ fn upstream_request(
     {
         headers.append(CLIENT_CERT_HEADER, value);
     }
-    out.body(Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)))
-        .map_err(|_| "The request is malformed.\n")
+    out.body(Limited::new(
+        body,
+        usize::try_from(max_body).unwrap_or(usize::MAX),
+    ))
+    .map_err(|_| "The request is malformed.\n")
 }
 
 /// The upstream's response for the client: its own headers, less the hop-by-hop ones,
@@ -187,10 +194,14 @@ fn client_response(response: Response<Incoming>, security: &SecurityHeaders) -> 
     for name in hop {
         parts.headers.remove(name);
     }
-    if !parts.headers.contains_key(header::STRICT_TRANSPORT_SECURITY)
+    if !parts
+        .headers
+        .contains_key(header::STRICT_TRANSPORT_SECURITY)
         && let Ok(value) = HeaderValue::from_str(security.hsts())
     {
-        parts.headers.insert(header::STRICT_TRANSPORT_SECURITY, value);
+        parts
+            .headers
+            .insert(header::STRICT_TRANSPORT_SECURITY, value);
     }
     parts.version = hyper::Version::HTTP_11;
     Response::from_parts(parts, Either::Left(body))

@@ -111,8 +111,18 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_forwarding_headers_stay_behind() {
-        let named = connection_named([b"keep-alive, X-Secret".as_slice(), b"Origin, Host".as_slice()].into_iter());
-        assert_eq!(named, ["keep-alive", "X-Secret"], "Origin and Host cannot be named away");
+        let named = connection_named(
+            [
+                b"keep-alive, X-Secret".as_slice(),
+                b"Origin, Host".as_slice(),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            named,
+            ["keep-alive", "X-Secret"],
+            "Origin and Host cannot be named away"
+        );
         for dropped in [
             "Connection",
             "Keep-Alive",
@@ -130,13 +140,31 @@ mod tests {
         ] {
             assert!(!forwards_request_header(dropped, &named), "{dropped}");
         }
-        for kept in ["Cookie", "Authorization", "Origin", "Sec-WebSocket-Protocol", "Content-Type", "Accept"] {
+        for kept in [
+            "Cookie",
+            "Authorization",
+            "Origin",
+            "Sec-WebSocket-Protocol",
+            "Content-Type",
+            "Accept",
+        ] {
             assert!(forwards_request_header(kept, &named), "{kept}");
         }
-        for dropped in ["Connection", "Transfer-Encoding", "Keep-Alive", "Upgrade", "x-secret"] {
+        for dropped in [
+            "Connection",
+            "Transfer-Encoding",
+            "Keep-Alive",
+            "Upgrade",
+            "x-secret",
+        ] {
             assert!(!returns_response_header(dropped, &named), "{dropped}");
         }
-        for kept in ["Content-Length", "Content-Type", "Set-Cookie", "Content-Security-Policy"] {
+        for kept in [
+            "Content-Length",
+            "Content-Type",
+            "Set-Cookie",
+            "Content-Security-Policy",
+        ] {
             assert!(returns_response_header(kept, &named), "{kept}");
         }
     }
@@ -149,7 +177,10 @@ mod tests {
         assert_eq!(v4[2], ("X-Forwarded-Host", "chat.example:8443".to_string()));
         assert_eq!(
             v4[3],
-            ("Forwarded", "for=192.0.2.7;proto=https;host=\"chat.example:8443\"".to_string())
+            (
+                "Forwarded",
+                "for=192.0.2.7;proto=https;host=\"chat.example:8443\"".to_string()
+            )
         );
         let v6 = forwarding_headers("2001:db8::1".parse().unwrap(), "[::1]");
         assert_eq!(v6[3].1, "for=\"[2001:db8::1]\";proto=https;host=\"[::1]\"");

@@ -268,9 +268,15 @@ mod tests {
             .iter()
             .map(|(n, v)| format!("{n}: {}\r\n", String::from_utf8_lossy(v)))
             .collect();
-        assert!(text.starts_with("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{text}");
+        assert!(
+            text.starts_with("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+            "{text}"
+        );
         assert!(!text.contains("abc"));
-        assert!(!text.to_ascii_lowercase().contains("upgrade:"), "wssd writes Upgrade itself: {text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("upgrade:"),
+            "wssd writes Upgrade itself: {text}"
+        );
         assert!(!text.to_ascii_lowercase().contains("connection:"), "{text}");
         assert!(!text.contains("Content-Length"), "{text}");
         assert!(text.contains("Sec-WebSocket-Protocol: superchat\r\n"));

@@ -168,11 +168,19 @@ async fn handle(conn: &Connection, mut req: Request<Incoming>) -> Response<Body>
 
 /// The 101 with `headers` (the accept key, the upstream's choices, security headers).
 fn switching_protocols(headers: Vec<(String, Vec<u8>)>) -> Response<Body> {
-    let mut response = Response::new(http_body_util::Either::Right(http_body_util::Full::default()));
+    let mut response = Response::new(http_body_util::Either::Right(
+        http_body_util::Full::default(),
+    ));
     *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
     let map = response.headers_mut();
-    map.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("websocket"));
-    map.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+    map.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    map.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
     for (name, value) in headers {
         if let (Ok(name), Ok(value)) = (
             hyper::header::HeaderName::from_bytes(name.as_bytes()),

@@ -139,7 +139,12 @@ async fn answer(
         headers: req
             .headers()
             .iter()
-            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
     });
     let path = req.uri().path().to_string();
@@ -154,7 +159,12 @@ async fn answer(
         "/echo" => {
             // Streams the body back as it arrives; the length is a trailer of sorts, so
             // it is counted here, whole, only for the header of the answer.
-            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             Response::builder()
                 .header("X-Body-Length", body.len().to_string())
                 .body(full(body))
@@ -183,9 +193,14 @@ async fn answer(
                 .get("if-none-match")
                 .is_some_and(|v| v.as_bytes() == b"\"v1\"");
             if matches {
-                Response::builder().status(304).header("ETag", "\"v1\"").body(full(""))
+                Response::builder()
+                    .status(304)
+                    .header("ETag", "\"v1\"")
+                    .body(full(""))
             } else {
-                Response::builder().header("ETag", "\"v1\"").body(full("version 1"))
+                Response::builder()
+                    .header("ETag", "\"v1\"")
+                    .body(full("version 1"))
             }
         }
         "/hang" => {
