@@ -119,11 +119,11 @@ async fn malformed_and_oversize_requests_are_refused_with_the_right_status() {
             ),
             "HTTP/1.1 400",
         ),
+        // An upgrade needs HTTP/1.1 (hyper answers an HTTP/1.0 request in HTTP/1.0).
         (
-            "GET / HTTP/1.0\r\nHost: localhost\r\n\r\n".to_string(),
-            "HTTP/1.1 400",
+            format!("GET / HTTP/1.0\r\nHost: localhost\r\n{UPGRADE}\r\n"),
+            "HTTP/1.0 400",
         ),
-        ("\x16\x03\x01garbage\r\n\r\n".to_string(), "HTTP/1.1 400"),
     ];
     for (request, status) in cases {
         let response = raw_request(s.wssd.addr, &client, request.as_bytes()).await;
@@ -144,6 +144,24 @@ async fn malformed_and_oversize_requests_are_refused_with_the_right_status() {
                 "{header} missing from {response}"
             );
         }
+    }
+    // What is not HTTP at all never reaches wssd's request handling: hyper answers it
+    // with its own bare 400 (no body; no page to frame or sniff) and closes.
+    for garbage in [
+        "\x16\x03\x01garbage\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        "GET /a b HTTP/1.1\r\n\r\n",
+    ] {
+        let response = raw_request(s.wssd.addr, &client, garbage.as_bytes()).await;
+        assert!(
+            response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{garbage:?}: {response}"
+        );
+        assert!(
+            response.contains("\r\nConnection: close\r\n"),
+            "{garbage:?}: {response}"
+        );
+        assert!(response.ends_with("\r\n\r\n"), "a body: {response}");
     }
 }
 

@@ -144,13 +144,7 @@ async fn origins_are_parsed_as_origins_before_matching() {
 async fn request_targets_that_are_not_origin_form_are_refused() {
     let up = RawUpstream::start().await;
     let s = Setup::start(&format!("upstream = \"ws://{}\"", up.addr), "");
-    for target in [
-        "http://evil.com/x",
-        "*",
-        "@evil.com",
-        "evil.com/x",
-        "/a#frag",
-    ] {
+    for target in ["http://evil.com/x", "*", "@evil.com", "evil.com/x"] {
         let status = status_of(
             &s,
             format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{UPGRADE}\r\n"),
@@ -166,6 +160,19 @@ async fn request_targets_that_are_not_origin_form_are_refused() {
     .await;
     assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
     assert!(up.heads()[0].starts_with("GET /chat?room=1 HTTP/1.1\r\n"));
+    // A fragment (which a request target cannot carry) is cut off by the parser, so the
+    // upstream and wssd's routes see the same path.
+    let status = status_of(
+        &s,
+        format!("GET /a#/admin HTTP/1.1\r\nHost: localhost\r\n{UPGRADE}\r\n"),
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
+    assert!(
+        up.heads()[1].starts_with("GET /a HTTP/1.1\r\n"),
+        "{:?}",
+        up.heads()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,9 +29,14 @@ async fn scripted_upstream(answer: fn(&str) -> Option<String>) -> std::net::Sock
                     }
                 }
                 let head = String::from_utf8_lossy(&buf).into_owned();
+                // Header names are case-insensitive (wssd sends them in lower case).
                 let key = head
                     .lines()
-                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("sec-websocket-key")
+                            .then_some(value)
+                    })
                     .unwrap_or("")
                     .trim()
                     .to_string();
@@ -194,8 +199,8 @@ async fn permessage_deflate_is_negotiated_end_to_end_and_compressed_frames_pass(
     let head = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
-        head.contains(
-            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n"
+        head.to_ascii_lowercase().contains(
+            "\r\nsec-websocket-extensions: permessage-deflate; server_no_context_takeover\r\n"
         ),
         "{head}"
     );

@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
         upstream: Upstream { host: "127.0.0.1".into(), port, scheme: UpstreamScheme::Http },
         allowed_origins: None,
         max_message_size: None,
+        max_body_size: None,
     };
     let listener = ListenerConfig {
         routes: vec![route("/ws", 1), route("/ws/admin", 2), route("/api/", 3)],

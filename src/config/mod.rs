@@ -73,6 +73,8 @@ pub struct ListenerConfig {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_message_size: u64,
+    /// The largest request body forwarded to the upstream (plain requests).
+    pub max_body_size: u64,
     pub drain_timeout: Duration,
     /// Connections at once from one IP address (0: no cap).
     pub max_connections_per_ip: usize,
@@ -80,6 +82,8 @@ pub struct ListenerConfig {
     /// limit).
     pub handshake_rate_per_ip: u32,
     pub upstream_connect_timeout: Duration,
+    /// How long a plain request waits for the upstream's response head (then 504).
+    pub upstream_response_timeout: Duration,
     /// `Strict-Transport-Security: max-age=` on wssd's own responses.
     pub hsts_max_age: Duration,
     /// Connection worker threads (default: the CPUs wssd may use).
@@ -97,6 +101,7 @@ pub struct RouteConfig {
     pub upstream: Upstream,
     pub allowed_origins: Option<Vec<OriginPattern>>,
     pub max_message_size: Option<u64>,
+    pub max_body_size: Option<u64>,
 }
 
 impl Default for ListenerConfig {
@@ -111,10 +116,12 @@ impl Default for ListenerConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_message_size: 16 << 20,
+            max_body_size: 16 << 20,
             drain_timeout: Duration::from_secs(10),
             max_connections_per_ip: 0,
             handshake_rate_per_ip: 0,
             upstream_connect_timeout: Duration::from_secs(5),
+            upstream_response_timeout: Duration::from_secs(60),
             hsts_max_age: Duration::from_secs(365 * 86_400),
             workers: crate::server::workers::default_count(),
             routes: Vec::new(),

@@ -88,12 +88,16 @@ impl Config {
             listener.handshake_timeout = l.handshake_timeout.unwrap_or(listener.handshake_timeout);
             listener.idle_timeout = l.idle_timeout.unwrap_or(listener.idle_timeout);
             listener.max_message_size = l.max_message_size.unwrap_or(listener.max_message_size);
+            listener.max_body_size = l.max_body_size.unwrap_or(listener.max_body_size);
             listener.drain_timeout = l.drain_timeout.unwrap_or(listener.drain_timeout);
             listener.max_connections_per_ip = l.max_connections_per_ip.unwrap_or(0);
             listener.handshake_rate_per_ip = l.handshake_rate_per_ip.unwrap_or(0);
             listener.upstream_connect_timeout = l
                 .upstream_connect_timeout
                 .unwrap_or(listener.upstream_connect_timeout);
+            listener.upstream_response_timeout = l
+                .upstream_response_timeout
+                .unwrap_or(listener.upstream_response_timeout);
             listener.hsts_max_age = l.hsts_max_age.unwrap_or(listener.hsts_max_age);
             listener.workers = l.workers.map_or(listener.workers, |n| n.get());
         }
@@ -121,6 +125,7 @@ impl Config {
                 upstream: r.upstream,
                 allowed_origins,
                 max_message_size: r.max_message_size,
+                max_body_size: r.max_body_size,
             });
         }
         if listener.max_connections == 0 {

@@ -39,6 +39,8 @@ pub(super) struct RawRoute {
     pub(super) allowed_origins: Option<Vec<Spanned<String>>>,
     #[serde(default, deserialize_with = "de_nonzero_size")]
     pub(super) max_message_size: Option<u64>,
+    #[serde(default, deserialize_with = "de_nonzero_size")]
+    pub(super) max_body_size: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -55,12 +57,16 @@ pub(super) struct RawListener {
     pub(super) idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_nonzero_size")]
     pub(super) max_message_size: Option<u64>,
+    #[serde(default, deserialize_with = "de_nonzero_size")]
+    pub(super) max_body_size: Option<u64>,
     #[serde(default, deserialize_with = "de_duration")]
     pub(super) drain_timeout: Option<Duration>,
     pub(super) max_connections_per_ip: Option<usize>,
     pub(super) handshake_rate_per_ip: Option<u32>,
     #[serde(default, deserialize_with = "de_timeout")]
     pub(super) upstream_connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_timeout")]
+    pub(super) upstream_response_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     pub(super) hsts_max_age: Option<Duration>,
     pub(super) workers: Option<std::num::NonZeroUsize>,

@@ -38,16 +38,17 @@ const BUFFER: usize = 16_384;
 /// How long a client gets to answer wssd's close, and to take the last bytes.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// The 101 for an echo connection.
-pub fn switching_protocols(upgrade: &Upgrade, security: &SecurityHeaders) -> Vec<u8> {
+/// The headers of the 101 for an echo connection (besides `Upgrade` and `Connection`).
+pub fn switching_protocols(
+    upgrade: &Upgrade,
+    security: &SecurityHeaders,
+) -> Vec<(String, Vec<u8>)> {
     let accept =
         tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
-    let mut out = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
-    );
-    security.write_to(&mut out);
-    out.push_str("\r\n");
-    out.into_bytes()
+    std::iter::once(("Sec-WebSocket-Accept", accept.as_str()))
+        .chain(security.iter())
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 /// Where [`Echoer::feed`] stopped.
@@ -263,27 +264,21 @@ pub enum Ended {
     Stalled,
 }
 
-/// Answers the upgrade and echoes until the client closes or `drain` fires (then it
-/// closes with 1001 and waits briefly for the client's reply).
+/// Echoes on an upgraded connection (its 101 sent) until the client closes or `drain`
+/// fires (then it closes with 1001 and waits briefly for the client's reply).
 pub async fn serve<S>(
     mut stream: S,
-    early: Vec<u8>,
-    upgrade: &Upgrade,
+    early: &[u8],
     settings: &ListenerConfig,
-    security: &SecurityHeaders,
     drain: &CancellationToken,
 ) -> std::io::Result<(Ended, u64)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream
-        .write_all(&switching_protocols(upgrade, security))
-        .await?;
-    stream.flush().await?;
     let mut echoer = Echoer::new(settings.max_message_size);
     let ended = echo_loop(
         &mut stream,
-        &early,
+        early,
         &mut echoer,
         settings.idle_timeout,
         drain,
@@ -492,16 +487,27 @@ mod tests {
         let upgrade = Upgrade {
             key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
         };
-        let text =
-            String::from_utf8(switching_protocols(&upgrade, &SecurityHeaders::default())).unwrap();
-        assert!(
-            text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
-            "{text}"
-        );
+        let headers = switching_protocols(&upgrade, &SecurityHeaders::default());
         // RFC 6455 §1.3's example key and answer.
-        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
-        assert!(text.contains("Strict-Transport-Security: "));
-        assert!(text.ends_with("\r\n\r\n"));
+        assert_eq!(
+            headers[0],
+            (
+                "Sec-WebSocket-Accept".to_string(),
+                b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_vec()
+            )
+        );
+        let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Sec-WebSocket-Accept",
+                "Strict-Transport-Security",
+                "Content-Security-Policy",
+                "X-Frame-Options",
+                "X-Content-Type-Options",
+                "Referrer-Policy"
+            ]
+        );
     }
 
     #[test]

@@ -50,6 +50,11 @@ impl SecurityHeaders {
         }
     }
 
+    /// The `Strict-Transport-Security` value.
+    pub fn hsts(&self) -> &str {
+        &self.hsts
+    }
+
     /// Every header, name and value.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         std::iter::once(("Strict-Transport-Security", self.hsts.as_str()))
@@ -309,6 +314,70 @@ pub fn error_response(
         body.len()
     ));
     out.into_bytes()
+}
+
+/// The body of every response on the listener: the upstream's, streamed, or one wssd
+/// made whole.
+pub type Body = http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;
+
+/// A response wssd makes itself on the listener (an error, a refusal): the security
+/// headers, `extra_headers`, the reason as plain text, and `Connection: close`, as every
+/// refusal ends the connection.
+pub fn response(
+    status: u16,
+    extra_headers: &[(&str, &str)],
+    body: &str,
+    security: &SecurityHeaders,
+) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(http_body_util::Either::Right(
+        http_body_util::Full::new(bytes::Bytes::copy_from_slice(body.as_bytes())),
+    ));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    let pairs = security.iter().chain(extra_headers.iter().copied()).chain([
+        ("Cache-Control", "no-store"),
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Connection", "close"),
+    ]);
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    response
+}
+
+impl Request {
+    /// The checked view of a request hyper parsed: method, target as sent (origin-form
+    /// as a path and query; the absolute form and `*` as they came, for
+    /// [`Request::has_origin_form_target`] to refuse) and headers.
+    pub fn from_head<B>(req: &hyper::Request<B>) -> Request {
+        Request {
+            method: req.method().as_str().to_string(),
+            target: req.uri().to_string(),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    /// About how many bytes the head took on the wire.
+    pub fn head_size(&self) -> usize {
+        self.method.len()
+            + self.target.len()
+            + 12
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 4)
+                .sum::<usize>()
+    }
 }
 
 /// A small plain-HTTP/1.1 server for wssd's side ports (the admin endpoints, the http-01

@@ -7,9 +7,9 @@
 //! socket; every connection task sees the same token (it is their drain signal), sends
 //! close 1001 and ends; `serve` waits for them up to `drain_timeout` and returns.
 //!
-//! TLS handshake and the HTTP head share one deadline, `handshake_timeout` (slowloris in
-//! either layer is cut there): neither tokio-rustls nor the head reader has a timeout of
-//! its own.
+//! The TLS handshake must finish within `handshake_timeout` (tokio-rustls has no timeout
+//! of its own); after it, [`super::connection`] serves HTTP, where each request head gets
+//! `handshake_timeout` too, so slowloris in either layer is cut.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,18 +25,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::http::{self, HeadError, Request, SecurityHeaders};
+use super::connection;
+use super::forward::Forwarder;
+use super::http::SecurityHeaders;
 use super::limits::{DescriptorReserve, IpLimits, IpPermit};
-use super::relay::{self, Limits};
-use super::routes::{Routes, Target};
+use super::routes::Routes;
+use super::service::Connection;
 use super::workers::{Assigned, Workers};
-use super::{echo, proxy, upgrade};
 use crate::config::ListenerConfig;
 use crate::metrics::Metrics;
 use crate::reload::resolver::Resolver;
-
-/// The longest request target (path and query) accepted.
-const MAX_TARGET: usize = 8 * 1024;
 
 /// What every connection needs, shared.
 pub struct Server {
@@ -48,6 +46,10 @@ pub struct Server {
     /// For telling which certificate a handshake chose (metrics).
     pub resolver: Arc<Resolver>,
     pub routes: Routes,
+    /// The HTTP/1.1 settings of every connection.
+    pub http1: hyper::server::conn::http1::Builder,
+    /// The client for plain requests to upstreams.
+    pub forwarder: Forwarder,
 }
 
 impl Server {
@@ -60,6 +62,8 @@ impl Server {
         Server {
             resolver,
             routes: Routes::new(&settings),
+            http1: connection::http1_builder(settings.handshake_timeout),
+            forwarder: Forwarder::new(&settings),
             headers: SecurityHeaders::new(settings.hsts_max_age),
             ip_limits: IpLimits::new(
                 settings.max_connections_per_ip,
@@ -228,7 +232,6 @@ async fn handle(
     let mut active = server.metrics.connection_opened();
     let accepted_at = Instant::now();
     let settings = &server.settings;
-    let security = &server.headers;
     let deadline = Instant::now() + settings.handshake_timeout;
 
     let Some(mut tls) = Box::pin(tls_handshake(
@@ -258,61 +261,14 @@ async fn handle(
         .and_then(|chain| chain.first())
         .map(|leaf| client_identity(leaf));
 
-    let Some((request, route, upgrade, early)) = Box::pin(read_request(
-        &mut tls,
+    let conn = Arc::new(Connection {
+        server: server.clone(),
         peer,
-        &server.routes,
-        security,
-        &drain,
-        deadline,
-    ))
-    .await
-    else {
-        return;
-    };
-
-    match &route.upstream {
-        None => {
-            match Box::pin(echo::serve(
-                tls, early, &upgrade, settings, security, &drain,
-            ))
-            .await
-            {
-                Ok((ended, messages)) => debug!(%peer, ?ended, messages, "echo connection closed"),
-                Err(e) => debug!(%peer, error = %e, "echo connection ended with an error"),
-            }
-        }
-        Some(upstream) => {
-            let target = proxy::Target {
-                upstream,
-                request: &request,
-                upgrade: &upgrade,
-                peer,
-                client_identity: client_identity.as_deref(),
-            };
-            let Some(connected) = Box::pin(open_upstream(
-                &mut tls, &target, settings, security, &drain, deadline,
-            ))
-            .await
-            else {
-                return;
-            };
-            let limits = Limits {
-                max_message_size: route.max_message_size,
-                idle_timeout: settings.idle_timeout,
-            };
-            let stats = relay::relay(
-                tls,
-                &early,
-                connected.stream,
-                &connected.early,
-                limits,
-                &drain,
-            )
-            .await;
-            debug!(%peer, ?stats, "connection closed");
-        }
-    }
+        client_identity,
+        drain,
+        next: std::sync::Mutex::new(None),
+    });
+    connection::serve(tls, conn).await;
 }
 
 /// The client certificate as the upstream sees it, in the form Envoy made common for
@@ -344,120 +300,6 @@ fn client_identity(leaf: &[u8]) -> String {
     value
 }
 
-/// Reads the client's request head, finds its route, and checks that it asks for a
-/// WebSocket upgrade; refusals are answered here. Returns the request, what it is served
-/// with, the upgrade, and any bytes the client sent after the head.
-async fn read_request<'r>(
-    tls: &mut TlsStream<TcpStream>,
-    peer: SocketAddr,
-    routes: &'r Routes,
-    security: &SecurityHeaders,
-    drain: &CancellationToken,
-    deadline: Instant,
-) -> Option<(Request, &'r Target, upgrade::Upgrade, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(2048);
-    let head = tokio::select! {
-        _ = drain.cancelled() => return None,
-        r = tokio::time::timeout_at(deadline, http::read_head(&mut *tls, &mut buf)) => r,
-    };
-    let refuse = |status, headers: &[(&str, &str)], body: &str| {
-        http::error_response(status, headers, body, security)
-    };
-    let head_end = match head {
-        Ok(Ok(end)) => end,
-        Ok(Err(HeadError::TooLarge)) => {
-            reject(
-                &mut *tls,
-                refuse(431, &[], "Request header fields too large.\n"),
-            )
-            .await;
-            return None;
-        }
-        Ok(Err(HeadError::Malformed(reason))) => {
-            debug!(%peer, %reason, "malformed request");
-            reject(&mut *tls, refuse(400, &[], "Malformed HTTP request.\n")).await;
-            return None;
-        }
-        Ok(Err(_)) => return None,
-        Err(_) => {
-            debug!(%peer, "request head timed out");
-            reject(&mut *tls, refuse(408, &[], "Request timeout.\n")).await;
-            return None;
-        }
-    };
-    let request = match Request::parse(&buf[..head_end]) {
-        Ok(r) if r.target.len() > MAX_TARGET => {
-            reject(&mut *tls, refuse(414, &[], "Request target too long.\n")).await;
-            return None;
-        }
-        Ok(r) => r,
-        Err(HeadError::TooLarge) => {
-            reject(&mut *tls, refuse(431, &[], "Too many header fields.\n")).await;
-            return None;
-        }
-        Err(e) => {
-            debug!(%peer, error = %e, "malformed request");
-            reject(&mut *tls, refuse(400, &[], "Malformed HTTP request.\n")).await;
-            return None;
-        }
-    };
-    // The target and Host first, whatever the route; then the route; then the upgrade
-    // with the route's origins.
-    let checked = upgrade::check_target_and_host(&request)
-        .and_then(|()| {
-            routes
-                .select(&request.target)
-                .map_err(|miss| upgrade::Rejection::new(miss.status(), miss.message()))
-        })
-        .and_then(|route| {
-            Ok((
-                route,
-                upgrade::check_upgrade(&request, &route.allowed_origins)?,
-            ))
-        });
-    let (route, upgrade) = match checked {
-        Ok(checked) => checked,
-        Err(rejection) => {
-            debug!(%peer, status = rejection.status, target = %request.target, "request refused");
-            reject(
-                &mut *tls,
-                refuse(rejection.status, &rejection.headers, &rejection.message),
-            )
-            .await;
-            return None;
-        }
-    };
-    let early = buf.split_off(head_end);
-    Some((request, route, upgrade, early))
-}
-
-/// Connects to the upstream and passes its 101 on to the client; a failure is answered
-/// with 502 here.
-async fn open_upstream(
-    tls: &mut TlsStream<TcpStream>,
-    target: &proxy::Target<'_>,
-    settings: &ListenerConfig,
-    security: &SecurityHeaders,
-    drain: &CancellationToken,
-    deadline: Instant,
-) -> Option<proxy::Connected> {
-    let connect_deadline = deadline.min(Instant::now() + settings.upstream_connect_timeout);
-    let connected = tokio::select! {
-        _ = drain.cancelled() => return None,
-        r = proxy::connect(target, connect_deadline, deadline, security) => r,
-    };
-    let connected = match connected {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(peer = %target.peer, error = %e, "upstream unavailable; answered 502");
-            reject(tls, proxy::bad_gateway(security)).await;
-            return None;
-        }
-    };
-    proxy::respond(tls, &connected.response).await.ok()?;
-    Some(connected)
-}
-
 /// The TLS handshake, within `deadline`; the stream comes back boxed (see [`handle`]).
 async fn tls_handshake(
     stream: TcpStream,
@@ -484,9 +326,4 @@ async fn tls_handshake(
             None
         }
     }
-}
-
-async fn reject<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, response: Vec<u8>) {
-    let _ = stream.write_all(&response).await;
-    let _ = stream.shutdown().await;
 }

@@ -1,12 +1,18 @@
-//! The WSS listener: TLS termination, the HTTP upgrade, and then either the built-in echo
-//! service or the relay to the upstream.
+//! The WSS listener: TLS termination, then HTTP (hyper) with routes: WebSocket upgrades
+//! to the built-in echo or relayed to an upstream, and plain requests forwarded to it.
 //!
 //! A connection goes through small layers, each in its own file and testable alone:
-//! [`listener`] (accept, connection limit, drain) → TLS (tokio-rustls; the certificate
-//! comes from the resolver) → [`http`] (read the head) → [`routes`] (which upstream, by
-//! path) → [`upgrade`] (is it a WebSocket upgrade we serve? [`origin`]) → [`echo`] or [`proxy`] + [`relay`] (with [`frame`]).
+//! [`listener`] (accept, connection limits, workers, drain) → TLS (tokio-rustls; the
+//! certificate comes from the resolver) → [`connection`] (HTTP/1.1 with hyper, and the
+//! hand-off after an upgrade) → [`service`] (one request: the checks, [`routes`], then)
+//! → either [`upgrade`] ([`origin`]) and [`echo`] or [`proxy`] + [`relay`] (with
+//! [`frame`]), or [`forward`]. [`forwarding`] says which headers pass; [`http`] has
+//! wssd's own responses and the side ports' small server.
 
+pub mod connection;
 pub mod echo;
+pub mod forward;
+pub mod forwarding;
 pub mod frame;
 pub mod http;
 pub mod limits;
@@ -15,6 +21,7 @@ pub mod origin;
 pub mod proxy;
 pub mod relay;
 pub mod routes;
+pub mod service;
 pub mod upgrade;
 pub mod workers;
 

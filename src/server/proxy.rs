@@ -11,61 +11,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::forwarding::{self, CLIENT_CERT_HEADER};
 use super::http::{self, Request, Response, SecurityHeaders};
 use super::upgrade::Upgrade;
 use crate::config::Upstream;
-
-/// Request headers that describe one hop and are not forwarded (RFC 9110 §7.6.1), plus
-/// the forwarding headers wssd sets itself.
-const NOT_FORWARDED: &[&str] = &[
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-    "forwarded",
-    CLIENT_CERT_HEADER_LOWER,
-];
-
-/// Headers a client's `Connection` cannot turn into hop-by-hop ones.
-const NEVER_HOP_BY_HOP: &[&str] = &[
-    "origin",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-protocol",
-    "sec-websocket-extensions",
-];
-
-/// The header that carries the verified client certificate to the upstream. Whatever a
-/// client sends under this name is dropped, so only wssd can set it.
-pub const CLIENT_CERT_HEADER: &str = "X-Forwarded-Client-Cert";
-const CLIENT_CERT_HEADER_LOWER: &str = "x-forwarded-client-cert";
-
-/// Response headers from the upstream that wssd writes itself or that describe one hop.
-const NOT_RETURNED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "sec-websocket-accept",
-    "transfer-encoding",
-    "content-length",
-    "trailer",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -85,8 +38,8 @@ pub struct Connected {
     pub stream: TcpStream,
     /// Frames the upstream sent right behind its 101.
     pub early: Vec<u8>,
-    /// The 101 to send the client.
-    pub response: Vec<u8>,
+    /// The headers of the 101 to send the client ([`client_headers`]).
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// What to proxy: the client's request, to which upstream.
@@ -158,17 +111,8 @@ pub async fn connect(
     Ok(Connected {
         stream,
         early: buf[end..].to_vec(),
-        response: client_response(&response, &accept, security),
+        headers: client_headers(&response, &accept, security),
     })
-}
-
-/// Sends `response` to the client: the upstream's 101, or an error status.
-pub async fn respond<S: AsyncWrite + Unpin>(
-    client: &mut S,
-    response: &[u8],
-) -> std::io::Result<()> {
-    client.write_all(response).await?;
-    client.flush().await
 }
 
 /// The upgrade request wssd sends upstream.
@@ -193,18 +137,14 @@ pub fn upstream_request(
     );
     // Headers the client named in Connection are hop-by-hop too, except the ones wssd
     // checked or the handshake needs: naming them must not make wssd drop what it judged.
-    let named: Vec<&str> = req
-        .tokens("connection")
-        .filter(|n| !NEVER_HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h)))
-        .collect();
+    let named = forwarding::connection_named(
+        req.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v.as_slice()),
+    );
     for (name, value) in &req.headers {
-        let lower = name.to_ascii_lowercase();
-        if NOT_FORWARDED.contains(&lower.as_str())
-            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
-            // `X_Forwarded_For` reads as `X-Forwarded-For` to CGI, WSGI and Rack servers,
-            // which turn both into HTTP_X_FORWARDED_FOR: dropped, as nginx does.
-            || name.contains('_')
-        {
+        if !forwarding::forwards_request_header(name, &named) {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -212,17 +152,9 @@ pub fn upstream_request(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    let forwarded_for = match peer {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("\"[{ip}]\""),
-    };
-    out.extend_from_slice(
-        format!(
-            "X-Forwarded-For: {peer}\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: {host}\r\nForwarded: for={forwarded_for};proto=https;host=\"{}\"\r\n",
-            host.replace(['"', '\\'], "")
-        )
-        .as_bytes(),
-    );
+    for (name, value) in forwarding::forwarding_headers(peer, &host) {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
     if let Some(identity) = client_identity {
         out.extend_from_slice(format!("{CLIENT_CERT_HEADER}: {identity}\r\n").as_bytes());
     }
@@ -230,39 +162,33 @@ pub fn upstream_request(
     out
 }
 
-/// The 101 wssd sends the client: the upstream's choices (subprotocol, extensions, any
-/// other end-to-end headers) and wssd's security headers.
-fn client_response(upstream: &Response, accept: &str, security: &SecurityHeaders) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
-    )
-    .into_bytes();
+/// The headers of the 101 wssd sends the client (besides `Upgrade` and `Connection`): the
+/// upstream's choices (subprotocol, extensions, any other end-to-end headers), the accept
+/// key for the client's own key, and wssd's security headers where the upstream set none.
+pub fn client_headers(
+    upstream: &Response,
+    accept: &str,
+    security: &SecurityHeaders,
+) -> Vec<(String, Vec<u8>)> {
+    let mut out = vec![(
+        "Sec-WebSocket-Accept".to_string(),
+        accept.as_bytes().to_vec(),
+    )];
     for (name, value) in &upstream.headers {
-        if NOT_RETURNED.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        if !forwarding::returns_response_header(name, &[])
+            || name.eq_ignore_ascii_case("sec-websocket-accept")
+            || name.eq_ignore_ascii_case("content-length")
+        {
             continue;
         }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        out.push((name.clone(), value.clone()));
     }
     for (name, value) in security.iter() {
         if upstream.header(name).is_none() {
-            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            out.push((name.to_string(), value.as_bytes().to_vec()));
         }
     }
-    out.extend_from_slice(b"\r\n");
     out
-}
-
-/// A 502 for the client, with the reason in the body.
-pub fn bad_gateway(security: &SecurityHeaders) -> Vec<u8> {
-    http::error_response(
-        502,
-        &[],
-        "The upstream WebSocket service is unavailable.\n",
-        security,
-    )
 }
 
 #[cfg(test)]
@@ -330,17 +256,29 @@ mod tests {
     #[test]
     fn response_returns_the_upstream_choices() {
         let res = Response::parse(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nSec-WebSocket-Protocol: superchat\r\nX-Frame-Options: SAMEORIGIN\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nSec-WebSocket-Protocol: superchat\r\nX-Frame-Options: SAMEORIGIN\r\nContent-Length: 0\r\n\r\n",
         )
         .unwrap();
-        let text = String::from_utf8(client_response(
+        let headers = client_headers(
             &res,
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
             &SecurityHeaders::default(),
-        ))
-        .unwrap();
-        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        );
+        let text: String = headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}\r\n", String::from_utf8_lossy(v)))
+            .collect();
+        assert!(
+            text.starts_with("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+            "{text}"
+        );
         assert!(!text.contains("abc"));
+        assert!(
+            !text.to_ascii_lowercase().contains("upgrade:"),
+            "wssd writes Upgrade itself: {text}"
+        );
+        assert!(!text.to_ascii_lowercase().contains("connection:"), "{text}");
+        assert!(!text.contains("Content-Length"), "{text}");
         assert!(text.contains("Sec-WebSocket-Protocol: superchat\r\n"));
         assert_eq!(
             text.matches("X-Frame-Options").count(),

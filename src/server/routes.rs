@@ -21,6 +21,8 @@ pub struct Target {
     /// Empty: any Origin.
     pub allowed_origins: Vec<OriginPattern>,
     pub max_message_size: u64,
+    /// The largest request body forwarded (plain requests).
+    pub max_body_size: u64,
 }
 
 /// Why a request has no [`Target`].
@@ -70,6 +72,7 @@ impl Routes {
                         .clone()
                         .unwrap_or_else(|| listener.allowed_origins.clone()),
                     max_message_size: r.max_message_size.unwrap_or(listener.max_message_size),
+                    max_body_size: r.max_body_size.unwrap_or(listener.max_body_size),
                 };
                 (r.path.clone(), target)
             })
@@ -79,6 +82,7 @@ impl Routes {
             upstream: listener.upstream.clone(),
             allowed_origins: listener.allowed_origins.clone(),
             max_message_size: listener.max_message_size,
+            max_body_size: listener.max_body_size,
         });
         Routes { routes, fallback }
     }
@@ -236,6 +240,7 @@ mod tests {
             upstream: up(port),
             allowed_origins: None,
             max_message_size: None,
+            max_body_size: None,
         }
     }
 

@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub mod acme_front;
 pub mod edge;
+pub mod http_upstream;
 pub mod pebble;
 
 pub const WSSD: &str = env!("CARGO_BIN_EXE_wssd");

@@ -1,0 +1,188 @@
+//! Which headers go on to the upstream and which come back, for WebSocket upgrades
+//! ([`super::proxy`]) and plain requests ([`super::forward`]) alike (SPEC "Proxying").
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1), and those the client's `Connection` names, stay
+//! on their hop. The forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`,
+//! `X-Forwarded-Client-Cert`) are wssd's to set: a client's copies are dropped, so that
+//! the upstream can trust them. Header names with an underscore are dropped (as nginx
+//! does), because CGI, WSGI and Rack servers read `X_Forwarded_For` as `X-Forwarded-For`.
+
+use std::net::IpAddr;
+
+/// Request headers that describe one hop and are not forwarded, plus the forwarding
+/// headers wssd sets itself.
+const NOT_FORWARDED: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    // wssd answers `Expect: 100-continue` itself, when it starts reading the body.
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+    CLIENT_CERT_HEADER_LOWER,
+];
+
+/// Headers a client's `Connection` cannot turn into hop-by-hop ones: wssd judged them
+/// (Origin, Host) or the handshake needs them.
+const NEVER_HOP_BY_HOP: &[&str] = &[
+    "host",
+    "origin",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+];
+
+/// Response headers that describe one hop (or that wssd writes itself for a 101).
+const NOT_RETURNED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "transfer-encoding",
+    "te",
+    "trailer",
+];
+
+/// The header that carries the verified client certificate to the upstream. Whatever a
+/// client sends under this name is dropped, so only wssd can set it.
+pub const CLIENT_CERT_HEADER: &str = "X-Forwarded-Client-Cert";
+const CLIENT_CERT_HEADER_LOWER: &str = "x-forwarded-client-cert";
+
+/// The names a `Connection` header value lists, as hop-by-hop headers to drop (never the
+/// ones in `NEVER_HOP_BY_HOP`).
+pub fn connection_named<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<&'a str> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !NEVER_HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h)))
+        .collect()
+}
+
+/// Does the client's request header `name` go on to the upstream?
+pub fn forwards_request_header(name: &str, named: &[&str]) -> bool {
+    !(NOT_FORWARDED.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+        || name.contains('_'))
+}
+
+/// Does the upstream's response header `name` go back to the client?
+pub fn returns_response_header(name: &str, named: &[&str]) -> bool {
+    !(NOT_RETURNED.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || named.iter().any(|n| n.eq_ignore_ascii_case(name)))
+}
+
+/// The forwarding headers for a client at `peer` that asked for `host`, in order.
+pub fn forwarding_headers(peer: IpAddr, host: &str) -> [(&'static str, String); 4] {
+    let forwarded_for = match peer {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    };
+    [
+        ("X-Forwarded-For", peer.to_string()),
+        ("X-Forwarded-Proto", "https".to_string()),
+        ("X-Forwarded-Host", host.to_string()),
+        (
+            "Forwarded",
+            format!(
+                "for={forwarded_for};proto=https;host=\"{}\"",
+                host.replace(['"', '\\'], "")
+            ),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_forwarding_headers_stay_behind() {
+        let named = connection_named(
+            [
+                b"keep-alive, X-Secret".as_slice(),
+                b"Origin, Host".as_slice(),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            named,
+            ["keep-alive", "X-Secret"],
+            "Origin and Host cannot be named away"
+        );
+        for dropped in [
+            "Connection",
+            "Keep-Alive",
+            "Transfer-Encoding",
+            "TE",
+            "Upgrade",
+            "Host",
+            "Expect",
+            "X-Forwarded-For",
+            "x-real-ip",
+            "Forwarded",
+            "X-Forwarded-Client-Cert",
+            "X_Forwarded_For",
+            "x-secret",
+        ] {
+            assert!(!forwards_request_header(dropped, &named), "{dropped}");
+        }
+        for kept in [
+            "Cookie",
+            "Authorization",
+            "Origin",
+            "Sec-WebSocket-Protocol",
+            "Content-Type",
+            "Accept",
+        ] {
+            assert!(forwards_request_header(kept, &named), "{kept}");
+        }
+        for dropped in [
+            "Connection",
+            "Transfer-Encoding",
+            "Keep-Alive",
+            "Upgrade",
+            "x-secret",
+        ] {
+            assert!(!returns_response_header(dropped, &named), "{dropped}");
+        }
+        for kept in [
+            "Content-Length",
+            "Content-Type",
+            "Set-Cookie",
+            "Content-Security-Policy",
+        ] {
+            assert!(returns_response_header(kept, &named), "{kept}");
+        }
+    }
+
+    #[test]
+    fn forwarding_headers_name_the_client_and_the_host() {
+        let v4 = forwarding_headers("192.0.2.7".parse().unwrap(), "chat.example:8443");
+        assert_eq!(v4[0], ("X-Forwarded-For", "192.0.2.7".to_string()));
+        assert_eq!(v4[1], ("X-Forwarded-Proto", "https".to_string()));
+        assert_eq!(v4[2], ("X-Forwarded-Host", "chat.example:8443".to_string()));
+        assert_eq!(
+            v4[3],
+            (
+                "Forwarded",
+                "for=192.0.2.7;proto=https;host=\"chat.example:8443\"".to_string()
+            )
+        );
+        let v6 = forwarding_headers("2001:db8::1".parse().unwrap(), "[::1]");
+        assert_eq!(v6[3].1, "for=\"[2001:db8::1]\";proto=https;host=\"[::1]\"");
+    }
+}

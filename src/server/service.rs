@@ -1,0 +1,193 @@
+//! One HTTP request on the listener, as hyper hands it over: the checks every request
+//! gets, its route, and then a WebSocket upgrade (to the echo or the upstream) or a plain
+//! request forwarded to the upstream ([`super::forward`]).
+//!
+//! Every refusal is wssd's own response with the security headers. hyper's own limits
+//! are set looser than wssd's ([`super::connection`]), so that a head over 16 KiB or 64
+//! header lines reaches this layer and gets wssd's 431, not hyper's bare one.
+//!
+//! An upgrade is answered here with the 101 (the upstream's, or the echo's) and leaves
+//! what runs next on the connection in [`Connection::next`]; the connection layer takes
+//! it once hyper has written the 101 and handed back the socket.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::forward::Origin;
+use super::http::{self, Body, MAX_HEAD, MAX_HEADERS};
+use super::listener::Server;
+use super::proxy::{self, Connected};
+use super::relay::Limits;
+use super::{echo, upgrade};
+
+/// The longest request target (path and query) accepted.
+const MAX_TARGET: usize = 8 * 1024;
+
+/// What a connection's requests share.
+pub struct Connection {
+    pub server: Arc<Server>,
+    pub peer: SocketAddr,
+    /// The verified client certificate (mTLS), described for the upstream.
+    pub client_identity: Option<String>,
+    pub drain: CancellationToken,
+    /// Set by the response that upgrades the connection.
+    pub next: Mutex<Option<(OnUpgrade, Next)>>,
+}
+
+/// What runs on a connection once it is upgraded.
+pub enum Next {
+    Echo,
+    Relay { upstream: Connected, limits: Limits },
+}
+
+/// The hyper service of one connection.
+#[derive(Clone)]
+pub struct Service(pub Arc<Connection>);
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let conn = self.0.clone();
+        Box::pin(async move { Ok(handle(&conn, req).await) })
+    }
+}
+
+async fn handle(conn: &Connection, mut req: Request<Incoming>) -> Response<Body> {
+    let server = &conn.server;
+    let security = &server.headers;
+    let peer = conn.peer;
+    let refuse = |status, headers: &[(&str, &str)], message: &str| {
+        http::response(status, headers, message, security)
+    };
+    let checked = http::Request::from_head(&req);
+    if checked.headers.len() > MAX_HEADERS || checked.head_size() > MAX_HEAD {
+        return refuse(431, &[], "Request header fields too large.\n");
+    }
+    if checked.target.len() > MAX_TARGET {
+        return refuse(414, &[], "Request target too long.\n");
+    }
+    // The target and Host first, whatever the route; then the route.
+    if let Err(r) = upgrade::check_target_and_host(&checked) {
+        debug!(%peer, status = r.status, target = %checked.target, "request refused");
+        return refuse(r.status, &r.headers, &r.message);
+    }
+    let route = match server.routes.select(&checked.target) {
+        Ok(route) => route,
+        Err(miss) => {
+            debug!(%peer, status = miss.status(), target = %checked.target, "no route");
+            return refuse(miss.status(), &[], miss.message());
+        }
+    };
+    let wants_websocket = checked
+        .tokens("upgrade")
+        .any(|t| t.eq_ignore_ascii_case("websocket"));
+    if !wants_websocket {
+        return match &route.upstream {
+            None => refuse(
+                426,
+                &[("Upgrade", "websocket"), ("Connection", "Upgrade")],
+                "This is a WebSocket endpoint: connect with a WebSocket client (wss://).\n",
+            ),
+            Some(upstream) => {
+                let from = Origin {
+                    peer,
+                    client_identity: conn.client_identity.as_deref(),
+                };
+                server
+                    .forwarder
+                    .forward(req, upstream, route, from, security)
+                    .await
+            }
+        };
+    }
+    if req.version() != hyper::Version::HTTP_11 {
+        return refuse(400, &[], "WebSocket upgrades need HTTP/1.1.\n");
+    }
+    let upgrade = match upgrade::check_upgrade(&checked, &route.allowed_origins) {
+        Ok(u) => u,
+        Err(r) => {
+            debug!(%peer, status = r.status, target = %checked.target, "request refused");
+            return refuse(r.status, &r.headers, &r.message);
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (headers, next) = match &route.upstream {
+        None => (echo::switching_protocols(&upgrade, security), Next::Echo),
+        Some(upstream) => {
+            let settings = &server.settings;
+            let target = proxy::Target {
+                upstream,
+                request: &checked,
+                upgrade: &upgrade,
+                peer,
+                client_identity: conn.client_identity.as_deref(),
+            };
+            let now = Instant::now();
+            let deadline = now + settings.handshake_timeout;
+            let connect_deadline = deadline.min(now + settings.upstream_connect_timeout);
+            match proxy::connect(&target, connect_deadline, deadline, security).await {
+                Ok(mut connected) => {
+                    let headers = std::mem::take(&mut connected.headers);
+                    let limits = Limits {
+                        max_message_size: route.max_message_size,
+                        idle_timeout: settings.idle_timeout,
+                    };
+                    (
+                        headers,
+                        Next::Relay {
+                            upstream: connected,
+                            limits,
+                        },
+                    )
+                }
+                Err(e) => {
+                    warn!(%peer, error = %e, "upstream unavailable; answered 502");
+                    return refuse(502, &[], "The upstream WebSocket service is unavailable.\n");
+                }
+            }
+        }
+    };
+    if let Ok(mut slot) = conn.next.lock() {
+        *slot = Some((on_upgrade, next));
+    }
+    switching_protocols(headers)
+}
+
+/// The 101 with `headers` (the accept key, the upstream's choices, security headers).
+fn switching_protocols(headers: Vec<(String, Vec<u8>)>) -> Response<Body> {
+    let mut response = Response::new(http_body_util::Either::Right(
+        http_body_util::Full::default(),
+    ));
+    *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let map = response.headers_mut();
+    map.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    map.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_bytes(&value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    response
+}
