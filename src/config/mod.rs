@@ -88,6 +88,8 @@ pub struct ListenerConfig {
     pub hsts_max_age: Duration,
     /// Connection worker threads (default: the CPUs wssd may use).
     pub workers: usize,
+    /// Offer HTTP/2 (ALPN `h2`): requests and RFC 8441 WebSockets as streams.
+    pub http2: bool,
     /// `[[route]]`s, in file order (the listener picks the longest matching prefix).
     pub routes: Vec<RouteConfig>,
 }
@@ -124,6 +126,7 @@ impl Default for ListenerConfig {
             upstream_response_timeout: Duration::from_secs(60),
             hsts_max_age: Duration::from_secs(365 * 86_400),
             workers: crate::server::workers::default_count(),
+            http2: true,
             routes: Vec::new(),
         }
     }

@@ -100,6 +100,7 @@ impl Config {
                 .unwrap_or(listener.upstream_response_timeout);
             listener.hsts_max_age = l.hsts_max_age.unwrap_or(listener.hsts_max_age);
             listener.workers = l.workers.map_or(listener.workers, |n| n.get());
+            listener.http2 = l.http2.unwrap_or(listener.http2);
         }
         for (index, spanned) in raw.route.into_iter().enumerate() {
             let r = spanned.into_inner();

@@ -123,11 +123,15 @@ fn upstream_request(
     let uri: hyper::Uri = format!("http://{authority}{path}")
         .parse()
         .map_err(|_| "The request target is malformed.\n")?;
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .ok_or("Host is missing.\n")?;
+    // Over HTTP/2 the host is the `:authority` (a client may also send Host).
+    let host = match parts.headers.get(header::HOST) {
+        Some(host) => host.clone(),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .ok_or("Host is missing.\n")?,
+    };
     let host_text = host
         .to_str()
         .map_err(|_| "Host is malformed.\n")?
