@@ -266,9 +266,13 @@ async fn fifty_websockets_share_one_h2_connection_through_a_certificate_swap() {
     }
 }
 
+/// The flood is cut by h2's limits on reset streams (hyper's `max_pending_accept_reset_
+/// streams` and `max_local_error_reset_streams`, and h2's own): the connection ends after
+/// some hundreds to a few thousand resets, depending on how quickly wssd answers each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapid_reset_flood_ends_that_connection_and_others_are_served() {
     let s = Setup::start("", "");
+    let rss_before = rss_kib(s.wssd.pid());
     let (tls, _) = tls_with_alpn(s.wssd.addr, &s.ca.cert_pem, &[b"h2"]).await;
     let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
     let driver = tokio::spawn(conn);
@@ -299,7 +303,7 @@ async fn a_rapid_reset_flood_ends_that_connection_and_others_are_served() {
         .await
         .ok();
     let ended = tokio::time::timeout(WAIT, driver).await;
-    eprintln!("the flood sent {sent} reset streams before wssd ended the connection");
+    eprintln!("the flood sent {sent} reset streams before wssd ended the connection: {ended:?}");
     assert!(
         ended.is_ok(),
         "the flooding connection is still open after {sent} resets"
@@ -308,6 +312,8 @@ async fn a_rapid_reset_flood_ends_that_connection_and_others_are_served() {
         sent < 100_000,
         "wssd took {sent} reset streams without ending the connection"
     );
+    let grown = rss_kib(s.wssd.pid()).saturating_sub(rss_before);
+    assert!(grown < 32 * 1024, "RSS grew {grown} KiB during the flood");
     // Another client is served as before.
     let (mut ws, _) = ws_connect(s.wssd.addr, &s.client(), "/").await;
     echo(&mut ws, "still serving").await.unwrap();
