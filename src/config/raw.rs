@@ -71,6 +71,7 @@ pub(super) struct RawListener {
     pub(super) hsts_max_age: Option<Duration>,
     pub(super) workers: Option<std::num::NonZeroUsize>,
     pub(super) http2: Option<bool>,
+    pub(super) response_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 #[derive(Deserialize)]
