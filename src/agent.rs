@@ -210,7 +210,12 @@ pub async fn run(
         .as_ref()
         .is_some_and(|a| a.challenge == Challenge::TlsAlpn01)
         && acme.is_some();
-    let tls = crate::tls::server_config(reloader.resolver(), &config.tls, acme_tls)?;
+    let tls = crate::tls::server_config(
+        reloader.resolver(),
+        &config.tls,
+        acme_tls,
+        config.listener.http2,
+    )?;
     let listener = TcpListener::bind(config.listener.bind)
         .await
         .map_err(|source| AgentError::Bind {

@@ -78,7 +78,7 @@ pub fn check(config: &Config) -> Vec<PreflightError> {
         }
     }
     let resolver = std::sync::Arc::new(crate::reload::resolver::Resolver::new(Vec::new()));
-    if let Err(e) = crate::tls::server_config(resolver, &config.tls, false) {
+    if let Err(e) = crate::tls::server_config(resolver, &config.tls, false, config.listener.http2) {
         problems.push(e.into());
     }
     problems

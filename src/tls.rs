@@ -21,6 +21,7 @@ use rustls::{ServerConfig, SupportedCipherSuite};
 
 /// ALPN for WebSocket over HTTP/1.1 (RFC 6455 upgrades need HTTP/1.1).
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// The suites wssd allows, strongest first: all three TLS 1.3 suites, then TLS 1.2 ECDHE
 /// with AES-GCM or ChaCha20-Poly1305. No CBC, no RSA key exchange, no SHA-1 MACs.
@@ -71,12 +72,14 @@ pub enum TlsError {
 /// * With `client_ca_file`, client certificates are verified against it: required, or
 ///   verified only when offered (`client_auth = "optional"`).
 /// * Certificate compression (RFC 8879) with brotli and zlib.
+/// * ALPN `h2` (with `http2`) and `http/1.1`.
 /// * With `acme_tls`, the listener also answers tls-alpn-01 validation (ALPN
 ///   `acme-tls/1`, RFC 8737).
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
     tls: &TlsConfig,
     acme_tls: bool,
+    http2: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.profile {
         TlsProfile::Intermediate => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -96,7 +99,13 @@ pub fn server_config(
     // times two algorithms would overrun, and a miss compresses inside the handshake.
     // 64 entries cover 32 certificates and cost at most a few hundred KiB.
     config.cert_compression_cache = Arc::new(rustls::compress::CompressionCache::new(64));
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    // h2 first: a client that speaks both prefers it (RFC 7301 lets the server choose;
+    // rustls takes the server's order).
+    config.alpn_protocols = if http2 {
+        vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()]
+    } else {
+        vec![ALPN_HTTP11.to_vec()]
+    };
     if acme_tls {
         config
             .alpn_protocols

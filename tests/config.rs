@@ -428,3 +428,36 @@ fn route_mistakes_are_named_with_key_and_line() {
     let (code, err) = check(dir.path(), &ok);
     assert_eq!(code, Some(0), "{ok}\n{err}");
 }
+
+#[test]
+fn response_header_mistakes_name_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    for (table, key, why) in [
+        (
+            "{ \"X Frame\" = \"DENY\" }",
+            "listener.response_headers.X Frame",
+            "not a header name",
+        ),
+        (
+            "{ \"Connection\" = \"close\" }",
+            "listener.response_headers.Connection",
+            "manage it",
+        ),
+        (
+            "{ \"X-A\" = \"\" }",
+            "listener.response_headers.X-A",
+            "not a header value",
+        ),
+    ] {
+        let config = GOOD.replace(
+            "bind = \"127.0.0.1:0\"",
+            &format!("bind = \"127.0.0.1:0\"\nresponse_headers = {table}"),
+        );
+        let (code, err) = check(dir.path(), &config);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains(key) && err.contains(why) && err.contains("line 4"),
+            "{err}"
+        );
+    }
+}

@@ -486,3 +486,32 @@ async fn requests_with_ambiguous_framing_are_not_smuggled() {
         "a refused request reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_response_headers_are_added_where_the_upstream_set_none() {
+    let up = HttpUpstream::start().await;
+    let (s, files) = start(
+        &up,
+        "response_headers = { \"X-Frame-Options\" = \"SAMEORIGIN\", \"Content-Security-Policy\" = \"default-src 'none'\", \"Permissions-Policy\" = \"camera=()\" }",
+    );
+    let (status, head, _) = curl_i(&s, files.path(), &[&url(&s, "/hello")]).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        has_header(&head, "x-frame-options: sameorigin"),
+        "added: {head}"
+    );
+    assert!(
+        has_header(&head, "permissions-policy: camera=()"),
+        "added: {head}"
+    );
+    assert!(
+        has_header(&head, "content-security-policy: default-src 'self'"),
+        "the upstream's own CSP wins: {head}"
+    );
+    assert_eq!(head.matches("content-security-policy").count(), 1, "{head}");
+    // wssd's own answers keep their own full set.
+    let (status, head, _) =
+        curl_i(&s, files.path(), &["-H", "Host: a, b", &url(&s, "/hello")]).await;
+    assert_eq!(status, 400, "{head}");
+    assert!(has_header(&head, "x-frame-options: deny"), "{head}");
+}

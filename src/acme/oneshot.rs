@@ -92,7 +92,7 @@ impl OneShot {
                     Solver::TlsAlpn01(resolver) => {
                         let addr = self.config.listener.bind;
                         let listener = TcpListener::bind(addr).await.map_err(|e| bind_error(addr, e, "tls-alpn-01"))?;
-                        let tls = crate::tls::server_config(resolver.clone(), &self.config.tls, true)
+                        let tls = crate::tls::server_config(resolver.clone(), &self.config.tls, true, false)
                             .map_err(|e| AcmeError::Other(e.to_string()))?;
                         let server = Arc::new(crate::server::Server::new(
                             tls,

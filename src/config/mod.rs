@@ -88,6 +88,11 @@ pub struct ListenerConfig {
     pub hsts_max_age: Duration,
     /// Connection worker threads (default: the CPUs wssd may use).
     pub workers: usize,
+    /// Offer HTTP/2 (ALPN `h2`): requests and RFC 8441 WebSockets as streams.
+    pub http2: bool,
+    /// Headers added to the upstream's responses to plain requests where it set none
+    /// (`[listener.response_headers]`), names and values checked.
+    pub response_headers: Vec<(String, String)>,
     /// `[[route]]`s, in file order (the listener picks the longest matching prefix).
     pub routes: Vec<RouteConfig>,
 }
@@ -124,6 +129,8 @@ impl Default for ListenerConfig {
             upstream_response_timeout: Duration::from_secs(60),
             hsts_max_age: Duration::from_secs(365 * 86_400),
             workers: crate::server::workers::default_count(),
+            http2: true,
+            response_headers: Vec::new(),
             routes: Vec::new(),
         }
     }

@@ -117,6 +117,42 @@ fn is_path_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(c)
 }
 
+/// An entry of `[listener.response_headers]`: a header name (an RFC 9110 token) that is
+/// not one wssd or HTTP itself manages, and a value of visible characters and spaces.
+pub fn response_header(name: &str, value: &str) -> Result<(), String> {
+    const MANAGED: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-connection",
+        "strict-transport-security",
+        "date",
+    ];
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!("{name:?} is not a header name"));
+    }
+    if MANAGED.iter().any(|m| name.eq_ignore_ascii_case(m)) {
+        return Err(format!(
+            "{name} is not set here (wssd and HTTP manage it; HSTS is hsts_max_age)"
+        ));
+    }
+    if value.is_empty()
+        || value.starts_with(' ')
+        || value.ends_with(' ')
+        || !value.chars().all(|c| c == ' ' || c.is_ascii_graphic())
+    {
+        return Err(format!(
+            "{value:?} is not a header value (visible ASCII and inner spaces)"
+        ));
+    }
+    Ok(())
+}
+
 /// A name a certificate covers: a DNS name (possibly `*.` wildcard) or an IP address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
@@ -412,6 +448,31 @@ mod tests {
             "x:1",
         ] {
             assert!(bad.parse::<Upstream>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn response_headers_are_checked() {
+        assert_eq!(response_header("X-Frame-Options", "SAMEORIGIN"), Ok(()));
+        assert_eq!(
+            response_header("Content-Security-Policy", "default-src 'self'; img-src *"),
+            Ok(())
+        );
+        assert_eq!(response_header("Permissions-Policy", "camera=()"), Ok(()));
+        for (name, value, why) in [
+            ("X Frame", "DENY", "not a header name"),
+            ("", "DENY", "not a header name"),
+            ("X-Frame-Options:", "DENY", "not a header name"),
+            ("Connection", "close", "wssd and HTTP manage it"),
+            ("strict-transport-security", "max-age=1", "hsts_max_age"),
+            ("Content-Length", "1", "manage it"),
+            ("X-A", "", "not a header value"),
+            ("X-A", " a", "not a header value"),
+            ("X-A", "a\r\nX-B: b", "not a header value"),
+            ("X-A", "caf\u{e9}", "not a header value"),
+        ] {
+            let e = response_header(name, value).unwrap_err();
+            assert!(e.contains(why), "{name:?} {value:?}: {e}");
         }
     }
 

@@ -100,6 +100,16 @@ impl Config {
                 .unwrap_or(listener.upstream_response_timeout);
             listener.hsts_max_age = l.hsts_max_age.unwrap_or(listener.hsts_max_age);
             listener.workers = l.workers.map_or(listener.workers, |n| n.get());
+            listener.http2 = l.http2.unwrap_or(listener.http2);
+            if let Some(table) = l.response_headers {
+                let line = line_of(table.span().start);
+                for (name, value) in table.into_inner() {
+                    names::response_header(&name, &value).map_err(|m| {
+                        invalid(line, &format!("listener.response_headers.{name}"), m)
+                    })?;
+                    listener.response_headers.push((name, value));
+                }
+            }
         }
         for (index, spanned) in raw.route.into_iter().enumerate() {
             let r = spanned.into_inner();

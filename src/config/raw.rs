@@ -70,6 +70,8 @@ pub(super) struct RawListener {
     #[serde(default, deserialize_with = "de_duration")]
     pub(super) hsts_max_age: Option<Duration>,
     pub(super) workers: Option<std::num::NonZeroUsize>,
+    pub(super) http2: Option<bool>,
+    pub(super) response_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 #[derive(Deserialize)]

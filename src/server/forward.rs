@@ -39,6 +39,8 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 pub struct Forwarder {
     client: Client<HttpConnector, Limited<Incoming>>,
     response_timeout: Duration,
+    /// `[listener.response_headers]`, added where the upstream set none.
+    added_headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 /// Who asked, for the forwarding headers.
@@ -60,6 +62,17 @@ impl Forwarder {
         Forwarder {
             client,
             response_timeout: settings.upstream_response_timeout,
+            // Checked when the config was read; one that still fails to parse is skipped.
+            added_headers: settings
+                .response_headers
+                .iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        header::HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
         }
     }
 
@@ -97,7 +110,7 @@ impl Forwarder {
                 warn!(peer = %from.peer, %upstream, error = %error_chain(&e), "upstream unavailable; answered 502");
                 http::response(502, &[], "The upstream service is unavailable.\n", security)
             }
-            Ok(Ok(response)) => client_response(response, security),
+            Ok(Ok(response)) => client_response(response, security, &self.added_headers),
         }
     }
 }
@@ -123,11 +136,15 @@ fn upstream_request(
     let uri: hyper::Uri = format!("http://{authority}{path}")
         .parse()
         .map_err(|_| "The request target is malformed.\n")?;
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .ok_or("Host is missing.\n")?;
+    // Over HTTP/2 the host is the `:authority` (a client may also send Host).
+    let host = match parts.headers.get(header::HOST) {
+        Some(host) => host.clone(),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .ok_or("Host is missing.\n")?,
+    };
     let host_text = host
         .to_str()
         .map_err(|_| "Host is malformed.\n")?
@@ -171,8 +188,12 @@ fn upstream_request(
 }
 
 /// The upstream's response for the client: its own headers, less the hop-by-hop ones,
-/// and HSTS where it set none.
-fn client_response(response: Response<Incoming>, security: &SecurityHeaders) -> Response<Body> {
+/// and HSTS and the configured `response_headers` where it set none.
+fn client_response(
+    response: Response<Incoming>,
+    security: &SecurityHeaders,
+    added: &[(header::HeaderName, HeaderValue)],
+) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     let named: Vec<String> = forwarding::connection_named(
         parts
@@ -202,6 +223,11 @@ fn client_response(response: Response<Incoming>, security: &SecurityHeaders) -> 
         parts
             .headers
             .insert(header::STRICT_TRANSPORT_SECURITY, value);
+    }
+    for (name, value) in added {
+        if !parts.headers.contains_key(name) {
+            parts.headers.insert(name.clone(), value.clone());
+        }
     }
     parts.version = hyper::Version::HTTP_11;
     Response::from_parts(parts, Either::Left(body))

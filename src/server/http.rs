@@ -355,15 +355,31 @@ impl Request {
     /// The checked view of a request hyper parsed: method, target as sent (origin-form
     /// as a path and query; the absolute form and `*` as they came, for
     /// [`Request::has_origin_form_target`] to refuse) and headers.
+    ///
+    /// Over HTTP/2 the target is the `:path` and, when the client sent no `Host`, the
+    /// `:authority` stands in for it (RFC 9113 §8.3.1), so that the same checks apply.
     pub fn from_head<B>(req: &hyper::Request<B>) -> Request {
+        let mut headers: Vec<(String, Vec<u8>)> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let target = if req.version() == hyper::Version::HTTP_2 {
+            if !req.headers().contains_key(hyper::header::HOST)
+                && let Some(authority) = req.uri().authority()
+            {
+                headers.push(("host".to_string(), authority.as_str().as_bytes().to_vec()));
+            }
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string())
+        } else {
+            req.uri().to_string()
+        };
         Request {
             method: req.method().as_str().to_string(),
-            target: req.uri().to_string(),
-            headers: req
-                .headers()
-                .iter()
-                .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-                .collect(),
+            target,
+            headers,
         }
     }
 

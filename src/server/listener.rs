@@ -46,8 +46,9 @@ pub struct Server {
     /// For telling which certificate a handshake chose (metrics).
     pub resolver: Arc<Resolver>,
     pub routes: Routes,
-    /// The HTTP/1.1 settings of every connection.
+    /// The HTTP/1.1 and HTTP/2 settings of every connection.
     pub http1: hyper::server::conn::http1::Builder,
+    pub http2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
     /// The client for plain requests to upstreams.
     pub forwarder: Forwarder,
 }
@@ -63,6 +64,7 @@ impl Server {
             resolver,
             routes: Routes::new(&settings),
             http1: connection::http1_builder(settings.handshake_timeout),
+            http2: connection::http2_builder(settings.handshake_timeout),
             forwarder: Forwarder::new(&settings),
             headers: SecurityHeaders::new(settings.hsts_max_age),
             ip_limits: IpLimits::new(

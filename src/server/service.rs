@@ -65,7 +65,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     }
 }
 
-async fn handle(conn: &Connection, mut req: Request<Incoming>) -> Response<Body> {
+async fn handle(conn: &Arc<Connection>, mut req: Request<Incoming>) -> Response<Body> {
     let server = &conn.server;
     let security = &server.headers;
     let peer = conn.peer;
@@ -91,6 +91,22 @@ async fn handle(conn: &Connection, mut req: Request<Incoming>) -> Response<Body>
             return refuse(miss.status(), &[], miss.message());
         }
     };
+    if req.method() == hyper::Method::CONNECT {
+        // Over HTTP/2, a WebSocket is an extended CONNECT (RFC 8441); a CONNECT to tunnel
+        // TCP is not something wssd does.
+        let websocket = req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if !websocket || req.version() != hyper::Version::HTTP_2 {
+            return refuse(
+                405,
+                &[("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")],
+                "CONNECT is only for WebSockets over HTTP/2.\n",
+            );
+        }
+        return websocket_over_h2(conn, req, checked, route).await;
+    }
     let wants_websocket = checked
         .tokens("upgrade")
         .any(|t| t.eq_ignore_ascii_case("websocket"));
@@ -164,6 +180,105 @@ async fn handle(conn: &Connection, mut req: Request<Incoming>) -> Response<Body>
         *slot = Some((on_upgrade, next));
     }
     switching_protocols(headers)
+}
+
+/// A WebSocket over HTTP/2 (RFC 8441): the stream is accepted with 200 once the
+/// upstream accepted its HTTP/1.1 upgrade, and the echo or the relay then runs on the
+/// stream in a task of its own, as the connection carries other streams meanwhile.
+async fn websocket_over_h2(
+    conn: &Arc<Connection>,
+    mut req: Request<Incoming>,
+    mut checked: http::Request,
+    route: &super::routes::Target,
+) -> Response<Body> {
+    let server = &conn.server;
+    let security = &server.headers;
+    let peer = conn.peer;
+    let upgrade = match upgrade::check_h2_upgrade(&checked, &route.allowed_origins) {
+        Ok(u) => u,
+        Err(r) => {
+            debug!(%peer, status = r.status, target = %checked.target, "request refused");
+            return http::response(r.status, &r.headers, &r.message, security);
+        }
+    };
+    // The upstream's HTTP/1.1 upgrade carries the key wssd made.
+    checked.headers.push((
+        "sec-websocket-key".to_string(),
+        upgrade.key.as_bytes().to_vec(),
+    ));
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let settings = &server.settings;
+    let (headers, next) = match &route.upstream {
+        None => (
+            security
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect::<Vec<_>>(),
+            Next::Echo,
+        ),
+        Some(upstream) => {
+            let target = proxy::Target {
+                upstream,
+                request: &checked,
+                upgrade: &upgrade,
+                peer,
+                client_identity: conn.client_identity.as_deref(),
+            };
+            let now = Instant::now();
+            let deadline = now + settings.handshake_timeout;
+            let connect_deadline = deadline.min(now + settings.upstream_connect_timeout);
+            match proxy::connect(&target, connect_deadline, deadline, security).await {
+                Ok(mut connected) => {
+                    let headers = std::mem::take(&mut connected.headers);
+                    let limits = Limits {
+                        max_message_size: route.max_message_size,
+                        idle_timeout: settings.idle_timeout,
+                    };
+                    (
+                        headers,
+                        Next::Relay {
+                            upstream: connected,
+                            limits,
+                        },
+                    )
+                }
+                Err(e) => {
+                    warn!(%peer, error = %e, "upstream unavailable; answered 502");
+                    return http::response(
+                        502,
+                        &[],
+                        "The upstream WebSocket service is unavailable.\n",
+                        security,
+                    );
+                }
+            }
+        }
+    };
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let stream = hyper_util::rt::TokioIo::new(upgraded);
+        super::connection::run(stream, Vec::new(), next, &conn).await;
+    });
+    let mut response = Response::new(http_body_util::Either::Right(
+        http_body_util::Full::default(),
+    ));
+    let map = response.headers_mut();
+    for (name, value) in headers {
+        // No accept key over HTTP/2: the stream itself is the handshake.
+        if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_bytes(&value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    response
 }
 
 /// The 101 with `headers` (the accept key, the upstream's choices, security headers).

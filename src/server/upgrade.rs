@@ -115,6 +115,39 @@ pub fn check_upgrade(
     })
 }
 
+/// Checks an extended CONNECT with `:protocol = websocket` (RFC 8441 §4) whose target
+/// and Host (`:authority`) are good: version 13, one Origin, an allowed Origin. There is
+/// no key (the h2 stream is the handshake), so wssd makes one for the upstream's
+/// HTTP/1.1 upgrade.
+pub fn check_h2_upgrade(
+    req: &Request,
+    allowed_origins: &[OriginPattern],
+) -> Result<Upgrade, Rejection> {
+    for name in ["sec-websocket-version", "origin"] {
+        if req.count(name) > 1 {
+            return Err(Rejection::new(
+                400,
+                format!("{name} appears more than once.\n"),
+            ));
+        }
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Err(
+            Rejection::new(400, "Only WebSocket version 13 is supported.\n")
+                .with("Sec-WebSocket-Version", "13"),
+        );
+    }
+    if !origin::is_allowed(allowed_origins, req.header("origin")) {
+        return Err(Rejection::new(403, "This Origin is not allowed.\n"));
+    }
+    let mut nonce = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| Rejection::new(500, "No random numbers.\n"))?;
+    use base64::Engine;
+    Ok(Upgrade {
+        key: base64::engine::general_purpose::STANDARD.encode(nonce),
+    })
+}
+
 /// A key is 16 random bytes, base64: 24 characters ending in `==`.
 fn is_valid_key(key: &str) -> bool {
     key.len() == 24
