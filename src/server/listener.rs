@@ -14,7 +14,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,57 +25,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::connection;
-use super::forward::Forwarder;
-use super::http::SecurityHeaders;
-use super::limits::{DescriptorReserve, IpLimits, IpPermit};
-use super::routes::Routes;
+use super::limits::{DescriptorReserve, IpPermit};
 use super::service::Connection;
+use super::state::Server;
 use super::workers::{Assigned, Workers};
-use crate::config::ListenerConfig;
-use crate::metrics::Metrics;
-use crate::reload::resolver::Resolver;
-
-/// What every connection needs, shared.
-pub struct Server {
-    pub tls: Arc<ServerConfig>,
-    pub settings: ListenerConfig,
-    pub metrics: Arc<Metrics>,
-    pub headers: SecurityHeaders,
-    pub ip_limits: Arc<IpLimits>,
-    /// For telling which certificate a handshake chose (metrics).
-    pub resolver: Arc<Resolver>,
-    pub routes: Routes,
-    /// The HTTP/1.1 and HTTP/2 settings of every connection.
-    pub http1: hyper::server::conn::http1::Builder,
-    pub http2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
-    /// The client for plain requests to upstreams.
-    pub forwarder: Forwarder,
-}
-
-impl Server {
-    pub fn new(
-        tls: Arc<ServerConfig>,
-        settings: ListenerConfig,
-        metrics: Arc<Metrics>,
-        resolver: Arc<Resolver>,
-    ) -> Server {
-        Server {
-            resolver,
-            routes: Routes::new(&settings),
-            http1: connection::http1_builder(settings.handshake_timeout),
-            http2: connection::http2_builder(settings.handshake_timeout),
-            forwarder: Forwarder::new(&settings),
-            headers: SecurityHeaders::new(settings.hsts_max_age),
-            ip_limits: IpLimits::new(
-                settings.max_connections_per_ip,
-                settings.handshake_rate_per_ip,
-            ),
-            tls,
-            settings,
-            metrics,
-        }
-    }
-}
 
 /// Serves until `shutdown` fires, then drains (up to `drain_timeout`) and returns. Fails
 /// only when the connection workers cannot be started or the listening socket cannot be

@@ -3,11 +3,12 @@
 //!
 //! A connection goes through small layers, each in its own file and testable alone:
 //! [`listener`] (accept, connection limits, workers, drain) → TLS (tokio-rustls; the
-//! certificate comes from the resolver) → [`connection`] (HTTP/1.1 with hyper, and the
-//! hand-off after an upgrade) → [`service`] (one request: the checks, [`routes`], then)
-//! → either [`upgrade`] ([`origin`]) and [`echo`] or [`proxy`] + [`relay`] (with
-//! [`frame`]), or [`forward`]. [`forwarding`] says which headers pass; [`http`] has
-//! wssd's own responses and the side ports' small server.
+//! certificate comes from the resolver) → [`connection`] (HTTP/1.1 or HTTP/2 with hyper,
+//! set up by [`protocols`]) → [`service`] (one request: the checks, [`routes`], then)
+//! → either [`upgrade`] ([`origin`]) and [`websocket`] ([`echo`], or [`proxy`] +
+//! [`relay`] with [`frame`]), or [`forward`]. [`forwarding`] says which headers pass;
+//! [`state`] is what every connection shares; [`http`] has wssd's own responses and the
+//! side ports' small server.
 
 pub mod connection;
 pub mod echo;
@@ -18,11 +19,15 @@ pub mod http;
 pub mod limits;
 pub mod listener;
 pub mod origin;
+pub mod protocols;
 pub mod proxy;
 pub mod relay;
 pub mod routes;
 pub mod service;
+pub mod state;
 pub mod upgrade;
+pub mod websocket;
 pub mod workers;
 
-pub use listener::{Server, serve};
+pub use listener::serve;
+pub use state::Server;

@@ -25,9 +25,10 @@ use tracing::{debug, warn};
 
 use super::forward::Origin;
 use super::http::{self, Body, MAX_HEAD, MAX_HEADERS};
-use super::listener::Server;
-use super::proxy::{self, Connected};
+use super::proxy;
 use super::relay::Limits;
+use super::state::Server;
+use super::websocket::Next;
 use super::{echo, upgrade};
 
 /// The longest request target (path and query) accepted.
@@ -42,12 +43,6 @@ pub struct Connection {
     pub drain: CancellationToken,
     /// Set by the response that upgrades the connection.
     pub next: Mutex<Option<(OnUpgrade, Next)>>,
-}
-
-/// What runs on a connection once it is upgraded.
-pub enum Next {
-    Echo,
-    Relay { upstream: Connected, limits: Limits },
 }
 
 /// The hyper service of one connection.
@@ -260,7 +255,8 @@ async fn websocket_over_h2(
             return;
         };
         let stream = hyper_util::rt::TokioIo::new(upgraded);
-        super::connection::run(stream, Vec::new(), next, &conn).await;
+        let settings = &conn.server.settings;
+        super::websocket::run(stream, Vec::new(), next, conn.peer, settings, &conn.drain).await;
     });
     let mut response = Response::new(http_body_util::Either::Right(
         http_body_util::Full::default(),
