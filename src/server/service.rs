@@ -137,39 +137,10 @@ async fn handle(conn: &Arc<Connection>, mut req: Request<Incoming>) -> Response<
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (headers, next) = match &route.upstream {
         None => (echo::switching_protocols(&upgrade, security), Next::Echo),
-        Some(upstream) => {
-            let settings = &server.settings;
-            let target = proxy::Target {
-                upstream,
-                request: &checked,
-                upgrade: &upgrade,
-                peer,
-                client_identity: conn.client_identity.as_deref(),
-            };
-            let now = Instant::now();
-            let deadline = now + settings.handshake_timeout;
-            let connect_deadline = deadline.min(now + settings.upstream_connect_timeout);
-            match proxy::connect(&target, connect_deadline, deadline, security).await {
-                Ok(mut connected) => {
-                    let headers = std::mem::take(&mut connected.headers);
-                    let limits = Limits {
-                        max_message_size: route.max_message_size,
-                        idle_timeout: settings.idle_timeout,
-                    };
-                    (
-                        headers,
-                        Next::Relay {
-                            upstream: connected,
-                            limits,
-                        },
-                    )
-                }
-                Err(e) => {
-                    warn!(%peer, error = %e, "upstream unavailable; answered 502");
-                    return refuse(502, &[], "The upstream WebSocket service is unavailable.\n");
-                }
-            }
-        }
+        Some(upstream) => match relay_to(conn, upstream, route, &checked, &upgrade).await {
+            Ok(ready) => ready,
+            Err(refused) => return refused,
+        },
     };
     if let Ok(mut slot) = conn.next.lock() {
         *slot = Some((on_upgrade, next));
@@ -202,7 +173,6 @@ async fn websocket_over_h2(
         upgrade.key.as_bytes().to_vec(),
     ));
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let settings = &server.settings;
     let (headers, next) = match &route.upstream {
         None => (
             security
@@ -211,43 +181,10 @@ async fn websocket_over_h2(
                 .collect::<Vec<_>>(),
             Next::Echo,
         ),
-        Some(upstream) => {
-            let target = proxy::Target {
-                upstream,
-                request: &checked,
-                upgrade: &upgrade,
-                peer,
-                client_identity: conn.client_identity.as_deref(),
-            };
-            let now = Instant::now();
-            let deadline = now + settings.handshake_timeout;
-            let connect_deadline = deadline.min(now + settings.upstream_connect_timeout);
-            match proxy::connect(&target, connect_deadline, deadline, security).await {
-                Ok(mut connected) => {
-                    let headers = std::mem::take(&mut connected.headers);
-                    let limits = Limits {
-                        max_message_size: route.max_message_size,
-                        idle_timeout: settings.idle_timeout,
-                    };
-                    (
-                        headers,
-                        Next::Relay {
-                            upstream: connected,
-                            limits,
-                        },
-                    )
-                }
-                Err(e) => {
-                    warn!(%peer, error = %e, "upstream unavailable; answered 502");
-                    return http::response(
-                        502,
-                        &[],
-                        "The upstream WebSocket service is unavailable.\n",
-                        security,
-                    );
-                }
-            }
-        }
+        Some(upstream) => match relay_to(conn, upstream, route, &checked, &upgrade).await {
+            Ok(ready) => ready,
+            Err(refused) => return refused,
+        },
     };
     let conn = conn.clone();
     tokio::spawn(async move {
@@ -275,6 +212,54 @@ async fn websocket_over_h2(
         }
     }
     response
+}
+
+/// Opens the upstream's HTTP/1.1 upgrade for a checked WebSocket request: the headers of
+/// the answer to the client and the relay to run, or wssd's 502.
+async fn relay_to(
+    conn: &Connection,
+    upstream: &crate::config::Upstream,
+    route: &super::routes::Target,
+    checked: &http::Request,
+    upgrade: &upgrade::Upgrade,
+) -> Result<(Vec<(String, Vec<u8>)>, Next), Response<Body>> {
+    let server = &conn.server;
+    let settings = &server.settings;
+    let target = proxy::Target {
+        upstream,
+        request: checked,
+        upgrade,
+        peer: conn.peer,
+        client_identity: conn.client_identity.as_deref(),
+    };
+    let now = Instant::now();
+    let deadline = now + settings.handshake_timeout;
+    let connect_deadline = deadline.min(now + settings.upstream_connect_timeout);
+    match proxy::connect(&target, connect_deadline, deadline, &server.headers).await {
+        Ok(mut connected) => {
+            let headers = std::mem::take(&mut connected.headers);
+            let limits = Limits {
+                max_message_size: route.max_message_size,
+                idle_timeout: settings.idle_timeout,
+            };
+            Ok((
+                headers,
+                Next::Relay {
+                    upstream: connected,
+                    limits,
+                },
+            ))
+        }
+        Err(e) => {
+            warn!(peer = %conn.peer, error = %e, "upstream unavailable; answered 502");
+            Err(http::response(
+                502,
+                &[],
+                "The upstream WebSocket service is unavailable.\n",
+                &server.headers,
+            ))
+        }
+    }
 }
 
 /// The 101 with `headers` (the accept key, the upstream's choices, security headers).
