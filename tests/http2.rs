@@ -318,3 +318,36 @@ async fn a_rapid_reset_flood_ends_that_connection_and_others_are_served() {
     let (mut ws, _) = ws_connect(s.wssd.addr, &s.client(), "/").await;
     echo(&mut ws, "still serving").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_over_h2_count_against_the_connection_limits() {
+    // Three per address: the TLS connection and two WebSockets on it.
+    let s = Setup::start("max_connections_per_ip = 3", "");
+    let port = s.wssd.addr.port();
+    let mut send = h2(&s).await;
+    let (first, _, ws1) = ws_over_h2(&mut send, port, "/", None).await;
+    let (second, _, ws2) = ws_over_h2(&mut send, port, "/", None).await;
+    assert_eq!((first, second), (200, 200));
+    let (third, headers, _) = ws_over_h2(&mut send, port, "/", None).await;
+    assert_eq!(
+        third, 503,
+        "a third WebSocket over one connection: {headers:?}"
+    );
+    let (mut ws1, ws2) = (ws1.unwrap(), ws2.unwrap());
+    echo_h2(&mut ws1, "still open").await;
+    // Closing one frees its place.
+    drop(ws2);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, _, ws) = ws_over_h2(&mut send, port, "/", None).await;
+        if status == 200 {
+            echo_h2(&mut ws.unwrap(), "a freed place").await;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was not freed: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

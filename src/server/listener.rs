@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -84,7 +84,6 @@ async fn accept_loop(
 ) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     let acceptor = TlsAcceptor::from(server.tls.clone());
-    let slots = Arc::new(Semaphore::new(server.settings.max_connections));
     let mut reserve = DescriptorReserve::new();
     loop {
         let accepted = tokio::select! {
@@ -116,7 +115,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Ok(permit) = server.slots.clone().try_acquire_owned() else {
             server.metrics.connection_refused();
             debug!(%peer, "max_connections reached; connection refused");
             continue;

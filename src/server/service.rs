@@ -167,6 +167,30 @@ async fn websocket_over_h2(
             return http::response(r.status, &r.headers, &r.message, security);
         }
     };
+    // A WebSocket counts against `max_connections` and the per-IP limits however it
+    // arrives: many over one HTTP/2 connection are as many connections.
+    let Ok(slot) = server.slots.clone().try_acquire_owned() else {
+        server.metrics.connection_refused();
+        return http::response(
+            503,
+            &[("Retry-After", "1")],
+            "Too many connections.\n",
+            security,
+        );
+    };
+    let ip_permit = match server.ip_limits.admit(peer.ip(), std::time::Instant::now()) {
+        Ok(p) => p,
+        Err(refusal) => {
+            server.metrics.connection_refused();
+            debug!(%peer, ?refusal, "per-IP limit reached; WebSocket over h2 refused");
+            return http::response(
+                503,
+                &[("Retry-After", "1")],
+                "Too many connections from this address.\n",
+                security,
+            );
+        }
+    };
     // The upstream's HTTP/1.1 upgrade carries the key wssd made.
     checked.headers.push((
         "sec-websocket-key".to_string(),
@@ -188,6 +212,7 @@ async fn websocket_over_h2(
     };
     let conn = conn.clone();
     tokio::spawn(async move {
+        let _permits = (slot, ip_permit);
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use rustls::ServerConfig;
+use tokio::sync::Semaphore;
 
 use super::forward::Forwarder;
 use super::http::SecurityHeaders;
@@ -21,6 +22,9 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     pub headers: SecurityHeaders,
     pub ip_limits: Arc<IpLimits>,
+    /// `max_connections`: one permit per TLS connection, and one per WebSocket over
+    /// HTTP/2 (each is a connection to the upstream, whatever carries it).
+    pub slots: Arc<Semaphore>,
     /// For telling which certificate a handshake chose (metrics).
     pub resolver: Arc<Resolver>,
     pub routes: Routes,
@@ -49,6 +53,7 @@ impl Server {
                 settings.max_connections_per_ip,
                 settings.handshake_rate_per_ip,
             ),
+            slots: Arc::new(Semaphore::new(settings.max_connections)),
             tls,
             settings,
             metrics,
