@@ -351,3 +351,50 @@ async fn websockets_over_h2_count_against_the_connection_limits() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_websockets_over_h2_with_1001_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    write_pair(dir.path(), &ca.leaf(&["localhost"]));
+    let mut wssd = Wssd::start(
+        dir.path(),
+        &files_config(dir.path(), "drain_timeout = \"3s\"", ""),
+    );
+    let (tls, _) = tls_with_alpn(wssd.addr, &ca.cert_pem, &[b"h2"]).await;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut sockets = Vec::new();
+    for i in 0..5 {
+        let (status, _, ws) = ws_over_h2(&mut send, wssd.addr.port(), "/", None).await;
+        assert_eq!(status, 200);
+        let mut ws = ws.unwrap();
+        echo_h2(&mut ws, &format!("before the drain {i}")).await;
+        sockets.push(ws);
+    }
+    let sent = std::time::Instant::now();
+    wssd.signal("TERM");
+    for ws in &mut sockets {
+        let code = loop {
+            match tokio::time::timeout(WAIT, ws.next())
+                .await
+                .expect("no close")
+            {
+                Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("expected close 1001, got {other:?}"),
+            }
+        };
+        assert_eq!(code, Some(1001));
+        // Read on, so that the client's close reply goes out, as a real client's does.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
+    }
+    let status = wssd
+        .wait_exit(Duration::from_secs(3 + 5))
+        .expect("wssd did not exit after SIGTERM");
+    assert!(status.success(), "exit status {status}:\n{}", wssd.logs());
+    assert!(sent.elapsed() < Duration::from_secs(3 + 5));
+}
