@@ -30,10 +30,20 @@ fn config(
     )
 }
 
+/// Pebble that rejects no nonces: these tests count the orders the front sees, and a
+/// request retried after a rejected nonce would count twice. (Nonce handling has its own
+/// test in tests/acme.rs, with half the nonces rejected.)
+fn exact_pebble() -> PebbleOptions {
+    PebbleOptions {
+        nonce_reject: Some(0),
+        ..PebbleOptions::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_information_sets_the_window_is_asked_again_and_replaces_falls_back() {
     let dir = tempfile::tempdir().unwrap();
-    let pebble = Pebble::start(dir.path(), PebbleOptions::default());
+    let pebble = Pebble::start(dir.path(), exact_pebble());
     let now = SystemTime::now();
     let front = Front::start(
         &pebble,
@@ -130,7 +140,7 @@ async fn renewal_information_sets_the_window_is_asked_again_and_replaces_falls_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_is_waited_out_as_the_ca_says_in_run() {
     let dir = tempfile::tempdir().unwrap();
-    let pebble = Pebble::start(dir.path(), PebbleOptions::default());
+    let pebble = Pebble::start(dir.path(), exact_pebble());
     let front = Front::start(
         &pebble,
         FrontState {
@@ -175,7 +185,7 @@ async fn a_rate_limit_is_waited_out_as_the_ca_says_in_run() {
 #[test]
 fn a_rate_limit_holds_across_issue_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let pebble = Pebble::start(dir.path(), PebbleOptions::default());
+    let pebble = Pebble::start(dir.path(), exact_pebble());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let front = rt.block_on(Front::start(
         &pebble,
@@ -219,7 +229,7 @@ fn a_rate_limit_holds_across_issue_passes() {
 #[test]
 fn a_profile_the_ca_lists_goes_into_the_order_and_an_unknown_one_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let pebble = Pebble::start(dir.path(), PebbleOptions::default());
+    let pebble = Pebble::start(dir.path(), exact_pebble());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let front = rt.block_on(Front::start(
         &pebble,
