@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod http_names;
 mod names;
 mod parse;
 mod raw;
@@ -101,7 +102,7 @@ pub struct ListenerConfig {
 /// settings are the listener's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
-    /// A normalized path prefix ([`names::route_path`]).
+    /// A normalized path prefix ([`http_names::route_path`]).
     pub path: String,
     pub upstream: Upstream,
     pub allowed_origins: Option<Vec<OriginPattern>>,

@@ -104,7 +104,7 @@ impl Config {
             if let Some(table) = l.response_headers {
                 let line = line_of(table.span().start);
                 for (name, value) in table.into_inner() {
-                    names::response_header(&name, &value).map_err(|m| {
+                    http_names::response_header(&name, &value).map_err(|m| {
                         invalid(line, &format!("listener.response_headers.{name}"), m)
                     })?;
                     listener.response_headers.push((name, value));
@@ -115,7 +115,7 @@ impl Config {
             let r = spanned.into_inner();
             let key = |name: &str| format!("route[{index}].{name}");
             let path_line = line_of(r.path.span().start);
-            let path = names::route_path(r.path.get_ref())
+            let path = http_names::route_path(r.path.get_ref())
                 .map_err(|m| invalid(path_line, &key("path"), m))?;
             if let Some(other) = listener.routes.iter().position(|o| o.path == path) {
                 return Err(invalid(
