@@ -267,6 +267,46 @@ mod tests {
         assert_eq!(check(&req(&twice), &[]).unwrap_err().status, 400);
     }
 
+    /// An extended CONNECT (RFC 8441) as [`Request::from_head`] sees it: no Upgrade,
+    /// Connection or key, `:authority` as the Host.
+    fn h2(extra: &str) -> Request {
+        req(&format!("Sec-WebSocket-Version: 13\r\n{extra}"))
+    }
+
+    #[test]
+    fn an_extended_connect_is_checked_and_given_a_fresh_key() {
+        let list = vec![OriginPattern::parse("https://app.example.com").unwrap()];
+        let a = check_h2_upgrade(&h2("Origin: https://app.example.com\r\n"), &list).unwrap();
+        let b = check_h2_upgrade(&h2(""), &[]).unwrap();
+        assert!(is_valid_key(&a.key), "{}", a.key);
+        assert_ne!(a.key, b.key, "each stream gets a key of its own");
+        let refused = |r: Request, list: &[OriginPattern]| check_h2_upgrade(&r, list).unwrap_err();
+        let twice = refused(h2("Sec-WebSocket-Version: 13\r\n"), &[]);
+        assert_eq!(
+            (twice.status, twice.message.as_str()),
+            (400, "sec-websocket-version appears more than once.\n")
+        );
+        let origins = refused(
+            h2("Origin: https://a.example\r\nOrigin: https://b.example\r\n"),
+            &[],
+        );
+        assert_eq!(
+            (origins.status, origins.message.as_str()),
+            (400, "origin appears more than once.\n")
+        );
+        for version in ["Sec-WebSocket-Version: 8\r\n", ""] {
+            let r = req(version);
+            let old = refused(r, &[]);
+            assert_eq!(old.status, 400, "{version:?}");
+            assert!(old.headers.contains(&("Sec-WebSocket-Version", "13")));
+        }
+        assert_eq!(refused(h2(""), &list).status, 403, "no Origin, with a list");
+        assert_eq!(
+            refused(h2("Origin: https://evil.example\r\n"), &list).status,
+            403
+        );
+    }
+
     #[test]
     fn origin_is_checked() {
         let list = vec![OriginPattern::parse("https://app.example.com").unwrap()];
