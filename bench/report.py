@@ -24,6 +24,15 @@ FIGURES = [
     ("conn_per_s_resumed", "new connections/s, resumed", "conn/s", "high", None),
     ("p99_ms_conn_resumed", "new connection p99, resumed", "ms", "low", None),
     ("cpu_us_per_conn_resumed", "server CPU per new connection, resumed", "µs", "low", ("peer", 0.8)),
+    ("msg_per_s_h2_64B", "64 B echo over HTTP/2 (RFC 8441), 50 WebSockets on 5 conns", "msg/s", "high", ("peer", 1.0)),
+    ("p99_ms_h2_64B", "64 B echo over HTTP/2 p99", "ms", "low", None),
+    ("cpu_us_per_msg_h2_64B", "server CPU per 64 B message relayed over HTTP/2", "µs", "low", ("peer", 0.8)),
+    ("req_per_s_http1", "HTTP/1.1 keep-alive GET of 1 KiB, 50 conns", "req/s", "high", ("peer", 1.0)),
+    ("mean_ms_http1", "HTTP/1.1 GET mean time", "ms", "low", None),
+    ("cpu_us_per_req_http1", "server CPU per HTTP/1.1 request", "µs", "low", ("peer", 0.8)),
+    ("req_per_s_http2", "HTTP/2 GET of 1 KiB, 5 conns × 10 streams", "req/s", "high", ("peer", 1.0)),
+    ("mean_ms_http2", "HTTP/2 GET mean time", "ms", "low", None),
+    ("cpu_us_per_req_http2", "server CPU per HTTP/2 request", "µs", "low", ("peer", 0.8)),
     ("kib_per_idle_conn", "RSS per idle connection (both sockets)", "KiB", "low", ("peer-haproxy", 1.0)),
     ("swap_p50_ms", "certificate swap visible, p50", "ms", "low", None),
     ("swap_p99_ms", "certificate swap visible, p99", "ms", "low", ("abs", 25.0)),
@@ -118,6 +127,8 @@ def svg(report):
     panels = [("msg_per_s_64B", "64 B msg/s"), ("mb_per_s_16KiB", "16 KiB MB/s"), ("p99_ms_64B", "64 B p99 ms"),
               ("cpu_us_per_msg_64B", "CPU µs / 64 B msg"), ("cpu_ms_per_mb_16KiB", "CPU ms / MB"),
               ("cpu_us_per_conn_full", "CPU µs / new conn"), ("cpu_us_per_conn_resumed", "CPU µs / resumed conn"),
+              ("cpu_us_per_msg_h2_64B", "CPU µs / 64 B msg over h2"), ("cpu_us_per_req_http1", "CPU µs / HTTP/1.1 req"),
+              ("cpu_us_per_req_http2", "CPU µs / HTTP/2 req"),
               ("kib_per_idle_conn", "KiB / idle conn"), ("swap_p99_ms", "swap visible p99 ms")]
     w, h, cols = 220, 180, 3
     rows = (len(panels) + cols - 1) // cols

@@ -117,13 +117,16 @@ class Server:
     """A server under test: started in the foreground, stopped with SIGTERM."""
 
     name = "?"
+    # Load phases this server cannot serve (nginx has no WebSockets over HTTP/2).
+    unsupported = ()
 
-    def __init__(self, work, tls, upstream_port):
+    def __init__(self, work, tls, upstream_port, http_port):
         self.work = work / self.name
         self.work.mkdir(parents=True, exist_ok=True)
         self.tls = tls
         self.ca = tls / "ca.pem"
         self.upstream_port = upstream_port
+        self.http_port = http_port  # the HTTP phases' upstream, for paths under /http/
         self.port = free_port()
         self.proc = None
 
@@ -177,6 +180,9 @@ domains = ["localhost"]
 source = "files"
 cert_file = "{self.work}/tls/cert.pem"
 key_file = "{self.work}/tls/key.pem"
+[[route]]
+path = "/http/"
+upstream = "http://127.0.0.1:{self.http_port}"
 """)
         return [str(WSSD), "run", "--config", str(self.work / "wssd.toml")]
 
@@ -190,6 +196,7 @@ key_file = "{self.work}/tls/key.pem"
 
 class Nginx(Server):
     name = "nginx"
+    unsupported = ("throughput_h2_64B",)
 
     def install_certificate(self, source):
         for f in ("cert.pem", "key.pem"):
@@ -213,8 +220,17 @@ http {{
     scgi_temp_path {self.work}/tmp/scgi;
     ssl_session_cache shared:SSL:10m;
     ssl_session_tickets on;
+    # Keep-alive connections to the HTTP upstream, as nginx's docs advise for proxying.
+    upstream http_upstream {{
+        server 127.0.0.1:{self.http_port};
+        keepalive 64;
+        keepalive_requests 1000000000;
+    }}
+    # nginx closes a client connection after 1,000 requests by default (h2load does not
+    # reconnect); wssd and HAProxy set no such limit.
+    keepalive_requests 1000000000;
     server {{
-        listen 127.0.0.1:{self.port} ssl;
+        listen 127.0.0.1:{self.port} ssl http2;
         ssl_certificate {self.work}/cert.pem;
         ssl_certificate_key {self.work}/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -226,6 +242,12 @@ http {{
             proxy_set_header Host $host;
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
+        }}
+        location /http/ {{
+            proxy_pass http://http_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
         }}
     }}
 }}
@@ -259,10 +281,14 @@ defaults
     timeout server 1h
     timeout tunnel 1h
 frontend fe
-    bind 127.0.0.1:{self.port} ssl crt {self.work}/site.pem alpn http/1.1 ssl-min-ver TLSv1.2
+    bind 127.0.0.1:{self.port} ssl crt {self.work}/site.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2
+    acl http_path path_beg /http/
+    use_backend be_http if http_path
     default_backend be
 backend be
     server up 127.0.0.1:{self.upstream_port}
+backend be_http
+    server up 127.0.0.1:{self.http_port}
 """)
         return ["haproxy", "-db", "-f", str(self.work / "haproxy.cfg")]
 
@@ -271,13 +297,78 @@ backend be
         return ["--haproxy", f"{self.work}/admin.sock:{self.work}/site.pem"]
 
 
-# The load phases behind the CPU-per-operation figures: (result key, loadgen arguments).
+# The load phases behind the CPU-per-operation figures: (result key, client, arguments).
+# The WebSocket phases use wssd-loadgen; the HTTP phases (keep-alive GETs of a 1 KiB
+# response from the HTTP upstream, 50 requests in flight) use h2load (nghttp2-client).
 LOAD_PHASES = [
-    ("throughput_64B", ["throughput", "--conns", "50", "--size", "64"]),
-    ("throughput_16KiB", ["throughput", "--conns", "50", "--size", "16384"]),
-    ("connect_full", ["connect", "--conns", "8"]),
-    ("connect_resumed", ["connect", "--conns", "8", "--resume"]),
+    ("throughput_64B", "loadgen", ["throughput", "--conns", "50", "--size", "64"]),
+    ("throughput_16KiB", "loadgen", ["throughput", "--conns", "50", "--size", "16384"]),
+    ("connect_full", "loadgen", ["connect", "--conns", "8"]),
+    ("connect_resumed", "loadgen", ["connect", "--conns", "8", "--resume"]),
+    # 50 WebSockets over HTTP/2 (RFC 8441), 10 on each of 5 TLS connections.
+    ("throughput_h2_64B", "loadgen", ["throughput", "--h2", "--per-conn", "10", "--conns", "50", "--size", "64"]),
+    ("http1_get", "h2load", ["--h1", "--clients", "50", "--max-concurrent-streams", "1"]),
+    ("http2_get", "h2load", ["--clients", "5", "--max-concurrent-streams", "10"]),
 ]
+HTTP_SIZE = 1024
+
+
+def h2load_slice(server, phase_args, secs):
+    """One slice of an HTTP phase: h2load for one second of warm-up and `secs` measured,
+    with the server's CPU seconds sampled at the measured window's edges (h2load counts
+    only the requests done in it). The connections are made before the warm-up ends."""
+    url = f"https://localhost:{server.port}/http/get"
+    cmd = ["h2load", *phase_args, "--threads", "1", "--warm-up-time", "1", "--duration", str(secs), url]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(max(0.0, start + 1 - time.monotonic()))
+        cpu0 = cpu_split(server.proc.pid)
+        time.sleep(max(0.0, start + 1 + secs - time.monotonic()))
+        cpu1 = cpu_split(server.proc.pid)
+        out, _ = proc.communicate(timeout=secs + 120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = parse_h2load(out)
+    if proc.returncode != 0 or result.get("succeeded", 0) == 0 or result.get("failed", 1) or result.get("non_2xx", 1):
+        raise RuntimeError(f"h2load {' '.join(phase_args)} failed ({proc.returncode}): {out[-2000:]}")
+    want = "h2" if "--h1" not in phase_args else "http/1.1"
+    if result.get("protocol") != want:
+        raise RuntimeError(f"h2load negotiated {result.get('protocol')}, not {want}: {out[-2000:]}")
+    result["cpu_user_s"] = cpu1[0] - cpu0[0]
+    result["cpu_sys_s"] = cpu1[1] - cpu0[1]
+    result["cpu_s"] = result["cpu_user_s"] + result["cpu_sys_s"]
+    return result
+
+
+def parse_h2load(out):
+    """The figures of h2load's report: requests, rate, mean request time, protocol."""
+    r = {}
+    for line in out.splitlines():
+        words = line.replace(",", "").split()
+        if line.startswith("Application protocol:"):
+            r["protocol"] = words[-1]
+        elif line.startswith("finished in"):
+            r["req_per_s"] = float(words[3])
+        elif line.startswith("requests:"):
+            r["requests"] = int(words[1])
+            r["succeeded"] = int(words[words.index("succeeded") - 1])
+            r["failed"] = int(words[words.index("failed") - 1]) + int(words[words.index("errored") - 1])
+        elif line.startswith("status codes:"):
+            r["non_2xx"] = sum(int(words[words.index(k) - 1]) for k in ("3xx", "4xx", "5xx"))
+        elif line.startswith("time for request:"):
+            r["mean_ms"] = duration_ms(words[5])  # min, max, mean, sd, +/- sd
+    return r
+
+
+def duration_ms(value):
+    """h2load's durations: 456us, 1.23ms, 1.02s."""
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if value.endswith(unit):
+            return float(value[:-len(unit)]) * scale
+    raise ValueError(f"not a duration: {value}")
 
 
 def load_slice(server, phase_args, secs):
@@ -322,7 +413,12 @@ def combine(key, slices):
     out = {k: statistics.median(pick(k)) for k in ("p50_ms", "p99_ms", "p999_ms") if pick(k)}
     out["max_ms"] = max(pick("max_ms"), default=None)
     cpu = sum(pick("cpu_s"))
-    if key.startswith("throughput"):
+    if key.startswith("http"):
+        requests = sum(pick("succeeded"))
+        out.update(requests=requests, req_per_s=statistics.mean(pick("req_per_s")),
+                   mean_ms=statistics.median(pick("mean_ms")),
+                   cpu_us_per_req=cpu * 1e6 / max(requests, 1))
+    elif key.startswith("throughput"):
         size = 64 if key.endswith("64B") else 16384
         messages = sum(pick("messages"))
         relayed = 2 * messages  # each echo crosses the server twice
@@ -355,18 +451,19 @@ def interleaved_load(servers, results, args):
     # ran ~20% slower (whichever went first the most), on this VM.
     for name in names:
         try:
-            load_slice(servers[name], LOAD_PHASES[0][1], args.secs)
+            load_slice(servers[name], LOAD_PHASES[0][2], args.secs)
         except Exception as e:
             results[name]["error"] = f"warm-up: {e}"[-2000:]
             print(f"{name}: warm-up: {e}", file=sys.stderr, flush=True)
-    for key, phase_args in LOAD_PHASES:
+    for key, client, phase_args in LOAD_PHASES:
         slices = {name: [] for name in names}
         for rnd in range(args.rounds):
             for name in names[rnd % len(names):] + names[:rnd % len(names)]:
-                if "error" in results[name]:
+                if "error" in results[name] or key in servers[name].unsupported:
                     continue
+                run_slice = h2load_slice if client == "h2load" else load_slice
                 try:
-                    slices[name].append(load_slice(servers[name], phase_args, args.secs))
+                    slices[name].append(run_slice(servers[name], phase_args, args.secs))
                 except Exception as e:  # reported in the results; the other servers go on
                     results[name]["error"] = str(e)[-2000:]
                     print(f"{name}: {e}", file=sys.stderr, flush=True)
@@ -516,6 +613,12 @@ def summarize(runs):
         "conn_per_s_resumed": ("connect_resumed", "conn_per_s"), "p99_ms_conn_resumed": ("connect_resumed", "p99_ms"),
         "cpu_us_per_conn_resumed": ("connect_resumed", "cpu_us_per_conn"),
         "resumed": ("connect_resumed", "resumed"),
+        "msg_per_s_h2_64B": ("throughput_h2_64B", "msg_per_s"), "p99_ms_h2_64B": ("throughput_h2_64B", "p99_ms"),
+        "cpu_us_per_msg_h2_64B": ("throughput_h2_64B", "cpu_us_per_msg"),
+        "req_per_s_http1": ("http1_get", "req_per_s"), "mean_ms_http1": ("http1_get", "mean_ms"),
+        "cpu_us_per_req_http1": ("http1_get", "cpu_us_per_req"),
+        "req_per_s_http2": ("http2_get", "req_per_s"), "mean_ms_http2": ("http2_get", "mean_ms"),
+        "cpu_us_per_req_http2": ("http2_get", "cpu_us_per_req"),
         "kib_per_idle_conn": ("idle", "kib_per_conn"),
         "swap_p50_ms": ("swap", "p50_ms"), "swap_p99_ms": ("swap", "p99_ms"), "swap_max_ms": ("swap", "max_ms"),
         "swap_dropped": ("swap", "dropped"), "swap_timeouts": ("swap", "timeouts"),
@@ -551,12 +654,16 @@ def main():
         upstream_port = free_port()
         upstream = subprocess.Popen([str(LOADGEN), "upstream", "--listen", f"127.0.0.1:{upstream_port}"],
                                     stderr=subprocess.DEVNULL)
+        http_port = free_port()
+        http_upstream = subprocess.Popen([str(LOADGEN), "http-upstream", "--listen", f"127.0.0.1:{http_port}",
+                                          "--size", str(HTTP_SIZE)], stderr=subprocess.DEVNULL)
         try:
             wait_port(upstream_port)
+            wait_port(http_port)
             tls = prepare(work, args.swaps)
             print(f"run {n + 1}/{args.repeat}", file=sys.stderr, flush=True)
             names = [x for x in args.servers.split(",") if x]
-            run = {"servers": measure_all({name: classes[name](work, tls, upstream_port) for name in names}, args)}
+            run = {"servers": measure_all({name: classes[name](work, tls, upstream_port, http_port) for name in names}, args)}
             if not args.no_acme:
                 print(f"run {n + 1}/{args.repeat}: acme", file=sys.stderr, flush=True)
                 run["acme"] = acme_bench(work, args)
@@ -564,8 +671,9 @@ def main():
             pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
             (pathlib.Path(args.out) / "partial.json").write_text(json.dumps(runs, indent=2))
         finally:
-            upstream.terminate()
-            upstream.wait()
+            for proc in (upstream, http_upstream):
+                proc.terminate()
+                proc.wait()
             shutil.rmtree(work, ignore_errors=True)
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     report = {

@@ -2,8 +2,9 @@
 //! one JSON object on stdout. The same client drives wssd, nginx and HAProxy, so only the
 //! server differs between runs.
 //!
-//! * `throughput`: N connections, each sending a message and waiting for its echo, for a
-//!   while; messages/s, MB/s, latency percentiles.
+//! * `throughput`: N WebSockets, each sending a message and waiting for its echo, for a
+//!   while; messages/s, MB/s, latency percentiles. With `--h2`, the WebSockets run over
+//!   HTTP/2 (RFC 8441), `--per-conn` of them on each TLS connection.
 //! * `connect`: new connections, each TCP + TLS + upgrade + one echo + close, with or
 //!   without TLS session resumption; connections/s and latency percentiles.
 //! * `idle`: opens N connections and holds them until stdin closes (the caller measures
@@ -13,7 +14,9 @@
 //!   serial, and the live connections lost.
 //! * `startup`: runs a server command and times exec to the first successful handshake.
 //! * `upstream`: the plain ws:// echo server behind every proxy under test.
+//! * `http-upstream`: the plain HTTP/1.1 server behind the HTTP phases (h2load's GETs).
 
+mod http;
 mod swap;
 
 use std::path::PathBuf;
@@ -54,6 +57,12 @@ enum Mode {
         size: usize,
         #[arg(long, default_value_t = 10)]
         secs: u64,
+        /// WebSockets over HTTP/2 (RFC 8441 extended CONNECT) instead of HTTP/1.1.
+        #[arg(long)]
+        h2: bool,
+        /// With `--h2`: WebSockets per TLS connection.
+        #[arg(long, default_value_t = 10)]
+        per_conn: usize,
     },
     Connect {
         /// Connections in flight at once.
@@ -101,6 +110,13 @@ enum Mode {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,
     },
+    /// A plain HTTP/1.1 server answering every request with 200 and `--size` bytes.
+    HttpUpstream {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: String,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
 }
 
 type Wss = WebSocketStream<TlsStream<TcpStream>>;
@@ -110,6 +126,8 @@ struct Target {
     port: u16,
     url: String,
     tls: Arc<ClientConfig>,
+    /// The same, offering only h2 in ALPN.
+    tls_h2: Arc<ClientConfig>,
 }
 
 impl Target {
@@ -138,11 +156,14 @@ impl Target {
         if !resume {
             config.resumption = rustls::client::Resumption::disabled();
         }
+        let mut h2 = config.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
         Target {
             host,
             port,
             url: url.to_string(),
             tls: Arc::new(config),
+            tls_h2: Arc::new(h2),
         }
     }
 
@@ -227,14 +248,38 @@ fn merge(a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
 async fn main() {
     let cli = Cli::parse();
     let report = match cli.mode {
-        Mode::Throughput { conns, size, secs } => {
-            throughput(
-                Target::new(&cli.url, cli.ca.as_ref(), false),
-                conns,
-                size,
-                secs,
-            )
-            .await
+        Mode::Throughput {
+            conns,
+            size,
+            secs,
+            h2,
+            per_conn,
+        } => {
+            let target = Target::new(&cli.url, cli.ca.as_ref(), false);
+            if h2 {
+                let mut sockets = Vec::with_capacity(conns);
+                while sockets.len() < conns {
+                    let n = per_conn.max(1).min(conns - sockets.len());
+                    sockets.extend(
+                        http::websockets_over_h2(
+                            &target.host,
+                            target.port,
+                            &target.url,
+                            target.tls_h2.clone(),
+                            n,
+                        )
+                        .await
+                        .expect("WebSockets over h2"),
+                    );
+                }
+                throughput(sockets, size, secs).await
+            } else {
+                let mut sockets = Vec::with_capacity(conns);
+                for _ in 0..conns {
+                    sockets.push(target.ws().await.expect("connect"));
+                }
+                throughput(sockets, size, secs).await
+            }
         }
         Mode::Connect {
             conns,
@@ -270,16 +315,19 @@ async fn main() {
             startup(Target::new(&cli.url, cli.ca.as_ref(), false), &command).await
         }
         Mode::Upstream { listen } => upstream(&listen).await,
+        Mode::HttpUpstream { listen, size } => http::upstream(&listen, size).await,
     };
     println!("{report}");
 }
 
-async fn throughput(target: Target, conns: usize, size: usize, secs: u64) -> serde_json::Value {
-    let target = Arc::new(target);
-    let mut sockets = Vec::new();
-    for _ in 0..conns {
-        sockets.push(target.ws().await.expect("connect"));
-    }
+async fn throughput<S>(
+    sockets: Vec<WebSocketStream<S>>,
+    size: usize,
+    secs: u64,
+) -> serde_json::Value
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let payload = Arc::new(vec![0x5Au8; size]);
     // A short warm-up, then the measured window.
     let warmup = Instant::now() + Duration::from_secs(1);
