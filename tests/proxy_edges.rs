@@ -1,7 +1,9 @@
 //! The proxy against upstreams that misbehave or are slow, and what reaches them: a wrong
 //! `Sec-WebSocket-Accept` and an upstream silent past `handshake_timeout` give 502, an
 //! upstream that cannot be connected to gives 502 at `upstream_connect_timeout`, the
-//! forwarding headers are wssd's own, and permessage-deflate passes through untouched.
+//! forwarding headers are wssd's own, permessage-deflate passes through untouched, frames
+//! the upstream sends right behind its 101 reach the client, and an answer that is not
+//! HTTP gives 502.
 
 mod common;
 
@@ -14,7 +16,7 @@ use tokio::net::TcpListener;
 
 /// An upstream that answers every upgrade with `answer(key)` (or nothing, for `None`),
 /// then echoes the client's frames unmasked, exactly as they came (RSV bits included).
-async fn scripted_upstream(answer: fn(&str) -> Option<String>) -> std::net::SocketAddr {
+async fn scripted_upstream(answer: fn(&str) -> Option<Vec<u8>>) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -45,7 +47,7 @@ async fn scripted_upstream(answer: fn(&str) -> Option<String>) -> std::net::Sock
                     let _ = stream.read(&mut chunk).await;
                     return;
                 };
-                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.write_all(&response).await;
                 // Echo frames: unmask and send back with the same first byte.
                 let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                 let mut pending = buf[end..].to_vec();
@@ -185,7 +187,7 @@ async fn permessage_deflate_is_negotiated_end_to_end_and_compressed_frames_pass(
         Some(format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n",
             accept_for(key)
-        ))
+        ).into_bytes())
     })
     .await;
     let s = Setup::start(&format!("upstream = \"ws://{up}\""), "");
@@ -226,4 +228,45 @@ async fn permessage_deflate_is_negotiated_end_to_end_and_compressed_frames_pass(
         deflated,
         "the compressed bytes passed unchanged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_right_behind_the_upstreams_101_reach_the_client_and_garbage_gets_502() {
+    // The 101 and a first text frame ("hello", unmasked) in one write: the frame must
+    // not be lost with the head's read buffer.
+    let eager = scripted_upstream(|key| {
+        let mut answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            accept_for(key)
+        )
+        .into_bytes();
+        answer.extend_from_slice(b"\x81\x05hello");
+        Some(answer)
+    })
+    .await;
+    let s = Setup::start(&format!("upstream = \"ws://{eager}\""), "");
+    let (mut tls, _) = tls_connect(s.wssd.addr, &s.client()).await.unwrap();
+    tls.write_all(upgrade_request().as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.ends_with(b"\x81\x05hello") && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(
+        got.ends_with(b"\x81\x05hello"),
+        "the early frame is missing: {text:?}"
+    );
+
+    // Not HTTP at all.
+    let garbage =
+        scripted_upstream(|_| Some(b"SSH-2.0-OpenSSH_9.2\r\nwhat\r\n\r\n".to_vec())).await;
+    let s = Setup::start(&format!("upstream = \"ws://{garbage}\""), "");
+    let (line, _) = status(&s, &upgrade_request()).await;
+    assert_eq!(line, "HTTP/1.1 502 Bad Gateway");
 }

@@ -11,12 +11,16 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use tokio::io::AsyncWriteExt;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::HeaderMap;
+use hyper::header::HeaderValue;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::forwarding::{self, CLIENT_CERT_HEADER};
-use super::http::{self, Request, Response, SecurityHeaders};
+use super::http::{MAX_HEAD, Request, SecurityHeaders};
 use super::upgrade::Upgrade;
 use crate::config::Upstream;
 
@@ -26,11 +30,6 @@ pub enum ProxyError {
     Connect { upstream: String, reason: String },
     #[error("upstream {upstream} refused the upgrade: {reason}")]
     Refused { upstream: String, reason: String },
-    #[error("upstream {upstream}: {source}")]
-    Io {
-        upstream: String,
-        source: std::io::Error,
-    },
 }
 
 /// An upstream connection that has accepted the upgrade.
@@ -52,8 +51,9 @@ pub struct Target<'a> {
     pub client_identity: Option<&'a str>,
 }
 
-/// Opens the upgrade to the upstream for the client's request: connecting must finish by
-/// `connect_deadline`, the upstream's 101 must arrive by `deadline`.
+/// Opens the upgrade to the upstream for the client's request, with hyper's HTTP/1.1
+/// client: connecting must finish by `connect_deadline`, the upstream's 101 must arrive
+/// by `deadline`. hyper hands back the socket and whatever it read past the 101.
 pub async fn connect(
     target: &Target<'_>,
     connect_deadline: Instant,
@@ -66,7 +66,7 @@ pub async fn connect(
         upstream: name.clone(),
         reason,
     };
-    let mut stream = tokio::time::timeout_at(
+    let stream = tokio::time::timeout_at(
         connect_deadline,
         TcpStream::connect((upstream.host.as_str(), upstream.port)),
     )
@@ -74,45 +74,75 @@ pub async fn connect(
     .map_err(|_| connect_err("timed out".into()))?
     .map_err(|e| connect_err(e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    let head = upstream_request(
-        target.request,
-        target.peer.ip(),
-        upstream,
-        target.client_identity,
-    );
-    let io = |source| ProxyError::Io {
-        upstream: name.clone(),
-        source,
-    };
-    stream.write_all(&head).await.map_err(io)?;
-    let mut buf = Vec::with_capacity(1024);
     let refused = |reason: String| ProxyError::Refused {
         upstream: name.clone(),
         reason,
     };
-    let end = tokio::time::timeout_at(deadline, http::read_head(&mut stream, &mut buf))
-        .await
-        .map_err(|_| refused("no response before the handshake timeout".into()))?
-        .map_err(|e| refused(e.to_string()))?;
-    let response = Response::parse(&buf[..end]).map_err(|e| refused(e.to_string()))?;
-    if response.status != 101 {
-        return Err(refused(format!(
-            "it answered {} instead of 101",
-            response.status
-        )));
-    }
+    let request = upstream_request(
+        target.request,
+        target.peer.ip(),
+        upstream,
+        target.client_identity,
+    )
+    .map_err(|e| refused(format!("the upgrade request cannot be built: {e}")))?;
     let accept =
         tokio_tungstenite::tungstenite::handshake::derive_accept_key(target.upgrade.key.as_bytes());
-    if response.header("sec-websocket-accept") != Some(accept.as_str()) {
-        return Err(refused(
-            "its Sec-WebSocket-Accept does not match the key".into(),
-        ));
-    }
-    Ok(Connected {
-        stream,
-        early: buf[end..].to_vec(),
-        headers: client_headers(&response, &accept, security),
-    })
+    let exchange = async {
+        let (mut send, conn) = hyper::client::conn::http1::Builder::new()
+            .title_case_headers(true)
+            .max_buf_size(MAX_HEAD)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        let mut conn = std::pin::pin!(conn.with_upgrades());
+        let mut response = std::pin::pin!(send.send_request(request));
+        // The connection task ends as soon as it has handed the socket to the upgrade,
+        // which can be before the response is picked up.
+        let mut conn_done = false;
+        let response = loop {
+            tokio::select! {
+                r = &mut response => break r.map_err(|e| refused(e.to_string()))?,
+                c = &mut conn, if !conn_done => {
+                    conn_done = true;
+                    c.map_err(|e| refused(e.to_string()))?;
+                }
+            }
+        };
+        if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(refused(format!(
+                "it answered {} instead of 101",
+                response.status().as_u16()
+            )));
+        }
+        if response
+            .headers()
+            .get("sec-websocket-accept")
+            .map(HeaderValue::as_bytes)
+            != Some(accept.as_bytes())
+        {
+            return Err(refused(
+                "its Sec-WebSocket-Accept does not match the key".into(),
+            ));
+        }
+        let headers = client_headers(response.headers(), &accept, security);
+        let upgraded = if conn_done {
+            hyper::upgrade::on(response).await
+        } else {
+            tokio::join!(hyper::upgrade::on(response), conn).0
+        }
+        .map_err(|e| refused(e.to_string()))?;
+        let parts = upgraded
+            .downcast::<TokioIo<TcpStream>>()
+            .map_err(|_| refused("the upgraded connection is not the socket".into()))?;
+        Ok(Connected {
+            stream: parts.io.into_inner(),
+            early: parts.read_buf.to_vec(),
+            headers,
+        })
+    };
+    tokio::time::timeout_at(deadline, exchange)
+        .await
+        .map_err(|_| refused("no response before the handshake timeout".into()))?
 }
 
 /// The upgrade request wssd sends upstream.
@@ -121,20 +151,16 @@ pub fn upstream_request(
     peer: IpAddr,
     upstream: &Upstream,
     client_identity: Option<&str>,
-) -> Vec<u8> {
+) -> Result<hyper::Request<Empty<Bytes>>, hyper::http::Error> {
     let host = req
         .header("host")
         .map(str::to_string)
         // `upgrade::check` refuses requests without Host; this is for completeness.
         .unwrap_or_else(|| upstream.to_string().trim_start_matches("ws://").to_string());
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(
-        format!(
-            "GET {} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
-            req.target
-        )
-        .as_bytes(),
-    );
+    let mut out = hyper::Request::get(req.target.as_str())
+        .header(hyper::header::HOST, host.as_str())
+        .header(hyper::header::UPGRADE, "websocket")
+        .header(hyper::header::CONNECTION, "Upgrade");
     // Headers the client named in Connection are hop-by-hop too, except the ones wssd
     // checked or the handshake needs: naming them must not make wssd drop what it judged.
     let named = forwarding::connection_named(
@@ -147,26 +173,22 @@ pub fn upstream_request(
         if !forwarding::forwards_request_header(name, &named) {
             continue;
         }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        out = out.header(name.as_str(), value.as_slice());
     }
     for (name, value) in forwarding::forwarding_headers(peer, &host) {
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        out = out.header(name, value);
     }
     if let Some(identity) = client_identity {
-        out.extend_from_slice(format!("{CLIENT_CERT_HEADER}: {identity}\r\n").as_bytes());
+        out = out.header(CLIENT_CERT_HEADER, identity);
     }
-    out.extend_from_slice(b"\r\n");
-    out
+    out.body(Empty::new())
 }
 
 /// The headers of the 101 wssd sends the client (besides `Upgrade` and `Connection`): the
 /// upstream's choices (subprotocol, extensions, any other end-to-end headers), the accept
 /// key for the client's own key, and wssd's security headers where the upstream set none.
 pub fn client_headers(
-    upstream: &Response,
+    upstream: &HeaderMap,
     accept: &str,
     security: &SecurityHeaders,
 ) -> Vec<(String, Vec<u8>)> {
@@ -174,17 +196,18 @@ pub fn client_headers(
         "Sec-WebSocket-Accept".to_string(),
         accept.as_bytes().to_vec(),
     )];
-    for (name, value) in &upstream.headers {
+    for (name, value) in upstream {
+        let name = name.as_str();
         if !forwarding::returns_response_header(name, &[])
-            || name.eq_ignore_ascii_case("sec-websocket-accept")
-            || name.eq_ignore_ascii_case("content-length")
+            || name == "sec-websocket-accept"
+            || name == "content-length"
         {
             continue;
         }
-        out.push((name.clone(), value.clone()));
+        out.push((name.to_string(), value.as_bytes().to_vec()));
     }
     for (name, value) in security.iter() {
-        if upstream.header(name).is_none() {
+        if !upstream.contains_key(name) {
             out.push((name.to_string(), value.as_bytes().to_vec()));
         }
     }
@@ -194,6 +217,7 @@ pub fn client_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderName;
 
     fn up() -> Upstream {
         Upstream {
@@ -203,62 +227,76 @@ mod tests {
         }
     }
 
+    /// The request's head as header lines, `name: value`, names lower-case.
+    fn lines(req: &hyper::Request<Empty<Bytes>>) -> String {
+        req.headers()
+            .iter()
+            .map(|(n, v)| format!("{n}: {}\r\n", String::from_utf8_lossy(v.as_bytes())))
+            .collect()
+    }
+
     #[test]
     fn request_keeps_path_host_and_protocols_and_sets_forwarding() {
         let req = Request::parse(
             b"GET /chat/room?id=7&x=%20 HTTP/1.1\r\nHost: app.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Secret\r\nX-Secret: hop\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nCookie: a=b\r\n\r\n",
         )
         .unwrap();
-        let text = String::from_utf8(upstream_request(
-            &req,
-            "10.1.2.3".parse().unwrap(),
-            &up(),
-            None,
-        ))
-        .unwrap();
+        let out = upstream_request(&req, "10.1.2.3".parse().unwrap(), &up(), None).unwrap();
+        assert_eq!(out.method(), hyper::Method::GET);
+        assert_eq!(out.uri(), "/chat/room?id=7&x=%20");
+        let text = lines(&out);
         assert!(
-            text.starts_with("GET /chat/room?id=7&x=%20 HTTP/1.1\r\nHost: app.example.com\r\n"),
+            text.starts_with(
+                "host: app.example.com\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+            ),
             "{text}"
         );
-        assert!(text.contains("Sec-WebSocket-Protocol: chat, superchat\r\n"));
-        assert!(text.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
-        assert!(text.contains("Cookie: a=b\r\n"));
-        assert!(text.contains("X-Forwarded-For: 10.1.2.3\r\n"));
-        assert!(text.contains("X-Forwarded-Proto: https\r\n"));
-        assert!(text.contains("Forwarded: for=10.1.2.3;proto=https;host=\"app.example.com\"\r\n"));
+        assert_eq!(out.headers().get_all("host").iter().count(), 1);
+        assert_eq!(out.headers().get_all("connection").iter().count(), 1);
+        assert!(text.contains("sec-websocket-protocol: chat, superchat\r\n"));
+        assert!(text.contains("sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
+        assert!(text.contains("cookie: a=b\r\n"));
+        assert!(text.contains("x-forwarded-for: 10.1.2.3\r\n"));
+        assert!(text.contains("x-forwarded-proto: https\r\n"));
+        assert!(text.contains("forwarded: for=10.1.2.3;proto=https;host=\"app.example.com\"\r\n"));
         assert!(
             !text.contains("6.6.6.6"),
             "client forwarding headers must not pass: {text}"
         );
         assert!(
-            !text.contains("X-Secret"),
+            !text.contains("x-secret"),
             "headers named in Connection are hop-by-hop"
         );
-        assert!(text.ends_with("\r\n\r\n"));
     }
 
     #[test]
     fn ipv6_peers_are_quoted_in_forwarded() {
         let req = Request::parse(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
-        let text = String::from_utf8(upstream_request(
-            &req,
-            "::1".parse().unwrap(),
-            &up(),
-            Some("Hash=ab"),
-        ))
-        .unwrap();
+        let out = upstream_request(&req, "::1".parse().unwrap(), &up(), Some("Hash=ab")).unwrap();
+        let text = lines(&out);
         assert!(
-            text.contains("Forwarded: for=\"[::1]\";proto=https"),
+            text.contains("forwarded: for=\"[::1]\";proto=https"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x-forwarded-client-cert: Hash=ab\r\n"),
             "{text}"
         );
     }
 
     #[test]
     fn response_returns_the_upstream_choices() {
-        let res = Response::parse(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nSec-WebSocket-Protocol: superchat\r\nX-Frame-Options: SAMEORIGIN\r\nContent-Length: 0\r\n\r\n",
-        )
-        .unwrap();
+        let mut res = HeaderMap::new();
+        for (n, v) in [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", "abc"),
+            ("sec-websocket-protocol", "superchat"),
+            ("x-frame-options", "SAMEORIGIN"),
+            ("content-length", "0"),
+        ] {
+            res.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
         let headers = client_headers(
             &res,
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
@@ -278,10 +316,13 @@ mod tests {
             "wssd writes Upgrade itself: {text}"
         );
         assert!(!text.to_ascii_lowercase().contains("connection:"), "{text}");
-        assert!(!text.contains("Content-Length"), "{text}");
-        assert!(text.contains("Sec-WebSocket-Protocol: superchat\r\n"));
+        assert!(
+            !text.to_ascii_lowercase().contains("content-length"),
+            "{text}"
+        );
+        assert!(text.contains("sec-websocket-protocol: superchat\r\n"));
         assert_eq!(
-            text.matches("X-Frame-Options").count(),
+            text.to_ascii_lowercase().matches("x-frame-options").count(),
             1,
             "the upstream's own value wins"
         );
