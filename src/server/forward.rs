@@ -35,9 +35,12 @@ const POOL_PER_UPSTREAM: usize = 64;
 /// How long an idle upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-/// The listener's HTTP client for upstreams.
+/// The listener's HTTP client for upstreams: one client, with its own pool, per
+/// connection worker. A pooled connection is served by a task on the worker that opened
+/// it; shared, half the requests would hand their work to the other worker's thread and
+/// back (two cross-thread wake-ups per request).
 pub struct Forwarder {
-    client: Client<HttpConnector, Limited<Incoming>>,
+    clients: Box<[Client<HttpConnector, Limited<Incoming>>]>,
     response_timeout: Duration,
     /// `[listener.response_headers]`, added where the upstream set none.
     added_headers: Vec<(header::HeaderName, HeaderValue)>,
@@ -54,13 +57,17 @@ impl Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.upstream_connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(POOL_PER_UPSTREAM)
-            .pool_idle_timeout(POOL_IDLE)
-            .set_host(false)
-            .build(connector);
+        let clients = (0..settings.workers.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(POOL_PER_UPSTREAM)
+                    .pool_idle_timeout(POOL_IDLE)
+                    .set_host(false)
+                    .build(connector.clone())
+            })
+            .collect();
         Forwarder {
-            client,
+            clients,
             response_timeout: settings.upstream_response_timeout,
             // Checked when the config was read; one that still fails to parse is skipped.
             added_headers: settings
@@ -76,10 +83,12 @@ impl Forwarder {
         }
     }
 
-    /// Forwards `req` (its head already checked: target, Host, route) to the target's
-    /// upstream and returns the upstream's response, or wssd's error.
+    /// Forwards `req` (its head already checked: target, Host, route), which arrived on
+    /// connection worker `worker`, to the target's upstream and returns the upstream's
+    /// response, or wssd's error.
     pub async fn forward(
         &self,
+        worker: usize,
         req: Request<Incoming>,
         upstream: &Upstream,
         target: &Target,
@@ -98,8 +107,8 @@ impl Forwarder {
             Ok(r) => r,
             Err(why) => return http::response(400, &[], why, security),
         };
-        let answer =
-            tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await;
+        let client = &self.clients[worker % self.clients.len()];
+        let answer = tokio::time::timeout(self.response_timeout, client.request(outgoing)).await;
         match answer {
             Err(_) => {
                 warn!(peer = %from.peer, %upstream, timeout = ?self.response_timeout, "upstream sent no response in time; answered 504");

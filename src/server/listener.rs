@@ -140,7 +140,16 @@ async fn accept_loop(
         let connection = move |stream: TcpStream| async move {
             let _load = load;
             debug!(%peer, worker = index, "connection on a worker");
-            handle(stream, peer, acceptor, server, drain, (permit, ip_permit)).await;
+            handle(
+                stream,
+                peer,
+                index,
+                acceptor,
+                server,
+                drain,
+                (permit, ip_permit),
+            )
+            .await;
         };
         if index == 0 {
             tasks.spawn(connection(stream));
@@ -177,6 +186,7 @@ async fn accept_loop(
 async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
+    worker: usize,
     acceptor: TlsAcceptor,
     server: Arc<Server>,
     drain: CancellationToken,
@@ -217,6 +227,7 @@ async fn handle(
     let conn = Arc::new(Connection {
         server: server.clone(),
         peer,
+        worker,
         client_identity,
         drain,
         next: std::sync::Mutex::new(None),

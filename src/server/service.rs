@@ -38,6 +38,8 @@ const MAX_TARGET: usize = 8 * 1024;
 pub struct Connection {
     pub server: Arc<Server>,
     pub peer: SocketAddr,
+    /// The connection worker it runs on (its upstream client is that worker's).
+    pub worker: usize,
     /// The verified client certificate (mTLS), described for the upstream.
     pub client_identity: Option<String>,
     pub drain: CancellationToken,
@@ -119,7 +121,7 @@ async fn handle(conn: &Arc<Connection>, mut req: Request<Incoming>) -> Response<
                 };
                 server
                     .forwarder
-                    .forward(req, upstream, route, from, security)
+                    .forward(conn.worker, req, upstream, route, from, security)
                     .await
             }
         };
