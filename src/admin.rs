@@ -83,10 +83,10 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
     .await
 }
 
-async fn respond(admin: &Admin, req: &Request) -> Vec<u8> {
+async fn respond(admin: &Admin, req: &Request) -> hyper::Response<http::Body> {
     let security = SecurityHeaders::default();
     if req.method != "GET" && req.method != "HEAD" {
-        return http::error_response(405, &[("Allow", "GET, HEAD")], "Use GET.\n", &security);
+        return http::response(405, &[("Allow", "GET, HEAD")], "Use GET.\n", &security);
     }
     let path = req.target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match path {
@@ -109,22 +109,8 @@ async fn respond(admin: &Admin, req: &Request) -> Vec<u8> {
             admin.metrics.render(),
         ),
         _ => {
-            return http::error_response(
-                404,
-                &[],
-                "Try /healthz, /readyz or /metrics.\n",
-                &security,
-            );
+            return http::response(404, &[], "Try /healthz, /readyz or /metrics.\n", &security);
         }
     };
-    let mut out = format!("HTTP/1.1 {status} {}\r\n", http::reason_phrase(status));
-    security.write_to(&mut out);
-    out.push_str(&format!(
-        "Cache-Control: no-store\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    ));
-    if req.method == "GET" {
-        out.push_str(&body);
-    }
-    out.into_bytes()
+    http::typed_response(status, &[], content_type, body.into(), &security)
 }

@@ -246,28 +246,25 @@ pub async fn serve_http01(
     .await
 }
 
-fn http01_response(req: &Request, tokens: &Http01Tokens, https_port: u16) -> Vec<u8> {
+fn http01_response(
+    req: &Request,
+    tokens: &Http01Tokens,
+    https_port: u16,
+) -> hyper::Response<http::Body> {
     const PREFIX: &str = "/.well-known/acme-challenge/";
+    let security = SecurityHeaders::default();
     if let Some(token) = req.target.strip_prefix(PREFIX) {
         return match tokens.get(token) {
             Some(key_authorization) if req.method == "GET" || req.method == "HEAD" => {
-                let mut out = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n",
-                    key_authorization.len()
-                );
-                SecurityHeaders::default().write_to(&mut out);
-                out.push_str("\r\n");
-                if req.method == "GET" {
-                    out.push_str(&key_authorization);
-                }
-                out.into_bytes()
+                http::typed_response(
+                    200,
+                    &[],
+                    "application/octet-stream",
+                    key_authorization.into(),
+                    &security,
+                )
             }
-            _ => http::error_response(
-                404,
-                &[],
-                "No such challenge.\n",
-                &SecurityHeaders::default(),
-            ),
+            _ => http::response(404, &[], "No such challenge.\n", &security),
         };
     }
     let host = strip_port(req.header("host").unwrap_or(""));
@@ -276,23 +273,18 @@ fn http01_response(req: &Request, tokens: &Http01Tokens, https_port: u16) -> Vec
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
     {
-        return http::error_response(
-            400,
-            &[],
-            "A Host header is required.\n",
-            &SecurityHeaders::default(),
-        );
+        return http::response(400, &[], "A Host header is required.\n", &security);
     }
     let location = if https_port == 443 {
         format!("https://{host}{}", req.target)
     } else {
         format!("https://{host}:{https_port}{}", req.target)
     };
-    http::error_response(
+    http::response(
         301,
         &[("Location", location.as_str())],
         "Moved to https.\n",
-        &SecurityHeaders::default(),
+        &security,
     )
 }
 
@@ -335,54 +327,49 @@ mod tests {
     fn tokens_answered_and_everything_else_redirected() {
         let tokens = Http01Tokens::default();
         tokens.set("abc", "abc.thumb");
-        let ok = String::from_utf8(http01_response(
+        let ok = http::response_text(http01_response(
             &req("GET /.well-known/acme-challenge/abc HTTP/1.1\r\nHost: a.example\r\n\r\n"),
             &tokens,
             443,
-        ))
-        .unwrap();
+        ));
         assert!(
             ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nabc.thumb"),
             "{ok}"
         );
-        let missing = String::from_utf8(http01_response(
+        let missing = http::response_text(http01_response(
             &req("GET /.well-known/acme-challenge/zzz HTTP/1.1\r\nHost: a\r\n\r\n"),
             &tokens,
             443,
-        ))
-        .unwrap();
+        ));
         assert!(missing.starts_with("HTTP/1.1 404"));
-        let redirect = String::from_utf8(http01_response(
+        let redirect = http::response_text(http01_response(
             &req("GET /chat?x=1 HTTP/1.1\r\nHost: a.example:80\r\n\r\n"),
             &tokens,
             8443,
-        ))
-        .unwrap();
+        ));
         assert!(
             redirect.starts_with("HTTP/1.1 301 Moved Permanently\r\n"),
             "{redirect}"
         );
         assert!(
-            redirect.contains("Location: https://a.example:8443/chat?x=1\r\n"),
+            redirect.contains("location: https://a.example:8443/chat?x=1\r\n"),
             "{redirect}"
         );
-        assert!(redirect.contains("Strict-Transport-Security"));
-        let plain = String::from_utf8(http01_response(
+        assert!(redirect.contains("strict-transport-security"));
+        let plain = http::response_text(http01_response(
             &req("GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"),
             &tokens,
             443,
-        ))
-        .unwrap();
+        ));
         assert!(
-            plain.contains("Location: https://a.example/\r\n"),
+            plain.contains("location: https://a.example/\r\n"),
             "{plain}"
         );
-        let evil = String::from_utf8(http01_response(
+        let evil = http::response_text(http01_response(
             &req("GET / HTTP/1.1\r\nHost: a\"b\r\n\r\n"),
             &tokens,
             443,
-        ))
-        .unwrap();
+        ));
         assert!(evil.starts_with("HTTP/1.1 400"));
     }
 }

@@ -1,15 +1,14 @@
-//! The HTTP/1.1 layer: reading one request or response head off a stream, and the
-//! responses wssd writes itself (errors and the 101), all with the security headers.
-//!
-//! Only heads are parsed (httparse); after the 101 the connection carries WebSocket
-//! frames, never HTTP again, so there is no body handling and no keep-alive.
+//! What wssd's HTTP shares: the checked view of a request head ([`Request`], made from
+//! the head hyper parsed), the responses wssd makes itself, all with the security
+//! headers, and the small server of the side ports (admin, http-01), on hyper.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -78,60 +77,7 @@ impl Default for SecurityHeaders {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum HeadError {
-    #[error("connection closed before the end of the HTTP head")]
-    Closed,
-    #[error("HTTP head larger than {MAX_HEAD} bytes")]
-    TooLarge,
-    #[error("malformed HTTP head: {0}")]
-    Malformed(String),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-}
-
-/// Reads from `stream` until a complete head (ending in an empty line) is in `buf`.
-/// Returns the head's length; bytes after it (a client that did not wait for the 101)
-/// stay in `buf` for the next layer.
-pub async fn read_head<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-) -> Result<usize, HeadError> {
-    let mut searched = 0;
-    loop {
-        if let Some(end) = find_head_end(buf, searched) {
-            return Ok(end);
-        }
-        if buf.len() >= MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
-        searched = buf.len().saturating_sub(3);
-        let want = (MAX_HEAD - buf.len()).min(4096);
-        let old = buf.len();
-        buf.resize(old + want, 0);
-        let n = stream.read(&mut buf[old..]).await;
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
-                buf.truncate(old);
-                return Err(e.into());
-            }
-        };
-        buf.truncate(old + n);
-        if n == 0 {
-            return Err(HeadError::Closed);
-        }
-    }
-}
-
-fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| from + p + 4)
-}
-
-/// A parsed request head, owned.
+/// A request head, owned: what wssd checks before it routes, upgrades or answers.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: String,
@@ -141,19 +87,23 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn parse(head: &[u8]) -> Result<Request, HeadError> {
+    /// A request head from its bytes (the unit tests' requests).
+    #[cfg(test)]
+    pub fn parse(head: &[u8]) -> Result<Request, String> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        complete(req.parse(head))?;
-        if req.version != Some(1) {
-            return Err(HeadError::Malformed(
-                "only HTTP/1.1 can upgrade to WebSocket".into(),
-            ));
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            other => return Err(format!("{other:?}")),
         }
         Ok(Request {
             method: req.method.unwrap_or_default().to_string(),
             target: req.path.unwrap_or_default().to_string(),
-            headers: owned(req.headers),
+            headers: req
+                .headers
+                .iter()
+                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                .collect(),
         })
     }
 
@@ -235,46 +185,6 @@ pub fn valid_host(host: &str) -> bool {
     port_ok && name_ok
 }
 
-/// A parsed response head (from the upstream), owned.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-impl Response {
-    pub fn parse(head: &[u8]) -> Result<Response, HeadError> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut headers);
-        complete(res.parse(head))?;
-        Ok(Response {
-            status: res.code.unwrap_or_default(),
-            headers: owned(res.headers),
-        })
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-}
-
-/// A head read by [`read_head`] is complete; anything else is malformed.
-fn complete(parsed: httparse::Result<usize>) -> Result<(), HeadError> {
-    match parsed {
-        Ok(httparse::Status::Complete(_)) => Ok(()),
-        Ok(httparse::Status::Partial) => Err(HeadError::Malformed("incomplete head".into())),
-        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
-        Err(e) => Err(HeadError::Malformed(e.to_string())),
-    }
-}
-
-fn owned(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
-    headers
-        .iter()
-        .map(|h| (h.name.to_string(), h.value.to_vec()))
-        .collect()
-}
-
 fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -296,26 +206,6 @@ fn tokens<'a>(
         .filter(|t| !t.is_empty())
 }
 
-/// A complete error response from wssd itself: status line, security headers, extra
-/// headers, a short plain-text body, and `Connection: close`.
-pub fn error_response(
-    status: u16,
-    extra_headers: &[(&str, &str)],
-    body: &str,
-    security: &SecurityHeaders,
-) -> Vec<u8> {
-    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
-    security.write_to(&mut out);
-    for (name, value) in extra_headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    out.push_str(&format!(
-        "Cache-Control: no-store\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    ));
-    out.into_bytes()
-}
-
 /// The body of every response on the listener: the upstream's, streamed, or one wssd
 /// made whole.
 pub type Body = http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;
@@ -329,15 +219,33 @@ pub fn response(
     body: &str,
     security: &SecurityHeaders,
 ) -> hyper::Response<Body> {
+    typed_response(
+        status,
+        extra_headers,
+        "text/plain; charset=utf-8",
+        bytes::Bytes::copy_from_slice(body.as_bytes()),
+        security,
+    )
+}
+
+/// The same with a body of `content_type` (the side ports' answers). hyper leaves the
+/// body out of the answer to a HEAD and keeps its `Content-Length`.
+pub fn typed_response(
+    status: u16,
+    extra_headers: &[(&str, &str)],
+    content_type: &str,
+    body: bytes::Bytes,
+    security: &SecurityHeaders,
+) -> hyper::Response<Body> {
     let mut response = hyper::Response::new(http_body_util::Either::Right(
-        http_body_util::Full::new(bytes::Bytes::copy_from_slice(body.as_bytes())),
+        http_body_util::Full::new(body),
     ));
     *response.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
     let pairs = security.iter().chain(extra_headers.iter().copied()).chain([
         ("Cache-Control", "no-store"),
-        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Type", content_type),
         ("Connection", "close"),
     ]);
     for (name, value) in pairs {
@@ -397,26 +305,35 @@ impl Request {
 }
 
 /// A small plain-HTTP/1.1 server for wssd's side ports (the admin endpoints, the http-01
-/// responder) until `shutdown`: one request per connection, its head read within
-/// [`HEAD_TIMEOUT`] (else 408), an oversize head answered 431, a malformed one or a target
-/// that is not a path 400, every other one with what `answer` returns. Connections over
-/// the port's caps ([`SidePortCaps`], from the descriptor limit) are closed at once.
-/// `what` names the server in log lines.
+/// responder) until `shutdown`, on hyper: one request per connection, its head read within
+/// [`HEAD_TIMEOUT`] (else 408), a head over [`MAX_HEAD`] bytes or [`MAX_HEADERS`] lines
+/// answered 431, a target that is not a path or a bad `Host` 400 (all with the security
+/// headers; what hyper cannot parse gets its bare 400), every other one with what `answer`
+/// returns. Connections over the port's caps ([`SidePortCaps`], from the descriptor
+/// limit) are closed at once. `what` names the server in log lines.
 pub async fn serve_plain<F, Fut>(
     listener: TcpListener,
     shutdown: CancellationToken,
     what: &'static str,
     answer: F,
 ) where
-    F: Fn(Request) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Vec<u8>> + Send,
+    F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<Body>> + Send,
 {
     let caps = SidePortCaps::for_descriptor_limit(descriptor_limit());
     let slots = Arc::new(Semaphore::new(caps.connections));
     let per_ip = IpLimits::new(caps.per_ip, 0);
     let mut reserve = DescriptorReserve::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(false)
+        // hyper's own limits sit above wssd's, which answer 431 with the security headers.
+        .max_headers(MAX_HEADERS * 4)
+        .max_buf_size(MAX_HEAD * 4)
+        .title_case_headers(true);
     loop {
-        let (mut stream, peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -445,33 +362,106 @@ pub async fn serve_plain<F, Fut>(
             continue;
         };
         let answer = answer.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
             let _slots = (slot, ip_slot);
-            let mut buf = Vec::with_capacity(1024);
-            let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
-            let refuse =
-                |status, body| error_response(status, &[], body, &SecurityHeaders::default());
-            let response = match head {
-                Ok(Ok(end)) => match Request::parse(&buf[..end]) {
-                    Ok(req) if !req.has_origin_form_target() => {
-                        refuse(400, "The request target must be a path.\n")
+            // Set when hyper has the whole head: from then on the request may take as long
+            // as its answer does.
+            let received = Arc::new(AtomicBool::new(false));
+            let seen = received.clone();
+            let service = hyper::service::service_fn(
+                move |req: hyper::Request<hyper::body::Incoming>| {
+                    seen.store(true, Ordering::Relaxed);
+                    let answer = answer.clone();
+                    async move {
+                        let response = side_port_answer(&req, answer).await;
+                        debug!(%peer, status = response.status().as_u16(), "{what} request answered");
+                        Ok::<_, std::convert::Infallible>(response)
                     }
-                    Ok(req) => match req.host() {
-                        Ok(_) => answer(req).await,
-                        Err(why) => refuse(400, why),
-                    },
-                    Err(HeadError::TooLarge) => refuse(431, "Request header fields too large.\n"),
-                    Err(_) => refuse(400, "Malformed HTTP request.\n"),
                 },
-                Ok(Err(HeadError::TooLarge)) => refuse(431, "Request header fields too large.\n"),
-                Ok(Err(_)) => return,
-                Err(_) => refuse(408, "Request timeout.\n"),
+            );
+            let mut conn = builder.serve_connection(TokioIo::new(stream), service);
+            let timed_out = tokio::select! {
+                _ = &mut conn => false,
+                _ = tokio::time::sleep(HEAD_TIMEOUT) => true,
             };
-            debug!(%peer, "{what} request answered");
-            let _ = stream.write_all(&response).await;
+            if !timed_out {
+                return;
+            }
+            if received.load(Ordering::Relaxed) {
+                let _ = conn.await;
+                return;
+            }
+            // No complete head in time: hyper would close in silence; the client is told.
+            let mut stream = conn.into_parts().io.into_inner();
+            let _ = stream.write_all(&timeout_response()).await;
             let _ = stream.shutdown().await;
         });
     }
+}
+
+/// A response wssd made itself, as text: status line, headers (names in lower case),
+/// blank line, body. For unit tests.
+#[cfg(test)]
+pub fn response_text(r: hyper::Response<Body>) -> String {
+    use futures_util::FutureExt;
+    use http_body_util::BodyExt;
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        r.status().as_u16(),
+        reason_phrase(r.status().as_u16())
+    );
+    for (name, value) in r.headers() {
+        out.push_str(&format!(
+            "{name}: {}\r\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    out.push_str("\r\n");
+    let body = match r.into_body() {
+        http_body_util::Either::Right(full) => full
+            .collect()
+            .now_or_never()
+            .and_then(Result::ok)
+            .map(|b| b.to_bytes())
+            .unwrap_or_default(),
+        http_body_util::Either::Left(_) => bytes::Bytes::new(),
+    };
+    out.push_str(&String::from_utf8_lossy(&body));
+    out
+}
+
+/// The side ports' checks of a head hyper parsed, then `answer`.
+async fn side_port_answer<B, F, Fut>(req: &hyper::Request<B>, answer: F) -> hyper::Response<Body>
+where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = hyper::Response<Body>>,
+{
+    let security = SecurityHeaders::default();
+    let checked = Request::from_head(req);
+    if checked.headers.len() > MAX_HEADERS || checked.head_size() > MAX_HEAD {
+        return response(431, &[], "Request header fields too large.\n", &security);
+    }
+    if !checked.has_origin_form_target() {
+        return response(400, &[], "The request target must be a path.\n", &security);
+    }
+    if let Err(why) = checked.host() {
+        return response(400, &[], why, &security);
+    }
+    answer(checked).await
+}
+
+/// The 408 for a side-port client whose head did not arrive in time, written on the bare
+/// socket: hyper has no response to give when no request came.
+fn timeout_response() -> Vec<u8> {
+    let mut out = String::from("HTTP/1.1 408 Request Timeout\r\n");
+    SecurityHeaders::default().write_to(&mut out);
+    let body = "Request timeout.\n";
+    out.push_str(&format!(
+        "Cache-Control: no-store\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    out.into_bytes()
 }
 
 pub fn reason_phrase(status: u16) -> &'static str {
@@ -499,39 +489,12 @@ pub fn reason_phrase(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn head_is_split_from_early_frames() {
-        let input: &[u8] = b"GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n\x81\x85extra";
-        let mut reader = input;
-        let mut buf = Vec::new();
-        let end = read_head(&mut reader, &mut buf).await.unwrap();
-        assert_eq!(&buf[end..], b"\x81\x85extra");
-        let req = Request::parse(&buf[..end]).unwrap();
+    #[test]
+    fn a_parsed_head_is_method_target_and_headers() {
+        let req = Request::parse(b"GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(req.method, "GET");
         assert_eq!(req.target, "/a?b=c");
         assert_eq!(req.header("host"), Some("x"));
-    }
-
-    #[tokio::test]
-    async fn oversize_head_is_refused() {
-        let mut input = b"GET / HTTP/1.1\r\n".to_vec();
-        input.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
-        let mut reader = input.as_slice();
-        let mut buf = Vec::new();
-        assert!(matches!(
-            read_head(&mut reader, &mut buf).await,
-            Err(HeadError::TooLarge)
-        ));
-    }
-
-    #[tokio::test]
-    async fn truncated_head_is_closed() {
-        let mut reader: &[u8] = b"GET / HTTP/1.1\r\nHost";
-        let mut buf = Vec::new();
-        assert!(matches!(
-            read_head(&mut reader, &mut buf).await,
-            Err(HeadError::Closed)
-        ));
     }
 
     #[test]
@@ -545,14 +508,31 @@ mod tests {
     }
 
     #[test]
-    fn error_responses_carry_security_headers() {
+    fn wssds_own_responses_carry_security_headers() {
         let security = SecurityHeaders::new(std::time::Duration::from_secs(600));
-        let text = String::from_utf8(error_response(403, &[], "no", &security)).unwrap();
-        assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"));
-        for (name, _) in security.iter() {
+        let r = response(403, &[("Allow", "GET")], "no", &security);
+        assert_eq!(r.status(), 403);
+        for (name, value) in security.iter() {
+            assert_eq!(
+                r.headers().get(name).map(|v| v.as_bytes()),
+                Some(value.as_bytes()),
+                "{name}"
+            );
+        }
+        assert_eq!(r.headers()["strict-transport-security"], "max-age=600");
+        assert_eq!(r.headers()["allow"], "GET");
+        assert_eq!(r.headers()["connection"], "close");
+        let text = String::from_utf8(timeout_response()).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text}"
+        );
+        for (name, _) in SecurityHeaders::default().iter() {
             assert!(text.contains(name), "{name} missing");
         }
-        assert!(text.contains("Strict-Transport-Security: max-age=600\r\n"));
-        assert!(text.ends_with("\r\n\r\nno"));
+        assert!(
+            text.ends_with("Content-Length: 17\r\nConnection: close\r\n\r\nRequest timeout.\n"),
+            "{text}"
+        );
     }
 }
