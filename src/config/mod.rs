@@ -340,3 +340,43 @@ pub fn default_ca_dir() -> PathBuf {
         .join("wssd")
         .join("ca")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_for_logs_and_messages() {
+        assert_eq!(Source::Acme.to_string(), "acme");
+        assert_eq!(Source::Selfsigned.to_string(), "selfsigned");
+        assert_eq!(Source::Files.to_string(), "files");
+        let cert = CertificateConfig {
+            domains: vec![
+                Domain::Dns("a.test".into()),
+                Domain::Ip([127, 0, 0, 1].into()),
+            ],
+            source: Source::Files,
+            cert_file: "c".into(),
+            key_file: "k".into(),
+            deploy_hook: None,
+            key_type: KeyType::default(),
+            profile: None,
+        };
+        assert_eq!(cert.domain_list(), "a.test,127.0.0.1");
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(..)");
+    }
+
+    #[test]
+    fn the_dev_defaults() {
+        let names: Vec<String> = default_dev_domains()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names, ["localhost", "127.0.0.1", "::1"]);
+        assert!(
+            default_ca_dir().ends_with("wssd/ca"),
+            "{}",
+            default_ca_dir().display()
+        );
+    }
+}

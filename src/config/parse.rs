@@ -360,3 +360,87 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::from_toml(text, Path::new("wssd.toml")).map_err(|e| e.to_string())
+    }
+
+    fn with_certs(certs: &str) -> String {
+        format!("[listener]\nbind = \"127.0.0.1:8443\"\n{certs}")
+    }
+
+    #[test]
+    fn files_needs_both_paths_and_the_others_default_them() {
+        let e = parse(&with_certs(
+            "[[certificate]]\ndomains = [\"a.test\"]\nsource = \"files\"\n",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "wssd.toml, line 3: certificate[0].cert_file: is required for source = \"files\""
+        );
+        let c = parse(&with_certs(
+            "[[certificate]]\ndomains = [\"a.test\"]\nsource = \"selfsigned\"\n",
+        ))
+        .unwrap();
+        let cert = &c.certificates[0];
+        assert_eq!(cert.cert_file.file_name().unwrap(), "cert.pem");
+        assert_eq!(cert.key_file.parent(), cert.cert_file.parent());
+    }
+
+    #[test]
+    fn a_pair_wssd_writes_is_two_files_in_one_directory() {
+        let pair = |source: &str, cert: &str, key: &str| {
+            parse(&with_certs(&format!(
+                "[[certificate]]\ndomains = [\"a.test\"]\nsource = \"{source}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n"
+            )))
+        };
+        let apart = pair("selfsigned", "/d/a/cert.pem", "/d/b/key.pem").unwrap_err();
+        assert!(
+            apart.ends_with("certificate[0].key_file: for source = \"selfsigned\", cert_file and key_file must be two files in one directory: wssd replaces them together"),
+            "{apart}"
+        );
+        let same = pair("selfsigned", "/d/a/pem", "/d/a/pem").unwrap_err();
+        assert!(
+            same.contains("must be two files in one directory"),
+            "{same}"
+        );
+        assert!(pair("selfsigned", "/d/a/cert.pem", "/d/a/key.pem").is_ok());
+        // Files wssd only reads may live anywhere.
+        assert!(pair("files", "/d/a/cert.pem", "/d/b/key.pem").is_ok());
+    }
+
+    #[test]
+    fn no_other_pair_shares_the_directory_of_a_pair_wssd_writes() {
+        // The files pair keeps only its key in the selfsigned pair's directory.
+        let e = parse(&with_certs(
+            "[[certificate]]\ndomains = [\"a.test\"]\nsource = \"selfsigned\"\ncert_file = \"/d/a/cert.pem\"\nkey_file = \"/d/a/key.pem\"\n\
+             [[certificate]]\ndomains = [\"b.test\"]\nsource = \"files\"\ncert_file = \"/d/b/cert.pem\"\nkey_file = \"/d/a/b-key.pem\"\n",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("certificate[0].cert_file: certificate[1] uses the same directory"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_go_up_to_ten_years() {
+        let drain = |value: &str| {
+            parse(&format!(
+                "[listener]\nbind = \"127.0.0.1:8443\"\ndrain_timeout = \"{value}\"\n[[certificate]]\ndomains = [\"a.test\"]\nsource = \"selfsigned\"\n"
+            ))
+        };
+        assert_eq!(
+            drain("3660d").unwrap().listener.drain_timeout,
+            std::time::Duration::from_secs(3660 * 86_400)
+        );
+        assert!(drain("3000d").is_ok());
+        let e = drain("3661d").unwrap_err();
+        assert!(e.contains("\"3661d\" is longer than ten years"), "{e}");
+    }
+}
