@@ -62,11 +62,21 @@ def cell(stat):
     return f"{fmt(stat['median'])} <sub>({fmt(stat['min'])}–{fmt(stat['max'])})</sub>"
 
 
+# Not peers: the ACME figures, and wssd built from an earlier commit (--baseline).
+NOT_PEERS = ("wssd", "acme", "wssd-base")
+
+# The WebSocket figures a change must not make worse (--baseline): by more than 5 %.
+BASELINE_FIGURES = ["msg_per_s_64B", "p99_ms_64B", "mb_per_s_16KiB", "p99_ms_16KiB", "cpu_us_per_msg_64B",
+                    "cpu_ms_per_mb_16KiB", "conn_per_s_full", "cpu_us_per_conn_full", "conn_per_s_resumed",
+                    "cpu_us_per_conn_resumed", "kib_per_idle_conn", "swap_p99_ms", "startup_ms"]
+BASELINE_SLACK = 0.05
+
+
 def verdict(summary, key, better, target):
     wssd = (summary.get("wssd", {}).get(key) or {}).get("median")
     if wssd is None or target is None:
         return "", ""
-    peers = [(s, (summary[s].get(key) or {}).get("median")) for s in summary if s not in ("wssd", "acme")]
+    peers = [(s, (summary[s].get(key) or {}).get("median")) for s in summary if s not in NOT_PEERS]
     peers = [(s, v) for s, v in peers if v is not None]
     kind, factor = target
     if kind == "abs":
@@ -87,9 +97,34 @@ def verdict(summary, key, better, target):
     return f"{goal} ({ratio:.2f}×)", "yes" if ok else "**no**"
 
 
+def baseline_table(report):
+    """wssd against wssd built from the baseline commit, same run: each WebSocket
+    figure's ratio, and whether it is within 5 % (or better)."""
+    summary = report["summary"]
+    if "wssd-base" not in summary:
+        return []
+    rev = report["settings"].get("baseline", "?")
+    lines = ["", f"| WebSocket figure, wssd against its baseline `{rev}` (same run) | wssd | wssd-base | ratio | target | met |",
+             "| --- | ---: | ---: | ---: | --- | --- |"]
+    rows = {key: (label, unit, better) for key, label, unit, better, _ in FIGURES}
+    for key in BASELINE_FIGURES:
+        label, unit, better = rows[key]
+        now, base = (summary["wssd"].get(key) or {}).get("median"), (summary["wssd-base"].get(key) or {}).get("median")
+        name = f"{label} ({unit})" if unit else label
+        if now is None or not base:
+            lines.append(f"| {name} | {cell(summary['wssd'].get(key))} | {cell(summary['wssd-base'].get(key))} | – | | |")
+            continue
+        ratio = now / base
+        ok = ratio >= 1 - BASELINE_SLACK if better == "high" else ratio <= 1 + BASELINE_SLACK
+        goal = f"≥ {1 - BASELINE_SLACK:g}×" if better == "high" else f"≤ {1 + BASELINE_SLACK:g}×"
+        lines.append(f"| {name} | {cell(summary['wssd'].get(key))} | {cell(summary['wssd-base'].get(key))} | "
+                     f"{ratio:.2f}× | {goal} | {'yes' if ok else '**no**'} |")
+    return lines
+
+
 def table(report):
     summary = report["summary"]
-    servers = [s for s in summary if s != "acme"]
+    servers = [s for s in summary if s not in ("acme", "wssd-base")]
     lines = [
         f"Run of {report['date']}, commit `{report['commit']}`, {report['machine']}; "
         f"{report['threads']} worker threads/processes per server; "
@@ -115,6 +150,7 @@ def table(report):
                 continue
             lines.append(f"| {name} | {cell(stats['wssd_s'])} | {cell(stats['lego_s'])} | "
                          f"{ratio:.2f} | ≤ 0.2 | {'yes' if ratio <= 0.2 else '**no**'} |")
+    lines += baseline_table(report)
     lines += ["", "Raw data: [`results/latest.json`](results/latest.json). Plot: [`results/latest.svg`](results/latest.svg).",
               "", "![throughput, latency and CPU per operation](results/latest.svg)"]
     return "\n".join(lines)
@@ -122,7 +158,7 @@ def table(report):
 
 def svg(report):
     summary = report["summary"]
-    servers = [s for s in summary if s != "acme"]
+    servers = [s for s in summary if s not in ("acme", "wssd-base")]
     colors = {"wssd": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728"}
     panels = [("msg_per_s_64B", "64 B msg/s"), ("mb_per_s_16KiB", "16 KiB MB/s"), ("p99_ms_64B", "64 B p99 ms"),
               ("cpu_us_per_msg_64B", "CPU µs / 64 B msg"), ("cpu_ms_per_mb_16KiB", "CPU ms / MB"),

@@ -160,6 +160,7 @@ class Server:
 
 class Wssd(Server):
     name = "wssd"
+    binary = WSSD
 
     def install_certificate(self, source):
         (self.work / "tls").mkdir(exist_ok=True)
@@ -180,11 +181,22 @@ domains = ["localhost"]
 source = "files"
 cert_file = "{self.work}/tls/cert.pem"
 key_file = "{self.work}/tls/key.pem"
-[[route]]
-path = "/http/"
-upstream = "http://127.0.0.1:{self.http_port}"
-""")
-        return [str(WSSD), "run", "--config", str(self.work / "wssd.toml")]
+{self.routes()}""")
+        return [str(self.binary), "run", "--config", str(self.work / "wssd.toml")]
+
+    def routes(self):
+        return f'[[route]]\npath = "/http/"\nupstream = "http://127.0.0.1:{self.http_port}"\n'
+
+
+class WssdBaseline(Wssd):
+    """wssd built from an earlier commit (`--baseline REV`), for the WebSocket figures
+    only: the same run shows whether a change made them worse."""
+    name = "wssd-base"
+    binary = None  # set by main() from --baseline
+    unsupported = ("throughput_h2_64B", "http1_get", "http2_get")
+
+    def routes(self):
+        return ""  # the baseline may predate [[route]]
 
     def swap_args(self):
         # The pair is copied next to the live files first (untimed); the swap is two
@@ -581,6 +593,28 @@ def acme_case(work, pebble, case, certs):
     return {"wssd_s": wssd_s, "lego_s": lego_s, "ratio": wssd_s / lego_s}
 
 
+def build_baseline(rev):
+    """wssd's release binary at commit `rev`, built once in a worktree of its own (with
+    its own target directory, kept under target/bench-baseline for the next run)."""
+    commit = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    out = ROOT / "target/bench-baseline" / f"wssd-{commit[:12]}"
+    if out.exists():
+        return out
+    tree = ROOT / "target/bench-baseline" / "tree"
+    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
+                   capture_output=True)
+    try:
+        print(f"building the baseline wssd at {commit[:12]}", file=sys.stderr, flush=True)
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "wssd", "--bin", "wssd",
+                        "--target-dir", str(ROOT / "target/bench-baseline/target")], cwd=tree, check=True)
+        shutil.copy(ROOT / "target/bench-baseline/target/release/wssd", out)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+    return out
+
+
 def prepare(work, swaps):
     env = {**os.environ, "XDG_DATA_HOME": str(work / "xdg")}
     def selfsigned(out):
@@ -645,9 +679,18 @@ def main():
     parser.add_argument("--servers", default="wssd,nginx,haproxy")
     parser.add_argument("--no-acme", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "bench/results"))
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run wssd built from commit REV, as `wssd-base` (WebSocket figures only)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
     classes = {"wssd": Wssd, "nginx": Nginx, "haproxy": Haproxy}
+    if args.baseline:
+        WssdBaseline.binary = build_baseline(args.baseline)
+        args.baseline = subprocess.run(["git", "rev-parse", "--short=12", args.baseline], cwd=ROOT,
+                                       capture_output=True, text=True, check=True).stdout.strip()
+        classes["wssd-base"] = WssdBaseline
+        if "wssd-base" not in args.servers.split(","):
+            args.servers += ",wssd-base"
     runs = []
     for n in range(args.repeat):
         work = pathlib.Path(tempfile.mkdtemp(prefix="wssd-bench-"))
