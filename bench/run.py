@@ -468,6 +468,8 @@ def interleaved_load(servers, results, args):
             results[name]["error"] = f"warm-up: {e}"[-2000:]
             print(f"{name}: warm-up: {e}", file=sys.stderr, flush=True)
     for key, client, phase_args in LOAD_PHASES:
+        if args.phases and key not in args.phases.split(","):
+            continue
         slices = {name: [] for name in names}
         for rnd in range(args.rounds):
             for name in names[rnd % len(names):] + names[:rnd % len(names)]:
@@ -521,7 +523,7 @@ def measure_all(servers, args):
             print(f"  load phases, interleaved: {', '.join(running)}", file=sys.stderr, flush=True)
         interleaved_load(running, results, args)
         for name, server in running.items():
-            if "error" in results[name]:
+            if "error" in results[name] or args.quick:
                 continue
             print(f"  idle memory and hot swap: {name}", file=sys.stderr, flush=True)
             try:
@@ -534,7 +536,7 @@ def measure_all(servers, args):
             server.stop()
     # Start-up: exec to the first handshake, certificates present; one server at a time.
     for name, server in servers.items():
-        if "error" in results[name]:
+        if "error" in results[name] or args.quick:
             continue
         try:
             server.install_certificate(server.tls)
@@ -678,6 +680,8 @@ def main():
     parser.add_argument("--swaps", type=int, default=50)
     parser.add_argument("--servers", default="wssd,nginx,haproxy")
     parser.add_argument("--no-acme", action="store_true")
+    parser.add_argument("--phases", help="only these load phases, comma-separated (e.g. http1_get,http2_get)")
+    parser.add_argument("--quick", action="store_true", help="the load phases only: no idle memory, swap or start-up")
     parser.add_argument("--out", default=str(ROOT / "bench/results"))
     parser.add_argument("--baseline", metavar="REV",
                         help="also run wssd built from commit REV, as `wssd-base` (WebSocket figures only)")
