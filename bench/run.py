@@ -188,6 +188,14 @@ key_file = "{self.work}/tls/key.pem"
         return f'[[route]]\npath = "/http/"\nupstream = "http://127.0.0.1:{self.http_port}"\n'
 
 
+    def swap_args(self):
+        # The pair is copied next to the live files first (untimed); the swap is two
+        # renames, key first: no API call, no reload command.
+        t, s = self.work / "tls", self.work.parent / "swaps"
+        return ["--prepare-cmd", f"cp {s}/$1/key.pem {t}/.key.new && cp {s}/$1/cert.pem {t}/.cert.new",
+                "--rename", f"{t}/.key.new:{t}/key.pem", "--rename", f"{t}/.cert.new:{t}/cert.pem"]
+
+
 class WssdBaseline(Wssd):
     """wssd built from an earlier commit (`--baseline REV`), for the WebSocket figures
     only: the same run shows whether a change made them worse."""
@@ -197,14 +205,6 @@ class WssdBaseline(Wssd):
 
     def routes(self):
         return ""  # the baseline may predate [[route]]
-
-    def swap_args(self):
-        # The pair is copied next to the live files first (untimed); the swap is two
-        # renames, key first: no API call, no reload command.
-        t, s = self.work / "tls", self.work.parent / "swaps"
-        return ["--prepare-cmd", f"cp {s}/$1/key.pem {t}/.key.new && cp {s}/$1/cert.pem {t}/.cert.new",
-                "--rename", f"{t}/.key.new:{t}/key.pem", "--rename", f"{t}/.cert.new:{t}/cert.pem"]
-
 
 class Nginx(Server):
     name = "nginx"
