@@ -46,7 +46,12 @@ async fn tls_with_alpn(
 
 /// An HTTP/2 connection to wssd.
 async fn h2(s: &Setup) -> SendRequest<Empty<Bytes>> {
-    let (tls, chosen) = tls_with_alpn(s.wssd.addr, &s.ca.cert_pem, &[b"h2", b"http/1.1"]).await;
+    h2_at(s.wssd.addr, &s.ca.cert_pem).await
+}
+
+/// An HTTP/2 connection to the wssd at `addr`, whose certificate `ca_pem` signed.
+async fn h2_at(addr: std::net::SocketAddr, ca_pem: &str) -> SendRequest<Empty<Bytes>> {
+    let (tls, chosen) = tls_with_alpn(addr, ca_pem, &[b"h2", b"http/1.1"]).await;
     assert_eq!(chosen.as_deref(), Some(b"h2".as_slice()));
     let (send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
@@ -239,14 +244,7 @@ async fn fifty_websockets_share_one_h2_connection_through_a_certificate_swap() {
     let first = ca.leaf(&["localhost"]);
     let tls_dir = write_pair(dir.path(), &first);
     let wssd = Wssd::start(dir.path(), &files_config(dir.path(), "", ""));
-    let setup_like = (wssd.addr, ca.cert_pem.clone());
-    let (tls, chosen) = tls_with_alpn(setup_like.0, &setup_like.1, &[b"h2"]).await;
-    assert_eq!(chosen.as_deref(), Some(b"h2".as_slice()));
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_at(wssd.addr, &ca.cert_pem).await;
     let mut sockets = Vec::new();
     for i in 0..50 {
         let (status, _, ws) = ws_over_h2(&mut send, wssd.addr.port(), &format!("/{i}"), None).await;
@@ -361,12 +359,7 @@ async fn sigterm_closes_websockets_over_h2_with_1001_and_exits_0() {
         dir.path(),
         &files_config(dir.path(), "drain_timeout = \"3s\"", ""),
     );
-    let (tls, _) = tls_with_alpn(wssd.addr, &ca.cert_pem, &[b"h2"]).await;
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_at(wssd.addr, &ca.cert_pem).await;
     let mut sockets = Vec::new();
     for i in 0..5 {
         let (status, _, ws) = ws_over_h2(&mut send, wssd.addr.port(), "/", None).await;
