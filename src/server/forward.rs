@@ -14,37 +14,40 @@
 //! contacted when `Content-Length` says so).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http_body_util::{Either, Limited};
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Request, Response, Uri};
 use tracing::warn;
 
 use super::forwarding::{self, CLIENT_CERT_HEADER};
 use super::http::{self, Body, SecurityHeaders};
-use super::routes::Target;
+use super::pool::{self, ConnectError};
+use super::routes::{Routes, Target};
 use crate::config::{ListenerConfig, Upstream};
 
-/// Idle keep-alive connections kept per upstream.
-const POOL_PER_UPSTREAM: usize = 64;
-/// How long an idle upstream connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
-
-/// The listener's HTTP client for upstreams: one client, with its own pool, per
-/// connection worker. A pooled connection is served by a task on the worker that opened
-/// it; shared, half the requests would hand their work to the other worker's thread and
-/// back (two cross-thread wake-ups per request).
+/// The listener's HTTP client for upstreams: per connection worker, a pool of keep-alive
+/// connections to each upstream ([`super::pool`]).
 pub struct Forwarder {
-    clients: Box<[Client<HttpConnector, Limited<Incoming>>]>,
+    /// Each upstream of the route table, with its pool on every worker.
+    pools: Vec<(Upstream, Box<[Arc<Pool>]>)>,
+    connect_timeout: Duration,
     response_timeout: Duration,
+    /// HSTS, on every response the upstream sent without one.
+    hsts: HeaderValue,
     /// `[listener.response_headers]`, added where the upstream set none.
-    added_headers: Vec<(header::HeaderName, HeaderValue)>,
+    added_headers: Vec<(HeaderName, HeaderValue)>,
 }
+
+/// A pool of connections to an upstream, for the client's request bodies (limited).
+type Pool = pool::Pool<Limited<Incoming>>;
+type Lease = pool::Lease<Limited<Incoming>>;
 
 /// Who asked, for the forwarding headers.
 pub struct Origin<'a> {
@@ -52,35 +55,76 @@ pub struct Origin<'a> {
     pub client_identity: Option<&'a str>,
 }
 
+/// A response body from the upstream, streamed; its connection goes back to the pool
+/// once the body is done with (read to its end, or dropped).
+pub struct UpstreamBody {
+    body: Incoming,
+    _lease: Lease,
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Why a request got no response from the upstream.
+enum SendError {
+    Connect(ConnectError),
+    Http(hyper::Error),
+    /// The route's upstream has no pool (cannot happen: every one has).
+    NoPool,
+}
+
 impl Forwarder {
-    pub fn new(settings: &ListenerConfig) -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.upstream_connect_timeout));
-        connector.set_nodelay(true);
-        let clients = (0..settings.workers.max(1))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_max_idle_per_host(POOL_PER_UPSTREAM)
-                    .pool_idle_timeout(POOL_IDLE)
-                    .set_host(false)
-                    .build(connector.clone())
-            })
-            .collect();
+    pub fn new(settings: &ListenerConfig, routes: &Routes) -> Forwarder {
+        let workers = settings.workers.max(1);
+        let mut pools: Vec<(Upstream, Box<[Arc<Pool>]>)> = Vec::new();
+        for (_, target) in routes.table() {
+            if let Some(upstream) = target.and_then(|t| t.upstream.as_ref())
+                && !pools.iter().any(|(u, _)| u == upstream)
+            {
+                let per_worker = (0..workers).map(|_| Pool::new(upstream.clone())).collect();
+                pools.push((upstream.clone(), per_worker));
+            }
+        }
         Forwarder {
-            clients,
+            pools,
+            connect_timeout: settings.upstream_connect_timeout,
             response_timeout: settings.upstream_response_timeout,
+            hsts: HeaderValue::try_from(SecurityHeaders::new(settings.hsts_max_age).hsts())
+                .unwrap_or(HeaderValue::from_static("max-age=31536000")),
             // Checked when the config was read; one that still fails to parse is skipped.
             added_headers: settings
                 .response_headers
                 .iter()
                 .filter_map(|(n, v)| {
                     Some((
-                        header::HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderName::from_bytes(n.as_bytes()).ok()?,
                         HeaderValue::from_str(v).ok()?,
                     ))
                 })
                 .collect(),
         }
+    }
+
+    fn pool(&self, worker: usize, upstream: &Upstream) -> Option<&Arc<Pool>> {
+        let (_, per_worker) = self.pools.iter().find(|(u, _)| u == upstream)?;
+        per_worker.get(worker % per_worker.len())
     }
 
     /// Forwards `req` (its head already checked: target, Host, route), which arrived on
@@ -103,84 +147,113 @@ impl Forwarder {
         if declared.is_some_and(|len| len > target.max_body_size) {
             return too_large(security);
         }
-        let outgoing = match upstream_request(req, upstream, target.max_body_size, &from) {
+        let outgoing = match upstream_request(req, target.max_body_size, &from) {
             Ok(r) => r,
             Err(why) => return http::response(400, &[], why, security),
         };
-        let client = &self.clients[worker % self.clients.len()];
-        let answer = tokio::time::timeout(self.response_timeout, client.request(outgoing)).await;
-        match answer {
+        let exchange = async {
+            let pool = self.pool(worker, upstream).ok_or(SendError::NoPool)?;
+            send(pool, outgoing, self.connect_timeout).await
+        };
+        match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => {
                 warn!(peer = %from.peer, %upstream, timeout = ?self.response_timeout, "upstream sent no response in time; answered 504");
                 http::response(504, &[], "The upstream did not answer in time.\n", security)
             }
-            Ok(Err(e)) if exceeded_body_limit(&e) => too_large(security),
+            Ok(Err(SendError::Http(e))) if exceeded_body_limit(&e) => too_large(security),
             Ok(Err(e)) => {
-                warn!(peer = %from.peer, %upstream, error = %error_chain(&e), "upstream unavailable; answered 502");
+                let error = match e {
+                    SendError::Connect(e) => error_chain(&e),
+                    SendError::Http(e) => error_chain(&e),
+                    SendError::NoPool => "no connection pool for it".to_string(),
+                };
+                warn!(peer = %from.peer, %upstream, %error, "upstream unavailable; answered 502");
                 http::response(502, &[], "The upstream service is unavailable.\n", security)
             }
-            Ok(Ok(response)) => client_response(response, security, &self.added_headers),
+            Ok(Ok((response, lease))) => {
+                client_response(response, lease, &self.hsts, &self.added_headers)
+            }
         }
     }
+}
+
+/// Sends `req` on an idle connection of `pool`, or on a new one. A pooled connection the
+/// upstream closed just as it was taken gives the request back unsent; it then goes on a
+/// new connection.
+async fn send(
+    pool: &Arc<Pool>,
+    mut req: Request<Limited<Incoming>>,
+    connect_timeout: Duration,
+) -> Result<(Response<Incoming>, Lease), SendError> {
+    if let Some(mut lease) = pool.checkout()
+        && let Some(sender) = lease.sender()
+    {
+        match sender.try_send_request(req).await {
+            Ok(response) => return Ok((response, lease)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => req = unsent,
+                None => return Err(SendError::Http(e.into_error())),
+            },
+        }
+    }
+    let mut lease = pool
+        .connect(connect_timeout)
+        .await
+        .map_err(SendError::Connect)?;
+    let sender = lease.sender().ok_or(SendError::NoPool)?;
+    let response = sender.send_request(req).await.map_err(SendError::Http)?;
+    Ok((response, lease))
 }
 
 fn too_large(security: &SecurityHeaders) -> Response<Body> {
     http::response(413, &[], "The request body is too large.\n", security)
 }
 
-/// The request as the upstream gets it.
+/// The request as the upstream gets it: the client's head, edited in place.
 fn upstream_request(
     req: Request<Incoming>,
-    upstream: &Upstream,
     max_body: u64,
     from: &Origin<'_>,
 ) -> Result<Request<Limited<Incoming>>, &'static str> {
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let authority = if upstream.host.contains(':') {
-        format!("[{}]:{}", upstream.host, upstream.port)
-    } else {
-        format!("{}:{}", upstream.host, upstream.port)
-    };
-    let uri: hyper::Uri = format!("http://{authority}{path}")
-        .parse()
-        .map_err(|_| "The request target is malformed.\n")?;
+    let mut headers = parts.headers;
     // Over HTTP/2 the host is the `:authority` (a client may also send Host).
-    let host = match parts.headers.get(header::HOST) {
-        Some(host) => host.clone(),
-        None => parts
+    if !headers.contains_key(header::HOST) {
+        let authority = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .ok_or("Host is missing.\n")?,
+            .ok_or("Host is missing.\n")?;
+        headers.insert(header::HOST, authority);
+    }
+    let host = headers
+        .get(header::HOST)
+        .ok_or("Host is missing.\n")?
+        .clone();
+    let host_text = host.to_str().map_err(|_| "Host is malformed.\n")?;
+    let forwarded = forwarding::forwarding_headers(from.peer.ip(), host_text);
+    let dropped: Vec<HeaderName> = {
+        let named = forwarding::connection_named(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
+        headers
+            .keys()
+            .filter(|n| {
+                *n != header::HOST
+                    && *n != header::CONTENT_LENGTH
+                    && !forwarding::forwards_request_header(n.as_str(), &named)
+            })
+            .cloned()
+            .collect()
     };
-    let host_text = host
-        .to_str()
-        .map_err(|_| "Host is malformed.\n")?
-        .to_string();
-    let named = forwarding::connection_named(
-        parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    );
-    let mut out = Request::builder()
-        .method(parts.method.clone())
-        .uri(uri)
-        .version(hyper::Version::HTTP_11);
-    let headers = out.headers_mut().ok_or("The request is malformed.\n")?;
-    headers.insert(header::HOST, host);
-    for (name, value) in &parts.headers {
-        if forwarding::forwards_request_header(name.as_str(), &named) {
-            headers.append(name.clone(), value.clone());
-        }
+    for name in dropped {
+        headers.remove(name);
     }
-    if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
-        headers.insert(header::CONTENT_LENGTH, length.clone());
-    }
-    for (name, value) in forwarding::forwarding_headers(from.peer.ip(), &host_text) {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+    for (name, value) in forwarded {
+        if let Ok(value) = HeaderValue::try_from(value) {
             headers.append(name, value);
         }
     }
@@ -189,49 +262,61 @@ fn upstream_request(
     {
         headers.append(CLIENT_CERT_HEADER, value);
     }
-    out.body(Limited::new(
+    // The origin form (path and query); over HTTP/2 the URI also has the scheme and
+    // authority.
+    let uri = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        parts.uri
+    } else {
+        parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()))
+    };
+    let mut out = Request::new(Limited::new(
         body,
         usize::try_from(max_body).unwrap_or(usize::MAX),
-    ))
-    .map_err(|_| "The request is malformed.\n")
+    ));
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    *out.headers_mut() = headers;
+    Ok(out)
 }
 
 /// The upstream's response for the client: its own headers, less the hop-by-hop ones,
-/// and HSTS and the configured `response_headers` where it set none.
+/// and HSTS and the configured `response_headers` where it set none. `lease` goes back
+/// to the pool with the body.
 fn client_response(
     response: Response<Incoming>,
-    security: &SecurityHeaders,
-    added: &[(header::HeaderName, HeaderValue)],
+    lease: Lease,
+    hsts: &HeaderValue,
+    added: &[(HeaderName, HeaderValue)],
 ) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
-    let named: Vec<String> = forwarding::connection_named(
+    let hop: Vec<HeaderName> = {
+        let named = forwarding::connection_named(
+            parts
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
         parts
             .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    )
-    .into_iter()
-    .map(str::to_string)
-    .collect();
-    let named: Vec<&str> = named.iter().map(String::as_str).collect();
-    let hop: Vec<header::HeaderName> = parts
-        .headers
-        .keys()
-        .filter(|n| !forwarding::returns_response_header(n.as_str(), &named))
-        .cloned()
-        .collect();
+            .keys()
+            .filter(|n| !forwarding::returns_response_header(n.as_str(), &named))
+            .cloned()
+            .collect()
+    };
     for name in hop {
         parts.headers.remove(name);
     }
     if !parts
         .headers
         .contains_key(header::STRICT_TRANSPORT_SECURITY)
-        && let Ok(value) = HeaderValue::from_str(security.hsts())
     {
         parts
             .headers
-            .insert(header::STRICT_TRANSPORT_SECURITY, value);
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     for (name, value) in added {
         if !parts.headers.contains_key(name) {
@@ -239,11 +324,15 @@ fn client_response(
         }
     }
     parts.version = hyper::Version::HTTP_11;
+    let body = UpstreamBody {
+        body,
+        _lease: lease,
+    };
     Response::from_parts(parts, Either::Left(body))
 }
 
 /// Did the request body go over `max_body_size` while it was being sent?
-fn exceeded_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+fn exceeded_body_limit(e: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {

@@ -9,6 +9,8 @@
 
 use std::net::IpAddr;
 
+use http::HeaderName;
+
 /// Request headers that describe one hop and are not forwarded, plus the forwarding
 /// headers wssd sets itself.
 const NOT_FORWARDED: &[&str] = &[
@@ -58,8 +60,12 @@ const NOT_RETURNED: &[&str] = &[
 
 /// The header that carries the verified client certificate to the upstream. Whatever a
 /// client sends under this name is dropped, so only wssd can set it.
-pub const CLIENT_CERT_HEADER: &str = "X-Forwarded-Client-Cert";
+pub const CLIENT_CERT_HEADER: HeaderName = HeaderName::from_static(CLIENT_CERT_HEADER_LOWER);
 const CLIENT_CERT_HEADER_LOWER: &str = "x-forwarded-client-cert";
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The names a `Connection` header value lists, as hop-by-hop headers to drop (never the
 /// ones in `NEVER_HOP_BY_HOP`).
@@ -86,17 +92,17 @@ pub fn returns_response_header(name: &str, named: &[&str]) -> bool {
 }
 
 /// The forwarding headers for a client at `peer` that asked for `host`, in order.
-pub fn forwarding_headers(peer: IpAddr, host: &str) -> [(&'static str, String); 4] {
+pub fn forwarding_headers(peer: IpAddr, host: &str) -> [(HeaderName, String); 4] {
     let forwarded_for = match peer {
         IpAddr::V4(ip) => ip.to_string(),
         IpAddr::V6(ip) => format!("\"[{ip}]\""),
     };
     [
-        ("X-Forwarded-For", peer.to_string()),
-        ("X-Forwarded-Proto", "https".to_string()),
-        ("X-Forwarded-Host", host.to_string()),
+        (X_FORWARDED_FOR, peer.to_string()),
+        (X_FORWARDED_PROTO, "https".to_string()),
+        (X_FORWARDED_HOST, host.to_string()),
         (
-            "Forwarded",
+            http::header::FORWARDED,
             format!(
                 "for={forwarded_for};proto=https;host=\"{}\"",
                 host.replace(['"', '\\'], "")
@@ -172,15 +178,18 @@ mod tests {
     #[test]
     fn forwarding_headers_name_the_client_and_the_host() {
         let v4 = forwarding_headers("192.0.2.7".parse().unwrap(), "chat.example:8443");
-        assert_eq!(v4[0], ("X-Forwarded-For", "192.0.2.7".to_string()));
-        assert_eq!(v4[1], ("X-Forwarded-Proto", "https".to_string()));
-        assert_eq!(v4[2], ("X-Forwarded-Host", "chat.example:8443".to_string()));
+        let v4: Vec<(&str, &str)> = v4.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         assert_eq!(
-            v4[3],
-            (
-                "Forwarded",
-                "for=192.0.2.7;proto=https;host=\"chat.example:8443\"".to_string()
-            )
+            v4,
+            [
+                ("x-forwarded-for", "192.0.2.7"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "chat.example:8443"),
+                (
+                    "forwarded",
+                    "for=192.0.2.7;proto=https;host=\"chat.example:8443\""
+                )
+            ]
         );
         let v6 = forwarding_headers("2001:db8::1".parse().unwrap(), "[::1]");
         assert_eq!(v6[3].1, "for=\"[2001:db8::1]\";proto=https;host=\"[::1]\"");

@@ -208,7 +208,8 @@ fn tokens<'a>(
 
 /// The body of every response on the listener: the upstream's, streamed, or one wssd
 /// made whole.
-pub type Body = http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;
+pub type Body =
+    http_body_util::Either<super::forward::UpstreamBody, http_body_util::Full<bytes::Bytes>>;
 
 /// A response wssd makes itself on the listener (an error, a refusal): the security
 /// headers, `extra_headers`, the reason as plain text, and `Connection: close`, as every

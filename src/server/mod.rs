@@ -6,7 +6,7 @@
 //! certificate comes from the resolver) → [`connection`] (HTTP/1.1 or HTTP/2 with hyper,
 //! set up by [`protocols`]) → [`service`] (one request: the checks, [`routes`], then)
 //! → either [`upgrade`] ([`origin`]) and [`websocket`] ([`echo`], or [`proxy`] +
-//! [`relay`] with [`frame`]), or [`forward`]. [`forwarding`] says which headers pass;
+//! [`relay`] with [`frame`]), or [`forward`] (on [`pool`]). [`forwarding`] says which headers pass;
 //! [`state`] is what every connection shares; [`http`] has wssd's own responses and the
 //! side ports' small server.
 
@@ -19,6 +19,7 @@ pub mod http;
 pub mod limits;
 pub mod listener;
 pub mod origin;
+pub mod pool;
 pub mod protocols;
 pub mod proxy;
 pub mod relay;

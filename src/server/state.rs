@@ -42,12 +42,13 @@ impl Server {
         metrics: Arc<Metrics>,
         resolver: Arc<Resolver>,
     ) -> Server {
+        let routes = Routes::new(&settings);
         Server {
             resolver,
-            routes: Routes::new(&settings),
+            forwarder: Forwarder::new(&settings, &routes),
+            routes,
             http1: protocols::http1_builder(settings.handshake_timeout),
             http2: protocols::http2_builder(settings.handshake_timeout),
-            forwarder: Forwarder::new(&settings),
             headers: SecurityHeaders::new(settings.hsts_max_age),
             ip_limits: IpLimits::new(
                 settings.max_connections_per_ip,
