@@ -26,7 +26,7 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri};
 use tracing::warn;
 
-use super::forwarding::{self, CLIENT_CERT_HEADER};
+use super::forwarding::{self, CLIENT_CERT_HEADER, ClientAddress};
 use super::http::{self, Body, SecurityHeaders};
 use super::pool::{self, ConnectError};
 use super::routes::{Routes, Target};
@@ -52,6 +52,7 @@ type Lease = pool::Lease<Limited<Incoming>>;
 /// Who asked, for the forwarding headers.
 pub struct Origin<'a> {
     pub peer: SocketAddr,
+    pub address: &'a ClientAddress,
     pub client_identity: Option<&'a str>,
 }
 
@@ -86,8 +87,6 @@ impl hyper::body::Body for UpstreamBody {
 enum SendError {
     Connect(ConnectError),
     Http(hyper::Error),
-    /// The route's upstream has no pool (cannot happen: every one has).
-    NoPool,
 }
 
 impl Forwarder {
@@ -151,10 +150,11 @@ impl Forwarder {
             Ok(r) => r,
             Err(why) => return http::response(400, &[], why, security),
         };
-        let exchange = async {
-            let pool = self.pool(worker, upstream).ok_or(SendError::NoPool)?;
-            send(pool, outgoing, self.connect_timeout).await
+        let Some(pool) = self.pool(worker, upstream) else {
+            warn!(%upstream, "no connection pool for the upstream; answered 502");
+            return http::response(502, &[], "The upstream service is unavailable.\n", security);
         };
+        let exchange = send(pool, outgoing, self.connect_timeout);
         match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => {
                 warn!(peer = %from.peer, %upstream, timeout = ?self.response_timeout, "upstream sent no response in time; answered 504");
@@ -165,7 +165,6 @@ impl Forwarder {
                 let error = match e {
                     SendError::Connect(e) => error_chain(&e),
                     SendError::Http(e) => error_chain(&e),
-                    SendError::NoPool => "no connection pool for it".to_string(),
                 };
                 warn!(peer = %from.peer, %upstream, %error, "upstream unavailable; answered 502");
                 http::response(502, &[], "The upstream service is unavailable.\n", security)
@@ -196,13 +195,17 @@ async fn send(
             },
         }
     }
-    let mut lease = pool
-        .connect(connect_timeout)
+    // Boxed: opening a connection is the rare path, and its future is large.
+    let mut lease = Box::pin(pool.connect(connect_timeout))
         .await
         .map_err(SendError::Connect)?;
-    let sender = lease.sender().ok_or(SendError::NoPool)?;
-    let response = sender.send_request(req).await.map_err(SendError::Http)?;
-    Ok((response, lease))
+    match lease.sender() {
+        Some(sender) => {
+            let response = sender.send_request(req).await.map_err(SendError::Http)?;
+            Ok((response, lease))
+        }
+        None => Err(SendError::Connect(ConnectError::Closed)),
+    }
 }
 
 fn too_large(security: &SecurityHeaders) -> Response<Body> {
@@ -231,7 +234,7 @@ fn upstream_request(
         .ok_or("Host is missing.\n")?
         .clone();
     let host_text = host.to_str().map_err(|_| "Host is malformed.\n")?;
-    let forwarded = forwarding::forwarding_headers(from.peer.ip(), host_text);
+    let forwarded = from.address.headers(host_text);
     let dropped: Vec<HeaderName> = {
         let named = forwarding::connection_named(
             headers
@@ -253,9 +256,7 @@ fn upstream_request(
         headers.remove(name);
     }
     for (name, value) in forwarded {
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.append(name, value);
-        }
+        headers.append(name, value);
     }
     if let Some(identity) = from.client_identity
         && let Ok(value) = HeaderValue::from_str(identity)

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 
 /// Request headers that describe one hop and are not forwarded, plus the forwarding
 /// headers wssd sets itself.
@@ -92,23 +92,49 @@ pub fn returns_response_header(name: &str, named: &[&str]) -> bool {
 }
 
 /// The forwarding headers for a client at `peer` that asked for `host`, in order.
-pub fn forwarding_headers(peer: IpAddr, host: &str) -> [(HeaderName, String); 4] {
-    let forwarded_for = match peer {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("\"[{ip}]\""),
-    };
-    [
-        (X_FORWARDED_FOR, peer.to_string()),
-        (X_FORWARDED_PROTO, "https".to_string()),
-        (X_FORWARDED_HOST, host.to_string()),
-        (
-            http::header::FORWARDED,
-            format!(
-                "for={forwarded_for};proto=https;host=\"{}\"",
-                host.replace(['"', '\\'], "")
-            ),
-        ),
-    ]
+pub fn forwarding_headers(peer: IpAddr, host: &str) -> [(HeaderName, HeaderValue); 4] {
+    ClientAddress::new(peer).headers(host)
+}
+
+/// The parts of the forwarding headers that name the client: made once per connection,
+/// as they are the same for all its requests.
+#[derive(Debug, Clone)]
+pub struct ClientAddress {
+    /// `X-Forwarded-For`.
+    address: HeaderValue,
+    /// `Forwarded` up to the host: `for=...;proto=https;host="`.
+    forwarded_prefix: String,
+}
+
+impl ClientAddress {
+    pub fn new(peer: IpAddr) -> ClientAddress {
+        let forwarded_for = match peer {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        };
+        ClientAddress {
+            address: HeaderValue::try_from(peer.to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded_prefix: format!("for={forwarded_for};proto=https;host=\""),
+        }
+    }
+
+    /// The forwarding headers of a request that asked for `host`, in order.
+    pub fn headers(&self, host: &str) -> [(HeaderName, HeaderValue); 4] {
+        let mut forwarded = String::with_capacity(self.forwarded_prefix.len() + host.len() + 1);
+        forwarded.push_str(&self.forwarded_prefix);
+        forwarded.extend(host.chars().filter(|c| !matches!(c, '"' | '\\')));
+        forwarded.push('"');
+        let value = |text: String| {
+            HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("invalid"))
+        };
+        [
+            (X_FORWARDED_FOR, self.address.clone()),
+            (X_FORWARDED_PROTO, HeaderValue::from_static("https")),
+            (X_FORWARDED_HOST, value(host.to_string())),
+            (http::header::FORWARDED, value(forwarded)),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -178,7 +204,10 @@ mod tests {
     #[test]
     fn forwarding_headers_name_the_client_and_the_host() {
         let v4 = forwarding_headers("192.0.2.7".parse().unwrap(), "chat.example:8443");
-        let v4: Vec<(&str, &str)> = v4.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let v4: Vec<(&str, &str)> = v4
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
         assert_eq!(
             v4,
             [
@@ -192,6 +221,10 @@ mod tests {
             ]
         );
         let v6 = forwarding_headers("2001:db8::1".parse().unwrap(), "[::1]");
+        assert_eq!(v6[0].1, "2001:db8::1");
         assert_eq!(v6[3].1, "for=\"[2001:db8::1]\";proto=https;host=\"[::1]\"");
+        // Quotes and backslashes cannot end the quoted host early.
+        let odd = forwarding_headers("192.0.2.7".parse().unwrap(), "a\"b\\c");
+        assert_eq!(odd[3].1, "for=192.0.2.7;proto=https;host=\"abc\"");
     }
 }

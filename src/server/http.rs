@@ -77,13 +77,14 @@ impl Default for SecurityHeaders {
     }
 }
 
-/// A request head, owned: what wssd checks before it routes, upgrades or answers.
+/// A request head, owned: what wssd checks before it routes, upgrades or answers. The
+/// headers are hyper's (a copy of its map shares the names' and values' bytes).
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub method: String,
+    pub method: http::Method,
     /// Path and query, exactly as sent.
     pub target: String,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: http::HeaderMap,
 }
 
 impl Request {
@@ -96,28 +97,35 @@ impl Request {
             Ok(httparse::Status::Complete(_)) => {}
             other => return Err(format!("{other:?}")),
         }
+        let mut map = http::HeaderMap::new();
+        for h in req.headers.iter() {
+            let name =
+                http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
+            let value = http::HeaderValue::from_bytes(h.value).map_err(|e| e.to_string())?;
+            map.append(name, value);
+        }
         Ok(Request {
-            method: req.method.unwrap_or_default().to_string(),
+            method: req
+                .method
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e: http::method::InvalidMethod| e.to_string())?,
             target: req.path.unwrap_or_default().to_string(),
-            headers: req
-                .headers
-                .iter()
-                .map(|h| (h.name.to_string(), h.value.to_vec()))
-                .collect(),
+            headers: map,
         })
     }
 
-    /// The first header called `name` (case-insensitive), if it is text.
+    /// The first header called `name`, if it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
+        self.headers
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .map(str::trim)
     }
 
-    /// How many header lines are called `name` (case-insensitive).
+    /// How many header lines are called `name`.
     pub fn count(&self, name: &str) -> usize {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
+        self.headers.get_all(name).iter().count()
     }
 
     /// Is the target a path with an optional query (origin-form, RFC 9112 §3.2.1)? The
@@ -146,7 +154,13 @@ impl Request {
 
     /// Every comma-separated token of every `name` header, trimmed.
     pub fn tokens<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        tokens(&self.headers, name)
+        self.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
     }
 }
 
@@ -183,27 +197,6 @@ pub fn valid_host(host: &str) -> bool {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     });
     port_ok && name_ok
-}
-
-fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        .map(str::trim)
-}
-
-fn tokens<'a>(
-    headers: &'a [(String, Vec<u8>)],
-    name: &'a str,
-) -> impl Iterator<Item = &'a str> + 'a {
-    headers
-        .iter()
-        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
 }
 
 /// The body of every response on the listener: the upstream's, streamed, or one wssd
@@ -268,25 +261,23 @@ impl Request {
     /// Over HTTP/2 the target is the `:path` and, when the client sent no `Host`, the
     /// `:authority` stands in for it (RFC 9113 §8.3.1), so that the same checks apply.
     pub fn from_head<B>(req: &hyper::Request<B>) -> Request {
-        let mut headers: Vec<(String, Vec<u8>)> = req
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect();
+        let mut headers = req.headers().clone();
+        let uri = req.uri();
         let target = if req.version() == hyper::Version::HTTP_2 {
-            if !req.headers().contains_key(hyper::header::HOST)
-                && let Some(authority) = req.uri().authority()
+            if !headers.contains_key(hyper::header::HOST)
+                && let Some(authority) = uri.authority()
+                && let Ok(value) = http::HeaderValue::from_str(authority.as_str())
             {
-                headers.push(("host".to_string(), authority.as_str().as_bytes().to_vec()));
+                headers.insert(hyper::header::HOST, value);
             }
-            req.uri()
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string())
+            uri.path_and_query().map_or("/", |p| p.as_str()).to_string()
+        } else if uri.scheme().is_none() && uri.authority().is_none() {
+            uri.path_and_query().map_or("/", |p| p.as_str()).to_string()
         } else {
-            req.uri().to_string()
+            uri.to_string()
         };
         Request {
-            method: req.method().as_str().to_string(),
+            method: req.method().clone(),
             target,
             headers,
         }
@@ -294,13 +285,13 @@ impl Request {
 
     /// About how many bytes the head took on the wire.
     pub fn head_size(&self) -> usize {
-        self.method.len()
+        self.method.as_str().len()
             + self.target.len()
             + 12
             + self
                 .headers
                 .iter()
-                .map(|(n, v)| n.len() + v.len() + 4)
+                .map(|(n, v)| n.as_str().len() + v.len() + 4)
                 .sum::<usize>()
     }
 }

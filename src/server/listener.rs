@@ -227,6 +227,7 @@ async fn handle(
     let conn = Arc::new(Connection {
         server: server.clone(),
         peer,
+        address: super::forwarding::ClientAddress::new(peer.ip()),
         worker,
         client_identity,
         drain,

@@ -35,6 +35,8 @@ pub enum ConnectError {
         upstream: String,
         source: std::io::Error,
     },
+    #[error("the new connection was closed at once")]
+    Closed,
     #[error("HTTP/1.1 with {upstream} failed: {source}")]
     Handshake {
         upstream: String,

@@ -165,15 +165,15 @@ pub fn upstream_request(
     // checked or the handshake needs: naming them must not make wssd drop what it judged.
     let named = forwarding::connection_named(
         req.headers
+            .get_all(hyper::header::CONNECTION)
             .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-            .map(|(_, v)| v.as_slice()),
+            .map(HeaderValue::as_bytes),
     );
     for (name, value) in &req.headers {
-        if !forwarding::forwards_request_header(name, &named) {
+        if !forwarding::forwards_request_header(name.as_str(), &named) {
             continue;
         }
-        out = out.header(name.as_str(), value.as_slice());
+        out = out.header(name, value);
     }
     for (name, value) in forwarding::forwarding_headers(peer, &host) {
         out = out.header(name, value);

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::forward::Origin;
+use super::forwarding::ClientAddress;
 use super::http::{self, Body, MAX_HEAD, MAX_HEADERS};
 use super::proxy;
 use super::relay::Limits;
@@ -40,6 +41,8 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// The connection worker it runs on (its upstream client is that worker's).
     pub worker: usize,
+    /// The client's address as the forwarding headers give it.
+    pub address: ClientAddress,
     /// The verified client certificate (mTLS), described for the upstream.
     pub client_identity: Option<String>,
     pub drain: CancellationToken,
@@ -102,7 +105,7 @@ async fn handle(conn: &Arc<Connection>, mut req: Request<Incoming>) -> Response<
                 "CONNECT is only for WebSockets over HTTP/2.\n",
             );
         }
-        return websocket_over_h2(conn, req, checked, route).await;
+        return Box::pin(websocket_over_h2(conn, req, checked, route)).await;
     }
     let wants_websocket = checked
         .tokens("upgrade")
@@ -117,6 +120,7 @@ async fn handle(conn: &Arc<Connection>, mut req: Request<Incoming>) -> Response<
             Some(upstream) => {
                 let from = Origin {
                     peer,
+                    address: &conn.address,
                     client_identity: conn.client_identity.as_deref(),
                 };
                 server
@@ -139,7 +143,8 @@ async fn handle(conn: &Arc<Connection>, mut req: Request<Incoming>) -> Response<
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (headers, next) = match &route.upstream {
         None => (echo::switching_protocols(&upgrade, security), Next::Echo),
-        Some(upstream) => match relay_to(conn, upstream, route, &checked, &upgrade).await {
+        Some(upstream) => match Box::pin(relay_to(conn, upstream, route, &checked, &upgrade)).await
+        {
             Ok(ready) => ready,
             Err(refused) => return refused,
         },
@@ -194,10 +199,11 @@ async fn websocket_over_h2(
         }
     };
     // The upstream's HTTP/1.1 upgrade carries the key wssd made.
-    checked.headers.push((
-        "sec-websocket-key".to_string(),
-        upgrade.key.as_bytes().to_vec(),
-    ));
+    if let Ok(key) = hyper::header::HeaderValue::from_str(&upgrade.key) {
+        checked
+            .headers
+            .insert(hyper::header::SEC_WEBSOCKET_KEY, key);
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (headers, next) = match &route.upstream {
         None => (

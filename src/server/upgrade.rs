@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn non_get_upgrade_gets_405() {
         let mut r = req(GOOD);
-        r.method = "POST".into();
+        r.method = http::Method::POST;
         assert_eq!(check(&r, &[]).unwrap_err().status, 405);
     }
 
