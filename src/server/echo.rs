@@ -39,16 +39,17 @@ const BUFFER: usize = 16_384;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The headers of the 101 for an echo connection (besides `Upgrade` and `Connection`).
-pub fn switching_protocols(
-    upgrade: &Upgrade,
-    security: &SecurityHeaders,
-) -> Vec<(String, Vec<u8>)> {
+pub fn switching_protocols(upgrade: &Upgrade, security: &SecurityHeaders) -> http::HeaderMap {
     let accept =
         tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
-    std::iter::once(("Sec-WebSocket-Accept", accept.as_str()))
-        .chain(security.iter())
-        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-        .collect()
+    let mut headers = http::HeaderMap::with_capacity(8);
+    if let Ok(accept) = http::HeaderValue::try_from(accept) {
+        headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    for (name, value) in security.headers() {
+        headers.append(name, value.clone());
+    }
+    headers
 }
 
 /// Where [`Echoer::feed`] stopped.
@@ -490,22 +491,19 @@ mod tests {
         let headers = switching_protocols(&upgrade, &SecurityHeaders::default());
         // RFC 6455 §1.3's example key and answer.
         assert_eq!(
-            headers[0],
-            (
-                "Sec-WebSocket-Accept".to_string(),
-                b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_vec()
-            )
+            headers["sec-websocket-accept"],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-        let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(
             names,
             [
-                "Sec-WebSocket-Accept",
-                "Strict-Transport-Security",
-                "Content-Security-Policy",
-                "X-Frame-Options",
-                "X-Content-Type-Options",
-                "Referrer-Policy"
+                "sec-websocket-accept",
+                "strict-transport-security",
+                "content-security-policy",
+                "x-frame-options",
+                "x-content-type-options",
+                "referrer-policy"
             ]
         );
     }

@@ -40,13 +40,28 @@ const FIXED_HEADERS: &[(&str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct SecurityHeaders {
     hsts: String,
+    /// The same, as hyper's names and values, made once.
+    parsed: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl SecurityHeaders {
     pub fn new(hsts_max_age: std::time::Duration) -> SecurityHeaders {
-        SecurityHeaders {
-            hsts: format!("max-age={}", hsts_max_age.as_secs()),
-        }
+        let hsts = format!("max-age={}", hsts_max_age.as_secs());
+        let parsed = std::iter::once(("Strict-Transport-Security", hsts.as_str()))
+            .chain(FIXED_HEADERS.iter().copied())
+            .filter_map(|(n, v)| {
+                Some((
+                    http::HeaderName::from_bytes(n.as_bytes()).ok()?,
+                    http::HeaderValue::from_str(v).ok()?,
+                ))
+            })
+            .collect();
+        SecurityHeaders { hsts, parsed }
+    }
+
+    /// Every header, as hyper's names and values.
+    pub fn headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
+        &self.parsed
     }
 
     /// The `Strict-Transport-Security` value.
@@ -237,7 +252,10 @@ pub fn typed_response(
     *response.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
-    let pairs = security.iter().chain(extra_headers.iter().copied()).chain([
+    for (name, value) in security.headers() {
+        headers.append(name, value.clone());
+    }
+    let pairs = extra_headers.iter().copied().chain([
         ("Cache-Control", "no-store"),
         ("Content-Type", content_type),
         ("Connection", "close"),

@@ -227,7 +227,7 @@ async fn handle(
     let conn = Arc::new(Connection {
         server: server.clone(),
         peer,
-        address: super::forwarding::ClientAddress::new(peer.ip()),
+        address: std::sync::OnceLock::new(),
         worker,
         client_identity,
         drain,

@@ -38,7 +38,7 @@ pub struct Connected {
     /// Frames the upstream sent right behind its 101.
     pub early: Vec<u8>,
     /// The headers of the 101 to send the client ([`client_headers`]).
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: HeaderMap,
 }
 
 /// What to proxy: the client's request, to which upstream.
@@ -187,28 +187,23 @@ pub fn upstream_request(
 /// The headers of the 101 wssd sends the client (besides `Upgrade` and `Connection`): the
 /// upstream's choices (subprotocol, extensions, any other end-to-end headers), the accept
 /// key for the client's own key, and wssd's security headers where the upstream set none.
-pub fn client_headers(
-    upstream: &HeaderMap,
-    accept: &str,
-    security: &SecurityHeaders,
-) -> Vec<(String, Vec<u8>)> {
-    let mut out = vec![(
-        "Sec-WebSocket-Accept".to_string(),
-        accept.as_bytes().to_vec(),
-    )];
+pub fn client_headers(upstream: &HeaderMap, accept: &str, security: &SecurityHeaders) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(upstream.len() + 8);
+    if let Ok(accept) = HeaderValue::from_str(accept) {
+        out.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
     for (name, value) in upstream {
-        let name = name.as_str();
-        if !forwarding::returns_response_header(name, &[])
-            || name == "sec-websocket-accept"
-            || name == "content-length"
+        if !forwarding::returns_response_header(name.as_str(), &[])
+            || name == hyper::header::SEC_WEBSOCKET_ACCEPT
+            || name == hyper::header::CONTENT_LENGTH
         {
             continue;
         }
-        out.push((name.to_string(), value.as_bytes().to_vec()));
+        out.append(name, value.clone());
     }
-    for (name, value) in security.iter() {
+    for (name, value) in security.headers() {
         if !upstream.contains_key(name) {
-            out.push((name.to_string(), value.as_bytes().to_vec()));
+            out.append(name, value.clone());
         }
     }
     out
@@ -304,10 +299,10 @@ mod tests {
         );
         let text: String = headers
             .iter()
-            .map(|(n, v)| format!("{n}: {}\r\n", String::from_utf8_lossy(v)))
+            .map(|(n, v)| format!("{n}: {}\r\n", String::from_utf8_lossy(v.as_bytes())))
             .collect();
         assert!(
-            text.starts_with("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+            text.starts_with("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
             "{text}"
         );
         assert!(!text.contains("abc"));
@@ -326,6 +321,6 @@ mod tests {
             1,
             "the upstream's own value wins"
         );
-        assert!(text.contains("Strict-Transport-Security"));
+        assert!(text.contains("strict-transport-security"));
     }
 }

@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -41,13 +41,21 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// The connection worker it runs on (its upstream client is that worker's).
     pub worker: usize,
-    /// The client's address as the forwarding headers give it.
-    pub address: ClientAddress,
+    /// The client's address as the forwarding headers give it, made by the first plain
+    /// request ([`Connection::address`]).
+    pub address: OnceLock<ClientAddress>,
     /// The verified client certificate (mTLS), described for the upstream.
     pub client_identity: Option<String>,
     pub drain: CancellationToken,
     /// Set by the response that upgrades the connection.
     pub next: Mutex<Option<(OnUpgrade, Next)>>,
+}
+
+impl Connection {
+    pub fn address(&self) -> &ClientAddress {
+        self.address
+            .get_or_init(|| ClientAddress::new(self.peer.ip()))
+    }
 }
 
 /// The hyper service of one connection.
@@ -120,7 +128,7 @@ async fn handle(conn: &Arc<Connection>, mut req: Request<Incoming>) -> Response<
             Some(upstream) => {
                 let from = Origin {
                     peer,
-                    address: &conn.address,
+                    address: conn.address(),
                     client_identity: conn.client_identity.as_deref(),
                 };
                 server
@@ -205,14 +213,8 @@ async fn websocket_over_h2(
             .insert(hyper::header::SEC_WEBSOCKET_KEY, key);
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let (headers, next) = match &route.upstream {
-        None => (
-            security
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect::<Vec<_>>(),
-            Next::Echo,
-        ),
+    let (mut headers, next) = match &route.upstream {
+        None => (security.headers().iter().cloned().collect(), Next::Echo),
         Some(upstream) => match relay_to(conn, upstream, route, &checked, &upgrade).await {
             Ok(ready) => ready,
             Err(refused) => return refused,
@@ -228,22 +230,12 @@ async fn websocket_over_h2(
         let settings = &conn.server.settings;
         super::websocket::run(stream, Vec::new(), next, conn.peer, settings, &conn.drain).await;
     });
+    // No accept key over HTTP/2: the stream itself is the handshake.
+    headers.remove(hyper::header::SEC_WEBSOCKET_ACCEPT);
     let mut response = Response::new(http_body_util::Either::Right(
         http_body_util::Full::default(),
     ));
-    let map = response.headers_mut();
-    for (name, value) in headers {
-        // No accept key over HTTP/2: the stream itself is the handshake.
-        if name.eq_ignore_ascii_case("sec-websocket-accept") {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(name.as_bytes()),
-            hyper::header::HeaderValue::from_bytes(&value),
-        ) {
-            map.append(name, value);
-        }
-    }
+    *response.headers_mut() = headers;
     response
 }
 
@@ -255,7 +247,7 @@ async fn relay_to(
     route: &super::routes::Target,
     checked: &http::Request,
     upgrade: &upgrade::Upgrade,
-) -> Result<(Vec<(String, Vec<u8>)>, Next), Response<Body>> {
+) -> Result<(hyper::HeaderMap, Next), Response<Body>> {
     let server = &conn.server;
     let settings = &server.settings;
     let target = proxy::Target {
@@ -296,27 +288,19 @@ async fn relay_to(
 }
 
 /// The 101 with `headers` (the accept key, the upstream's choices, security headers).
-fn switching_protocols(headers: Vec<(String, Vec<u8>)>) -> Response<Body> {
+fn switching_protocols(mut headers: hyper::HeaderMap) -> Response<Body> {
+    headers.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
     let mut response = Response::new(http_body_util::Either::Right(
         http_body_util::Full::default(),
     ));
     *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-    let map = response.headers_mut();
-    map.insert(
-        hyper::header::UPGRADE,
-        hyper::header::HeaderValue::from_static("websocket"),
-    );
-    map.insert(
-        hyper::header::CONNECTION,
-        hyper::header::HeaderValue::from_static("Upgrade"),
-    );
-    for (name, value) in headers {
-        if let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(name.as_bytes()),
-            hyper::header::HeaderValue::from_bytes(&value),
-        ) {
-            map.append(name, value);
-        }
-    }
+    *response.headers_mut() = headers;
     response
 }
