@@ -23,7 +23,11 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// wssd proxying every path to `up`, with `extra` in `[listener]`.
 fn start(up: &HttpUpstream, extra: &str) -> (Setup, tempfile::TempDir) {
-    let s = Setup::start(&format!("upstream = \"http://{}\"\n{extra}", up.addr), "");
+    start_for(up.addr, extra)
+}
+
+fn start_for(upstream: std::net::SocketAddr, extra: &str) -> (Setup, tempfile::TempDir) {
+    let s = Setup::start(&format!("upstream = \"http://{upstream}\"\n{extra}"), "");
     let files = tempfile::tempdir().unwrap();
     std::fs::write(files.path().join("ca.pem"), &s.ca.cert_pem).unwrap();
     (s, files)
@@ -348,6 +352,54 @@ async fn connections_are_kept_alive_on_both_sides() {
         1,
         "four requests, one upstream connection"
     );
+}
+
+/// An upstream connection wssd holds idle can be closed by the upstream at any time (its
+/// own keep-alive timeout, a restart): the next request must not get a 502 for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upstream_connection_the_upstream_closed_is_not_used() {
+    // Answers one request per connection, as HTTP/1.1 keep-alive, and hangs up a moment
+    // later without saying so: wssd has put the connection back in its pool by then.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(got) => head.extend_from_slice(&chunk[..got]),
+                    }
+                }
+                let body = format!("answer {n}\n");
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let (s, files) = start_for(addr, "");
+    let page = url(&s, "/page");
+    for n in 1..=4 {
+        let (out, err) = curl(&s, files.path(), &[&page]).await;
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("answer {n}\n"),
+            "request {n} answered by a fresh upstream connection: {err}"
+        );
+        // The upstream hangs up on the idle connection in the meantime.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
