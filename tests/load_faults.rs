@@ -29,7 +29,18 @@ struct Upstream {
 
 impl Upstream {
     async fn start(port: u16) -> Upstream {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        // Coming back on the same port: the old listener closes when its task next runs,
+        // which on a loaded machine can be a while after `kill`.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(listener) => break listener,
+                Err(_) if port != 0 && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot listen on port {port}: {e}"),
+            }
+        };
         let port = listener.local_addr().unwrap().port();
         let alive = CancellationToken::new();
         let token = alive.clone();
