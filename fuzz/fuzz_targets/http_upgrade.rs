@@ -16,10 +16,17 @@ fn parse(data: &[u8]) -> Option<Request> {
     if !matches!(req.parse(data), Ok(httparse::Status::Complete(_))) {
         return None;
     }
+    // A name or value hyper would not take gets its 400 before wssd sees the request.
+    let mut map = http::HeaderMap::new();
+    for h in req.headers.iter() {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = http::HeaderValue::from_bytes(h.value).ok()?;
+        map.append(name, value);
+    }
     Some(Request {
-        method: req.method?.to_string(),
+        method: req.method?.parse().ok()?,
         target: req.path?.to_string(),
-        headers: req.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect(),
+        headers: map,
     })
 }
 

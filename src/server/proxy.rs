@@ -61,9 +61,9 @@ pub async fn connect(
     security: &SecurityHeaders,
 ) -> Result<Connected, ProxyError> {
     let upstream = target.upstream;
-    let name = upstream.to_string();
+    // The upstream's name only for errors: formatting it costs on every connection.
     let connect_err = |reason: String| ProxyError::Connect {
-        upstream: name.clone(),
+        upstream: upstream.to_string(),
         reason,
     };
     let stream = tokio::time::timeout_at(
@@ -75,7 +75,7 @@ pub async fn connect(
     .map_err(|e| connect_err(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     let refused = |reason: String| ProxyError::Refused {
-        upstream: name.clone(),
+        upstream: upstream.to_string(),
         reason,
     };
     let request = upstream_request(
