@@ -15,6 +15,9 @@
 //!   certificate, and a swap never touches an established connection.
 //! * [`probe`] is the client side: it checks a `wss://` endpoint the way a user would.
 #![forbid(unsafe_code)]
+// Input and I/O reach almost everything here: an error is handled or returned, never
+// unwrapped. Unit tests may unwrap (clippy.toml); `scripts/test` runs clippy.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod acme;
 pub mod admin;

@@ -1,5 +1,6 @@
 //! The `wssd` binary: parse the command line, run the command, map the result to the
 //! exit code (0 ok, 1 runtime failure, 2 usage or configuration error).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::IsTerminal;
 use std::path::Path;
