@@ -1,6 +1,6 @@
 //! Plain HTTP requests (everything that is not a WebSocket upgrade) forwarded to the
-//! route's upstream as HTTP/1.1, with hyper's client and its pool of keep-alive
-//! connections (SPEC "Routes and HTTP").
+//! route's upstream as HTTP/1.1, with hyper's client on wssd's keep-alive connections
+//! ([`super::pool`]) (SPEC "Routes and HTTP").
 //!
 //! Method, path, query and `Host` go on unchanged; headers as [`super::forwarding`] says.
 //! Bodies stream both ways, never held whole: a request body is read as the upstream
