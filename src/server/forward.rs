@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Limited};
+use hyper::HeaderMap;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri};
@@ -39,8 +40,6 @@ pub struct Forwarder {
     pools: Vec<(Upstream, Box<[Arc<Pool>]>)>,
     connect_timeout: Duration,
     response_timeout: Duration,
-    /// HSTS, on every response the upstream sent without one.
-    hsts: HeaderValue,
     /// `[listener.response_headers]`, added where the upstream set none.
     added_headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -105,8 +104,6 @@ impl Forwarder {
             pools,
             connect_timeout: settings.upstream_connect_timeout,
             response_timeout: settings.upstream_response_timeout,
-            hsts: HeaderValue::try_from(SecurityHeaders::new(settings.hsts_max_age).hsts())
-                .unwrap_or(HeaderValue::from_static("max-age=31536000")),
             // Checked when the config was read; one that still fails to parse is skipped.
             added_headers: settings
                 .response_headers
@@ -170,7 +167,7 @@ impl Forwarder {
                 http::response(502, &[], "The upstream service is unavailable.\n", security)
             }
             Ok(Ok((response, lease))) => {
-                client_response(response, lease, &self.hsts, &self.added_headers)
+                client_response(response, lease, security, &self.added_headers)
             }
         }
     }
@@ -235,26 +232,11 @@ fn upstream_request(
         .clone();
     let host_text = host.to_str().map_err(|_| "Host is malformed.\n")?;
     let forwarded = from.address.headers(host_text);
-    let dropped: Vec<HeaderName> = {
-        let named = forwarding::connection_named(
-            headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .map(HeaderValue::as_bytes),
-        );
-        headers
-            .keys()
-            .filter(|n| {
-                *n != header::HOST
-                    && *n != header::CONTENT_LENGTH
-                    && !forwarding::forwards_request_header(n.as_str(), &named)
-            })
-            .cloned()
-            .collect()
-    };
-    for name in dropped {
-        headers.remove(name);
-    }
+    retain_headers(&mut headers, |name, named| {
+        name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || forwarding::forwards_request_header(name.as_str(), named)
+    });
     for (name, value) in forwarded {
         headers.append(name, value);
     }
@@ -289,31 +271,17 @@ fn upstream_request(
 fn client_response(
     response: Response<Incoming>,
     lease: Lease,
-    hsts: &HeaderValue,
+    security: &SecurityHeaders,
     added: &[(HeaderName, HeaderValue)],
 ) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
-    let hop: Vec<HeaderName> = {
-        let named = forwarding::connection_named(
-            parts
-                .headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .map(HeaderValue::as_bytes),
-        );
-        parts
-            .headers
-            .keys()
-            .filter(|n| !forwarding::returns_response_header(n.as_str(), &named))
-            .cloned()
-            .collect()
-    };
-    for name in hop {
-        parts.headers.remove(name);
-    }
+    retain_headers(&mut parts.headers, |name, named| {
+        forwarding::returns_response_header(name.as_str(), named)
+    });
     if !parts
         .headers
         .contains_key(header::STRICT_TRANSPORT_SECURITY)
+        && let Some(hsts) = security.hsts_value()
     {
         parts
             .headers
@@ -330,6 +298,27 @@ fn client_response(
         _lease: lease,
     };
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// Removes from `headers` every header `keep` refuses; `keep` also gets the names the
+/// message's `Connection` lists (hop-by-hop by that naming).
+fn retain_headers(headers: &mut HeaderMap, keep: impl Fn(&HeaderName, &[&str]) -> bool) {
+    let dropped: Vec<HeaderName> = {
+        let named = forwarding::connection_named(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
+        headers
+            .keys()
+            .filter(|n| !keep(n, &named))
+            .cloned()
+            .collect()
+    };
+    for name in dropped {
+        headers.remove(name);
+    }
 }
 
 /// Did the request body go over `max_body_size` while it was being sent?

@@ -64,9 +64,12 @@ impl SecurityHeaders {
         &self.parsed
     }
 
-    /// The `Strict-Transport-Security` value.
-    pub fn hsts(&self) -> &str {
-        &self.hsts
+    /// The `Strict-Transport-Security` value, as hyper's.
+    pub fn hsts_value(&self) -> Option<&http::HeaderValue> {
+        self.parsed
+            .iter()
+            .find(|(n, _)| n == http::header::STRICT_TRANSPORT_SECURITY)
+            .map(|(_, v)| v)
     }
 
     /// Every header, name and value.
