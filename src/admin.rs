@@ -21,6 +21,7 @@ use crate::cert::inspect::rfc3339;
 use crate::config::Upstream;
 use crate::metrics::Metrics;
 use crate::reload::reloader::Reloader;
+use crate::server::body::Body;
 use crate::server::http::{self, Request, SecurityHeaders};
 
 /// What the admin endpoints look at.
@@ -83,7 +84,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
     .await
 }
 
-async fn respond(admin: &Admin, req: &Request) -> hyper::Response<http::Body> {
+async fn respond(admin: &Admin, req: &Request) -> hyper::Response<Body> {
     let security = SecurityHeaders::default();
     if req.method != "GET" && req.method != "HEAD" {
         return http::response(405, &[("Allow", "GET, HEAD")], "Use GET.\n", &security);

@@ -86,8 +86,14 @@ pub fn selfsigned(
     write().map_err(|e| {
         CommandError::usage(anyhow::Error::new(e).context("--out-dir is not writable"))
     })?;
-    let leaf = pair::load_pair(&cert_path, &key_path, &domains, SystemTime::now())
-        .map_err(CommandError::runtime)?;
+    let leaf = pair::load_pair(
+        &cert_path,
+        &key_path,
+        &domains,
+        SystemTime::now(),
+        &crate::tls::provider(),
+    )
+    .map_err(CommandError::runtime)?;
 
     let names: Vec<String> = domains.iter().map(ToString::to_string).collect();
     println!(
@@ -226,7 +232,13 @@ pub fn check(path: &Path) -> Outcome {
         ));
         let now = SystemTime::now();
         lines.push(
-            match pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, now) {
+            match pair::load_pair(
+                &cert.cert_file,
+                &cert.key_file,
+                &cert.domains,
+                now,
+                &crate::tls::provider(),
+            ) {
                 Ok(p) => format!(
                     "             serial {}, expires {} ({} days left)",
                     p.summary.serial,
@@ -296,7 +308,13 @@ pub fn status(path: &Path, json: bool) -> Outcome {
     let now = SystemTime::now();
     let mut entries = Vec::new();
     for (index, cert) in config.certificates.iter().enumerate() {
-        let loaded = pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, now);
+        let loaded = pair::load_pair(
+            &cert.cert_file,
+            &cert.key_file,
+            &cert.domains,
+            now,
+            &crate::tls::provider(),
+        );
         let summary: Option<&CertSummary> = loaded.as_ref().ok().map(|p| &p.summary);
         let renew_before = config.acme.as_ref().and_then(|a| a.renew_before);
         // What the renewal loop (or the last `wssd issue`) decided, when there is a record.
@@ -412,7 +430,13 @@ pub async fn issue(path: &Path) -> Outcome {
                 }
             },
             Source::Files => {
-                match pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, now) {
+                match pair::load_pair(
+                    &cert.cert_file,
+                    &cert.key_file,
+                    &cert.domains,
+                    now,
+                    &crate::tls::provider(),
+                ) {
                     Ok(p) => println!(
                         "certificate[{index}] {domains}: files, valid until {}",
                         rfc3339(p.summary.not_after)

@@ -22,6 +22,8 @@ use rustls::{ServerConfig, SupportedCipherSuite};
 /// ALPN for WebSocket over HTTP/1.1 (RFC 6455 upgrades need HTTP/1.1).
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol of the tls-alpn-01 challenge (RFC 8737).
+pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
 
 /// The suites wssd allows, strongest first: all three TLS 1.3 suites, then TLS 1.2 ECDHE
 /// with AES-GCM or ChaCha20-Poly1305. No CBC, no RSA key exchange, no SHA-1 MACs.
@@ -107,9 +109,7 @@ pub fn server_config(
         vec![ALPN_HTTP11.to_vec()]
     };
     if acme_tls {
-        config
-            .alpn_protocols
-            .push(crate::reload::resolver::ALPN_ACME_TLS.to_vec());
+        config.alpn_protocols.push(ALPN_ACME_TLS.to_vec());
     }
     Ok(Arc::new(config))
 }

@@ -81,7 +81,13 @@ fn kill_9_mid_write_never_leaves_a_bad_pair() {
         std::thread::sleep(Duration::from_micros(2_000 + random_below(30_000)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        match load_pair(&cert, &key, &domains, SystemTime::now()) {
+        match load_pair(
+            &cert,
+            &key,
+            &domains,
+            SystemTime::now(),
+            &wssd::tls::provider(),
+        ) {
             Ok(pair) => {
                 assert!(serials.contains(&pair.summary.serial));
                 seen.insert(pair.summary.serial);
@@ -96,10 +102,16 @@ fn kill_9_mid_write_never_leaves_a_bad_pair() {
     // Whatever was left behind, the next write still works.
     write_pair(&cert, &key, &first, &first_key).unwrap();
     assert_eq!(
-        load_pair(&cert, &key, &domains, SystemTime::now())
-            .unwrap()
-            .summary
-            .serial,
+        load_pair(
+            &cert,
+            &key,
+            &domains,
+            SystemTime::now(),
+            &wssd::tls::provider()
+        )
+        .unwrap()
+        .summary
+        .serial,
         serials[0]
     );
 }

@@ -128,6 +128,7 @@ async fn a_running_wssd_renews_and_swaps_without_dropping_connections() {
         &cert_dir.join("key.pem"),
         &[wssd::config::Domain::parse("localhost").unwrap()],
         SystemTime::now(),
+        &wssd::tls::provider(),
     )
     .unwrap();
     assert_eq!(pair.summary.days_left(SystemTime::now()), 89);
@@ -170,6 +171,7 @@ async fn a_renewal_that_cannot_be_written_leaves_the_old_pair_serving() {
         &cert_dir.join("key.pem"),
         &[wssd::config::Domain::parse("localhost").unwrap()],
         SystemTime::now(),
+        &wssd::tls::provider(),
     )
     .unwrap();
     assert_eq!(pair.summary.serial, old);

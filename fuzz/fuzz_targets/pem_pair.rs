@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let (cert, key) = data.split_at(split);
     let key = key.get(1..).unwrap_or_default();
     let domains = [Domain::Dns("localhost".into())];
-    if let Err(e) = pair_from_pem(cert, key, Path::new("cert.pem"), Path::new("key.pem"), &domains, SystemTime::now()) {
+    if let Err(e) = pair_from_pem(cert, key, Path::new("cert.pem"), Path::new("key.pem"), &domains, SystemTime::now(), &wssd::tls::provider()) {
         let _ = e.to_string();
     }
 });

@@ -24,6 +24,7 @@ use tracing::warn;
 
 use crate::config::Challenge;
 use crate::reload::resolver::Resolver;
+use crate::server::body::Body;
 use crate::server::http::{self, Request, SecurityHeaders};
 
 /// How long a dns-01 hook may take.
@@ -246,11 +247,7 @@ pub async fn serve_http01(
     .await
 }
 
-fn http01_response(
-    req: &Request,
-    tokens: &Http01Tokens,
-    https_port: u16,
-) -> hyper::Response<http::Body> {
+fn http01_response(req: &Request, tokens: &Http01Tokens, https_port: u16) -> hyper::Response<Body> {
     const PREFIX: &str = "/.well-known/acme-challenge/";
     let security = SecurityHeaders::default();
     if let Some(token) = req.target.strip_prefix(PREFIX) {

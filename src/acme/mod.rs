@@ -315,6 +315,7 @@ impl Acme {
             SystemTime::now(),
             // A CA that does not backdate, and a clock a little behind: still good.
             SKEW,
+            &crate::tls::provider(),
         )?;
         store::write_pair(
             &cert.cert_file,

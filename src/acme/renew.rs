@@ -236,6 +236,7 @@ pub fn current_pair(cert: &CertificateConfig) -> Option<LoadedPair> {
         &cert.key_file,
         &cert.domains,
         SystemTime::now(),
+        &crate::tls::provider(),
     )
     .ok()
 }

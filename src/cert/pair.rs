@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use pki_types::pem::{self, PemObject};
 use pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 
 use super::inspect::{CertSummary, rfc3339};
@@ -100,15 +101,20 @@ impl PairError {
 }
 
 /// Reads `cert_path` and `key_path` and validates them as a pair for `domains` at `now`.
+/// The key is loaded by `provider` (the caller's, as rustls' `CertifiedKey::from_der`
+/// takes it), so that the pair signs with the crypto the listener uses.
 pub fn load_pair(
     cert_path: &Path,
     key_path: &Path,
     domains: &[Domain],
     now: SystemTime,
+    provider: &CryptoProvider,
 ) -> Result<LoadedPair, PairError> {
     let cert_pem = read_pem_file(cert_path)?;
     let key_pem = read_pem_file(key_path)?;
-    pair_from_pem(&cert_pem, &key_pem, cert_path, key_path, domains, now)
+    pair_from_pem(
+        &cert_pem, &key_pem, cert_path, key_path, domains, now, provider,
+    )
 }
 
 /// Validates PEM bytes as a pair; the paths only name the files in errors.
@@ -119,6 +125,7 @@ pub fn pair_from_pem(
     key_path: &Path,
     domains: &[Domain],
     now: SystemTime,
+    provider: &CryptoProvider,
 ) -> Result<LoadedPair, PairError> {
     pair_from_pem_with_skew(
         cert_pem,
@@ -128,6 +135,7 @@ pub fn pair_from_pem(
         domains,
         now,
         Duration::ZERO,
+        provider,
     )
 }
 
@@ -135,6 +143,9 @@ pub fn pair_from_pem(
 /// certificate fresh from a CA that does not backdate, on a machine whose clock is a
 /// little behind. `not_after` is checked against `now` itself, so a certificate with a
 /// lifetime shorter than `skew` is still good.
+// The bytes, the paths that name them in errors, and what they are checked against: a
+// struct for them would only rename the arguments at its two callers.
+#[allow(clippy::too_many_arguments)]
 pub fn pair_from_pem_with_skew(
     cert_pem: &[u8],
     key_pem: &[u8],
@@ -143,6 +154,7 @@ pub fn pair_from_pem_with_skew(
     domains: &[Domain],
     now: SystemTime,
     skew: Duration,
+    provider: &CryptoProvider,
 ) -> Result<LoadedPair, PairError> {
     let chain = parse_chain(cert_pem, cert_path)?;
     let key_der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
@@ -155,7 +167,6 @@ pub fn pair_from_pem_with_skew(
             reason: pem_reason(&other),
         },
     })?;
-    let provider = crate::tls::provider();
     let signing_key = provider
         .key_provider
         .load_private_key(key_der)
@@ -269,10 +280,18 @@ mod tests {
         now: SystemTime,
         skew: Duration,
     ) -> Result<LoadedPair, PairError> {
-        crate::tls::install_default_provider();
         let domains = [Domain::parse("localhost").unwrap()];
         let (c, k) = (Path::new("cert.pem"), Path::new("key.pem"));
-        pair_from_pem_with_skew(cert.as_bytes(), key.as_bytes(), c, k, &domains, now, skew)
+        pair_from_pem_with_skew(
+            cert.as_bytes(),
+            key.as_bytes(),
+            c,
+            k,
+            &domains,
+            now,
+            skew,
+            &crate::tls::provider(),
+        )
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 /// A `[[route]]` path prefix: `/` and path segments of RFC 3986 path characters, without
 /// percent-escapes, empty segments or dot segments, so that it is already in the form
-/// the listener brings a request's path to before matching ([`crate::server::routes`]).
+/// the listener brings a request's path to before matching.
 pub fn route_path(text: &str) -> Result<String, String> {
     const MAX: usize = 1024;
     if !text.starts_with('/') {

@@ -129,7 +129,8 @@ impl Default for ListenerConfig {
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(60),
             hsts_max_age: Duration::from_secs(365 * 86_400),
-            workers: crate::server::workers::default_count(),
+            // The CPUs this process may use (cgroup quotas included).
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             http2: true,
             response_headers: Vec::new(),
             routes: Vec::new(),

@@ -52,7 +52,13 @@ pub fn ensure_selfsigned(
     now: SystemTime,
 ) -> Result<Provisioned, ProvisionError> {
     let (ca, _) = DevCa::load_or_create(ca_dir)?;
-    if let Ok(existing) = pair::load_pair(&cert.cert_file, &cert.key_file, &cert.domains, now) {
+    if let Ok(existing) = pair::load_pair(
+        &cert.cert_file,
+        &cert.key_file,
+        &cert.domains,
+        now,
+        &crate::tls::provider(),
+    ) {
         let due = schedule::renew_at(
             existing.summary.not_before,
             existing.summary.not_after,
@@ -71,6 +77,7 @@ pub fn ensure_selfsigned(
         &cert.key_file,
         &cert.domains,
         SystemTime::now(),
+        &crate::tls::provider(),
     )?;
     store::write_pair(
         &cert.cert_file,

@@ -73,6 +73,7 @@ impl Reloader {
             &config.key_file,
             &config.domains,
             SystemTime::now(),
+            &crate::tls::provider(),
         )?;
         Ok(self.install(index, pair, reason))
     }

@@ -22,9 +22,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::Domain;
-
-/// ALPN protocol of the tls-alpn-01 challenge (RFC 8737).
-pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
+use crate::tls::ALPN_ACME_TLS;
 
 /// A served certificate and the slot it is in.
 type Entry = (usize, Arc<CertifiedKey>);

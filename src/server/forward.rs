@@ -14,21 +14,19 @@
 //! contacted when `Content-Length` says so).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::{Either, Limited};
 use hyper::HeaderMap;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri};
 use tracing::warn;
 
+use super::body::{Body, RequestBody, UpstreamBody};
 use super::forwarding::{self, CLIENT_CERT_HEADER, ClientAddress};
-use super::http::{self, Body, SecurityHeaders};
+use super::http::{self, SecurityHeaders};
 use super::pool::{self, ConnectError};
 use super::routes::{Routes, Target};
 use crate::config::{ListenerConfig, Upstream};
@@ -44,42 +42,14 @@ pub struct Forwarder {
     added_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// A pool of connections to an upstream, for the client's request bodies (limited).
-type Pool = pool::Pool<Limited<Incoming>>;
-type Lease = pool::Lease<Limited<Incoming>>;
+type Pool = pool::Pool<RequestBody>;
+type Lease = pool::Lease<RequestBody>;
 
 /// Who asked, for the forwarding headers.
 pub struct Origin<'a> {
     pub peer: SocketAddr,
     pub address: &'a ClientAddress,
     pub client_identity: Option<&'a str>,
-}
-
-/// A response body from the upstream, streamed; its connection goes back to the pool
-/// once the body is done with (read to its end, or dropped).
-pub struct UpstreamBody {
-    body: Incoming,
-    _lease: Lease,
-}
-
-impl hyper::body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
 }
 
 /// Why a request got no response from the upstream.
@@ -178,7 +148,7 @@ impl Forwarder {
 /// new connection.
 async fn send(
     pool: &Arc<Pool>,
-    mut req: Request<Limited<Incoming>>,
+    mut req: Request<RequestBody>,
     connect_timeout: Duration,
 ) -> Result<(Response<Incoming>, Lease), SendError> {
     if let Some(mut lease) = pool.checkout()
@@ -214,7 +184,7 @@ fn upstream_request(
     req: Request<Incoming>,
     max_body: u64,
     from: &Origin<'_>,
-) -> Result<Request<Limited<Incoming>>, &'static str> {
+) -> Result<Request<RequestBody>, &'static str> {
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     // Over HTTP/2 the host is the `:authority` (a client may also send Host).
@@ -293,11 +263,7 @@ fn client_response(
         }
     }
     parts.version = hyper::Version::HTTP_11;
-    let body = UpstreamBody {
-        body,
-        _lease: lease,
-    };
-    Response::from_parts(parts, Either::Left(body))
+    Response::from_parts(parts, Either::Left(UpstreamBody::new(body, lease)))
 }
 
 /// Removes from `headers` every header `keep` refuses; `keep` also gets the names the

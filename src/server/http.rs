@@ -217,10 +217,7 @@ pub fn valid_host(host: &str) -> bool {
     port_ok && name_ok
 }
 
-/// The body of every response on the listener: the upstream's, streamed, or one wssd
-/// made whole.
-pub type Body =
-    http_body_util::Either<super::forward::UpstreamBody, http_body_util::Full<bytes::Bytes>>;
+use super::body::Body;
 
 /// A response wssd makes itself on the listener (an error, a refusal): the security
 /// headers, `extra_headers`, the reason as plain text, and `Connection: close`, as every

@@ -211,7 +211,7 @@ async fn handle(
         active.served_by(slot);
     }
     // A tls-alpn-01 validation is complete once the handshake is: nothing more to say.
-    if tls.get_ref().1.alpn_protocol() == Some(crate::reload::resolver::ALPN_ACME_TLS) {
+    if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_ACME_TLS) {
         debug!(%peer, "answered a tls-alpn-01 validation");
         let _ = tls.shutdown().await;
         return;

@@ -6,10 +6,11 @@
 //! certificate comes from the resolver) → [`connection`] (HTTP/1.1 or HTTP/2 with hyper,
 //! set up by [`protocols`]) → [`service`] (one request: the checks, [`routes`], then)
 //! → either [`upgrade`] ([`origin`]) and [`websocket`] ([`echo`], or [`proxy`] +
-//! [`relay`] with [`frame`]), or [`forward`] (on [`pool`]). [`forwarding`] says which headers pass;
+//! [`relay`] with [`frame`]), or [`forward`] (on [`pool`], bodies in [`body`]). [`forwarding`] says which headers pass;
 //! [`state`] is what every connection shares; [`http`] has wssd's own responses and the
 //! side ports' small server.
 
+pub mod body;
 pub mod connection;
 pub mod echo;
 pub mod forward;

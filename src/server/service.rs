@@ -23,9 +23,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::body::Body;
 use super::forward::Origin;
 use super::forwarding::ClientAddress;
-use super::http::{self, Body, MAX_HEAD, MAX_HEADERS};
+use super::http::{self, MAX_HEAD, MAX_HEADERS};
 use super::proxy;
 use super::relay::Limits;
 use super::state::Server;

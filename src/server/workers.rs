@@ -102,11 +102,6 @@ impl Workers {
     }
 }
 
-/// The default worker count: the CPUs this process may use (cgroup quotas included).
-pub fn default_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
