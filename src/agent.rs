@@ -12,33 +12,31 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::acme::Acme;
 use crate::acme::challenge::{Http01Tokens, Solver, serve_http01};
-use crate::acme::renew::{self, Renewal};
 use crate::admin::Admin;
-use crate::cert::inspect::rfc3339;
 use crate::cert::pair::PairError;
 use crate::config::{Challenge, Config, Source, Upstream};
 use crate::metrics::Metrics;
-use crate::provision::{self, ProvisionError, Provisioned, schedule};
+use crate::provision::driver::{self, HookRun, Issuer, Slot};
+use crate::provision::store::{LocalDir, Store};
 use crate::reload::reloader::Reloader;
-use crate::reload::watch::{self, ReloadHandle, WatchError};
+use crate::reload::watch::{self, WatchError};
 use crate::server::{self, Server};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("certificate[{index}] ({domains}): {source}")]
+    #[error("certificate[{index}] ({domains}): {reason}")]
     Provision {
         index: usize,
         domains: String,
-        source: ProvisionError,
+        reason: String,
     },
     #[error("certificate[{index}] ({domains}) cannot be served: {source}")]
     Certificate {
@@ -151,6 +149,10 @@ pub async fn run(
         }
     };
     let acme = start_acme(&config, &reloader, &shutdown).await?;
+    let store: Arc<dyn Store> = Arc::new(LocalDir);
+    let dev_ca = Issuer::DevCa {
+        ca_dir: config.ca_dir.clone(),
+    };
     for (index, cert) in config.certificates.iter().enumerate() {
         let domains = cert.domain_list();
         match cert.source {
@@ -169,27 +171,20 @@ pub async fn run(
                         .map_err(|e| AgentError::Provision {
                             index,
                             domains: domains.clone(),
-                            source: ProvisionError::Store(e),
+                            reason: e.to_string(),
                         })?;
                 }
                 continue;
             }
+            // Issued now when missing or due: the listener serves it from the start.
             Source::Selfsigned => {
-                let (c, ca_dir) = (cert.clone(), config.ca_dir.clone());
-                let result = tokio::task::spawn_blocking(move || {
-                    provision::ensure_selfsigned(&c, &ca_dir, SystemTime::now())
-                })
-                .await
-                .unwrap_or_else(|join| Err(ProvisionError::Store(join_error(join))));
-                let provisioned = result.map_err(|source| AgentError::Provision {
-                    index,
-                    domains: domains.clone(),
-                    source,
-                })?;
-                if let Provisioned::Issued(s) = &provisioned {
-                    info!(event = "certificate_issued", certificate = index, %domains, serial = %s.serial, not_after = %rfc3339(s.not_after), "issued a certificate from the dev CA");
-                    crate::hooks::spawn_deploy_hook(index, cert);
-                }
+                driver::ensure(index, cert, &dev_ca, &*store, HookRun::Background)
+                    .await
+                    .map_err(|f| AgentError::Provision {
+                        index,
+                        domains: domains.clone(),
+                        reason: f.message,
+                    })?;
             }
             Source::Files => {}
         }
@@ -233,28 +228,23 @@ pub async fn run(
     }
 
     for (index, cert) in config.certificates.iter().enumerate() {
-        match (cert.source, &acme) {
-            (Source::Selfsigned, _) => {
-                tokio::spawn(renew_selfsigned(
-                    index,
-                    config.clone(),
-                    reloader.clone(),
-                    reload.clone(),
-                    shutdown.clone(),
-                ));
-            }
-            (Source::Acme, Some(acme)) => {
-                tokio::spawn(renew::run(Renewal {
-                    index,
-                    cert: cert.clone(),
-                    acme: acme.clone(),
-                    reload: reload.clone(),
-                    metrics: metrics.clone(),
-                    shutdown: shutdown.clone(),
-                }));
-            }
-            _ => {}
-        }
+        let issuer = match (cert.source, &acme) {
+            (Source::Selfsigned, _) => dev_ca.clone(),
+            (Source::Acme, Some(acme)) => Issuer::Acme {
+                acme: acme.clone(),
+                responders: None,
+            },
+            _ => continue,
+        };
+        tokio::spawn(driver::run(Slot {
+            index,
+            cert: cert.clone(),
+            issuer,
+            store: store.clone(),
+            reload: reload.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        }));
     }
 
     let server = Arc::new(Server::new(
@@ -357,73 +347,4 @@ async fn start_acme(
         config.data_dir.clone(),
         solver,
     )?))
-}
-
-fn join_error(e: tokio::task::JoinError) -> crate::cert::store::StoreError {
-    crate::cert::store::StoreError::Write {
-        path: "(provisioning task)".into(),
-        source: std::io::Error::other(e.to_string()),
-    }
-}
-
-/// Re-issues a dev-CA certificate when its renewal time comes; retries a failure with
-/// capped exponential backoff, never giving up and never touching the served pair until
-/// a new one is on disk.
-async fn renew_selfsigned(
-    index: usize,
-    config: Config,
-    reloader: Arc<Reloader>,
-    reload: ReloadHandle,
-    shutdown: CancellationToken,
-) {
-    let cert = config.certificates[index].clone();
-    let mut due = reloader
-        .served()
-        .get(index)
-        .cloned()
-        .flatten()
-        .map(|s| schedule::renew_at(s.not_before, s.not_after, None))
-        .unwrap_or_else(SystemTime::now);
-    let mut failures: u32 = 0;
-    let metrics = reloader.metrics().clone();
-    loop {
-        let wait = if failures > 0 {
-            std::time::Duration::from_secs(60u64 << failures.min(6))
-        } else {
-            due.duration_since(SystemTime::now()).unwrap_or_default()
-        };
-        metrics.next_renewal_at(index, &cert, SystemTime::now() + wait);
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let (c, ca_dir) = (cert.clone(), config.ca_dir.clone());
-        let result = tokio::task::spawn_blocking(move || {
-            provision::ensure_selfsigned(&c, &ca_dir, SystemTime::now())
-        })
-        .await;
-        match result {
-            Ok(Ok(provisioned)) => {
-                failures = 0;
-                metrics.renewal("selfsigned", true);
-                let s = provisioned.summary();
-                due = schedule::renew_at(s.not_before, s.not_after, None);
-                if let Provisioned::Issued(s) = &provisioned {
-                    info!(event = "certificate_renewed", certificate = index, domains = %cert.domain_list(), serial = %s.serial, not_after = %rfc3339(s.not_after), "renewed from the dev CA");
-                    crate::hooks::spawn_deploy_hook(index, &cert);
-                }
-                // Through the reload task, not the watcher: watching may be off.
-                reload.reload_slot(index, "renewal");
-            }
-            Ok(Err(e)) => {
-                failures += 1;
-                metrics.renewal("selfsigned", false);
-                error!(event = "certificate_renewal_failed", certificate = index, domains = %cert.domain_list(), error = %e, "renewal failed; the current certificate keeps serving");
-            }
-            Err(e) => {
-                failures += 1;
-                error!(certificate = index, error = %e, "renewal task failed");
-            }
-        }
-    }
 }

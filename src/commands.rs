@@ -7,14 +7,15 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::acme::oneshot::Ensured;
+use crate::acme::oneshot::Responders;
 use crate::cert::devca::DevCa;
 use crate::cert::inspect::{CertSummary, rfc3339};
 use crate::cert::pair;
 use crate::cert::store::{self, CERT_MODE, KEY_MODE, PRIVATE_DIR_MODE};
 use crate::config::{self, Config, Domain, KeyType, Source};
 use crate::probe::{self, ProbeOptions};
-use crate::provision::{self, Provisioned};
+use crate::provision::driver::{self, Ensured, HookRun, Issuer};
+use crate::provision::store::LocalDir;
 use crate::units::format_duration;
 
 /// An error with the exit code it should produce.
@@ -319,7 +320,9 @@ pub fn status(path: &Path, json: bool) -> Outcome {
         let renew_before = config.acme.as_ref().and_then(|a| a.renew_before);
         // What the renewal loop (or the last `wssd issue`) decided, when there is a record.
         let recorded = (cert.source == Source::Acme)
-            .then(|| crate::acme::renew::load_state(&config.data_dir).remove(&cert.domain_list()))
+            .then(|| {
+                crate::provision::state::load_state(&config.data_dir).remove(&cert.domain_list())
+            })
             .flatten();
         // A record about another certificate (renewed since) is out of date.
         let recorded = recorded.filter(|r| r.serial == summary.map(|s| s.serial.clone()));
@@ -336,12 +339,20 @@ pub fn status(path: &Path, json: bool) -> Outcome {
                 // As the renewal loops plan it: ACME with renew_before and the serial's
                 // point in the window, the dev CA at the start of the last third.
                 let (before, jitter) = if source == Source::Acme {
-                    (renew_before, crate::acme::renew::jitter_for(&s.serial))
+                    (
+                        renew_before,
+                        crate::provision::schedule::jitter_for(&s.serial),
+                    )
                 } else {
                     (None, 0.0)
                 };
-                let (at, reason) =
-                    crate::acme::renew::plan(s.not_before, s.not_after, before, None, jitter);
+                let (at, reason) = crate::provision::schedule::plan(
+                    s.not_before,
+                    s.not_after,
+                    before,
+                    None,
+                    jitter,
+                );
                 (Some(rfc3339(at.max(now))), Some(reason.to_string()))
             }
         };
@@ -403,90 +414,75 @@ pub async fn issue(path: &Path) -> Outcome {
     let config = Config::load(path)?;
     let now = SystemTime::now();
     let mut all_good = true;
-    let oneshot = crate::acme::oneshot::OneShot::new(&config).map_err(CommandError::runtime)?;
-    for (index, cert) in config.certificates.iter().enumerate() {
+    let dev_ca = Issuer::DevCa {
+        ca_dir: config.ca_dir.clone(),
+    };
+    let acme = Responders::new(&config)
+        .map_err(CommandError::runtime)?
+        .map(|responders| Issuer::Acme {
+            acme: responders.acme().clone(),
+            responders: Some(std::sync::Arc::new(responders)),
+        });
+    // One pass for each certificate wssd obtains itself, all at once; the results print
+    // in order.
+    let passes = config.certificates.iter().enumerate().map(|(index, cert)| {
+        let issuer = match cert.source {
+            Source::Selfsigned => Some(&dev_ca),
+            Source::Acme => acme.as_ref(),
+            Source::Files => None,
+        };
+        async move {
+            match issuer {
+                Some(issuer) => {
+                    Some(driver::ensure(index, cert, issuer, &LocalDir, HookRun::Wait).await)
+                }
+                None => None,
+            }
+        }
+    });
+    let results = futures_util::future::join_all(passes).await;
+    for ((index, cert), result) in config.certificates.iter().enumerate().zip(results) {
         let domains = cert.domain_list();
-        match cert.source {
-            Source::Selfsigned => match provision::ensure_selfsigned(cert, &config.ca_dir, now) {
-                Ok(Provisioned::Issued(s)) => {
-                    println!(
-                        "certificate[{index}] {domains}: issued serial {} (expires {})",
-                        s.serial,
-                        rfc3339(s.not_after)
-                    );
-                    if let Err(e) = crate::hooks::run_deploy_hook(cert) {
-                        eprintln!("certificate[{index}] {domains}: {e}");
-                    }
-                }
-                Ok(Provisioned::Fresh(s)) => {
-                    println!(
-                        "certificate[{index}] {domains}: valid until {}, not due",
-                        rfc3339(s.not_after)
-                    )
-                }
-                Err(e) => {
-                    all_good = false;
+        match result {
+            Some(Ok(Ensured::Issued { summary, hook })) => {
+                println!(
+                    "certificate[{index}] {domains}: issued serial {} (expires {})",
+                    summary.serial,
+                    rfc3339(summary.not_after)
+                );
+                if let Err(e) = hook {
                     eprintln!("certificate[{index}] {domains}: {e}");
                 }
-            },
-            Source::Files => {
-                match pair::load_pair(
-                    &cert.cert_file,
-                    &cert.key_file,
-                    &cert.domains,
-                    now,
-                    &crate::tls::provider(),
-                ) {
-                    Ok(p) => println!(
-                        "certificate[{index}] {domains}: files, valid until {}",
-                        rfc3339(p.summary.not_after)
-                    ),
-                    Err(e) => {
-                        all_good = false;
-                        eprintln!("certificate[{index}] {domains}: {e}");
-                    }
-                }
             }
-            // Ordered below, all at once.
-            Source::Acme => {}
-        }
-    }
-    if let Some(oneshot) = &oneshot {
-        // Every due certificate is ordered concurrently; the results print in order.
-        let acme: Vec<(usize, &crate::config::CertificateConfig)> = config
-            .certificates
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.source == Source::Acme)
-            .collect();
-        let results =
-            futures_util::future::join_all(acme.iter().map(|(_, c)| oneshot.ensure(c))).await;
-        for ((index, cert), result) in acme.into_iter().zip(results) {
-            let domains = cert.domain_list();
-            match result {
-                Ok(Ensured::Issued(s)) => {
-                    println!(
-                        "certificate[{index}] {domains}: issued serial {} (expires {})",
-                        s.serial,
-                        rfc3339(s.not_after)
-                    );
-                    let c = cert.clone();
-                    if let Ok(Err(e)) =
-                        tokio::task::spawn_blocking(move || crate::hooks::run_deploy_hook(&c)).await
-                    {
-                        eprintln!("certificate[{index}] {domains}: {e}");
-                    }
-                }
-                Ok(Ensured::Fresh(s, at, reason)) => println!(
-                    "certificate[{index}] {domains}: valid until {}, not due (renews from {}: {reason})",
-                    rfc3339(s.not_after),
-                    rfc3339(at)
+            Some(Ok(Ensured::Fresh {
+                summary,
+                at,
+                reason,
+            })) => println!(
+                "certificate[{index}] {domains}: valid until {}, not due (renews from {}: {reason})",
+                rfc3339(summary.not_after),
+                rfc3339(at)
+            ),
+            Some(Err(e)) => {
+                all_good = false;
+                eprintln!("certificate[{index}] {domains}: {e}");
+            }
+            None => match pair::load_pair(
+                &cert.cert_file,
+                &cert.key_file,
+                &cert.domains,
+                now,
+                &crate::tls::provider(),
+            ) {
+                Ok(p) => println!(
+                    "certificate[{index}] {domains}: files, valid until {}",
+                    rfc3339(p.summary.not_after)
                 ),
                 Err(e) => {
                     all_good = false;
                     eprintln!("certificate[{index}] {domains}: {e}");
                 }
-            }
+            },
         }
     }
     Ok(if all_good { 0 } else { 1 })

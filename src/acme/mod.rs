@@ -1,11 +1,11 @@
 //! ACME (RFC 8555): certificates from Let's Encrypt, ZeroSSL, step-ca or Pebble.
 //!
 //! The nouns follow the RFC: [`account`] (created once, stored, reused), [`order`] (one
-//! certificate, start to finish), [`challenge`] (http-01, tls-alpn-01, dns-01), and
-//! [`renew`] (when to order again, and the loop that does it in `wssd run`). [`http`] is
-//! the HTTP client underneath. [`Acme`] ties them together: `obtain` orders, validates
-//! and stores one certificate; the result reaches the listener the way every certificate
-//! does, through the store and the reloader.
+//! certificate, start to finish), [`challenge`] (http-01, tls-alpn-01, dns-01), and the
+//! renewal information of RFC 9773 (ARI). [`http`] is the HTTP client underneath, and
+//! [`oneshot`] the responders of a `wssd issue` pass. [`Acme`] ties them together:
+//! `obtain` orders and validates a certificate for these names. When to order, storing
+//! the result and telling the listener belong to provisioning ([`crate::provision`]).
 
 /// Retries an instant-acme call whose request the CA refused with `badNonce` (RFC 8555
 /// §6.5: the client should retry with a fresh nonce). instant-acme already retries twice;
@@ -31,7 +31,6 @@ pub mod challenge;
 pub mod http;
 pub mod oneshot;
 pub mod order;
-pub mod renew;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,11 +38,11 @@ use std::time::SystemTime;
 
 use instant_acme::{Account, CertificateIdentifier, Problem};
 use tokio::sync::OnceCell;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::cert::inspect::CertSummary;
-use crate::cert::pair::{self, LoadedPair, PairError};
-use crate::cert::store::{self, StoreError};
+use crate::cert::pair::{self, LoadedPair, PairError, PemPair};
+use crate::cert::store::StoreError;
 use crate::config::{AcmeConfig, CertificateConfig};
 use challenge::Solver;
 use http::{AcmeHttp, HttpSetupError};
@@ -264,13 +263,13 @@ impl Acme {
         }
     }
 
-    /// Orders a certificate for `cert`, checks it like any other pair, and writes it to
-    /// `cert_file`/`key_file`. `current` is the certificate being replaced, if any.
+    /// Orders a certificate for `cert` and checks it like any other pair; storing it is
+    /// the caller's. `current` is the certificate being replaced, if any.
     pub async fn obtain(
         &self,
         cert: &CertificateConfig,
         current: Option<&LoadedPair>,
-    ) -> Result<CertSummary, AcmeError> {
+    ) -> Result<(PemPair, CertSummary), AcmeError> {
         let account = self.account().await?;
         let wanted = cert.profile.as_deref().or(self.config.profile.as_deref());
         let profile = match wanted {
@@ -317,20 +316,7 @@ impl Acme {
             SKEW,
             &crate::tls::provider(),
         )?;
-        store::write_pair(
-            &cert.cert_file,
-            &cert.key_file,
-            obtained.cert_pem.as_bytes(),
-            obtained.key_pem.as_bytes(),
-        )?;
-        info!(
-            event = "certificate_issued",
-            domains = %cert.domain_list(),
-            serial = %checked.summary.serial,
-            not_after = %crate::cert::inspect::rfc3339(checked.summary.not_after),
-            "certificate issued by the CA and stored"
-        );
-        Ok(checked.summary)
+        Ok((obtained, checked.summary))
     }
 }
 

@@ -13,6 +13,7 @@ use tracing::{debug, info};
 
 use super::AcmeError;
 use super::challenge::{Presented, Solver};
+use crate::cert::pair::PemPair;
 use crate::config::{CertificateConfig, Domain, KeyType};
 
 /// How long to wait for the CA to validate and to issue.
@@ -20,18 +21,6 @@ const POLL: RetryPolicy = RetryPolicy::new()
     .initial_delay(Duration::from_millis(250))
     .backoff(1.5)
     .timeout(Duration::from_secs(120));
-
-/// A certificate fresh from the CA: the chain (leaf first) and its key, PEM.
-pub struct Obtained {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for Obtained {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Obtained { .. }")
-    }
-}
 
 /// What to put in the order besides the names.
 pub struct OrderOptions<'a> {
@@ -46,7 +35,7 @@ pub async fn obtain(
     cert: &CertificateConfig,
     options: OrderOptions<'_>,
     solver: &Solver,
-) -> Result<Obtained, AcmeError> {
+) -> Result<PemPair, AcmeError> {
     let identifiers: Vec<Identifier> = cert
         .domains
         .iter()
@@ -125,7 +114,7 @@ pub async fn obtain(
     let chain = retry_bad_nonce!(order.poll_certificate(&POLL).await)
         .map_err(|e| acme_err(e, Some(names.clone())))?;
     debug!(domains = %names, "certificate downloaded");
-    Ok(Obtained {
+    Ok(PemPair {
         cert_pem: chain,
         key_pem: key.serialize_pem(),
     })

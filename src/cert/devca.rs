@@ -14,7 +14,7 @@ use rcgen::{
 };
 
 use super::inspect::{CertSummary, rfc3339, sha256_fingerprint};
-use super::pair::parse_chain;
+use super::pair::{PemPair, parse_chain};
 use super::store::{self, CERT_MODE, KEY_MODE, PRIVATE_DIR_MODE, StoreError};
 use crate::config::{Domain, KeyType};
 
@@ -55,18 +55,6 @@ impl std::fmt::Debug for DevCa {
         f.debug_struct("DevCa")
             .field("dir", &self.dir)
             .finish_non_exhaustive()
-    }
-}
-
-/// A freshly issued leaf: the chain (leaf, then the CA) and its PKCS#8 key, both PEM.
-pub struct IssuedPair {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for IssuedPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IssuedPair { .. }")
     }
 }
 
@@ -171,7 +159,7 @@ impl DevCa {
         domains: &[Domain],
         lifetime: Duration,
         key_type: KeyType,
-    ) -> Result<IssuedPair, DevCaError> {
+    ) -> Result<PemPair, DevCaError> {
         let key = match key_type {
             KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
             KeyType::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?,
@@ -208,7 +196,7 @@ impl DevCa {
         params.not_after = (now + lifetime).min(self.not_after).into();
         params.serial_number = Some(random_serial());
         let leaf = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedPair {
+        Ok(PemPair {
             cert_pem: format!("{}{}", leaf.pem(), self.cert_pem),
             key_pem: key.serialize_pem(),
         })

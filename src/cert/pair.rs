@@ -100,6 +100,19 @@ impl PairError {
     }
 }
 
+/// A pair as PEM text, fresh from a CA and not yet stored: the chain (leaf first) and
+/// its PKCS#8 key. Its `Debug` shows neither.
+pub struct PemPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for PemPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PemPair { .. }")
+    }
+}
+
 /// Reads `cert_path` and `key_path` and validates them as a pair for `domains` at `now`.
 /// The key is loaded by `provider` (the caller's, as rustls' `CertifiedKey::from_der`
 /// takes it), so that the pair signs with the crypto the listener uses.

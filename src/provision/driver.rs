@@ -1,0 +1,468 @@
+//! The one driver of provisioning, for every source wssd obtains certificates from (the
+//! dev CA, ACME): plan when a certificate is due ([`super::schedule`]), obtain it, store
+//! it ([`super::store`]), record the outcome ([`super::state`]), then hand the new pair
+//! to the reloader and run the deploy hook. Those last two happen here and nowhere else.
+//!
+//! `wssd run` keeps one loop per certificate ([`run`]); `wssd issue`, and the start-up
+//! of `wssd run` for the dev CA, make one pass ([`ensure`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::schedule::{self, Reason};
+use super::selfsigned;
+use super::state::{self, CertState, Failure, FailureKind};
+use super::store::Store;
+use crate::acme::Acme;
+use crate::acme::oneshot::Responders;
+use crate::cert::inspect::{CertSummary, rfc3339};
+use crate::cert::pair::{LoadedPair, PemPair};
+use crate::config::CertificateConfig;
+use crate::hooks::{self, HookError};
+use crate::metrics::Metrics;
+use crate::reload::watch::ReloadHandle;
+
+/// The longest single sleep of a loop before it looks at the clock, the files and the
+/// CA's window again.
+const NAP: Duration = Duration::from_secs(3600);
+/// The shortest wait before asking the CA's renewal window again, whatever its
+/// `Retry-After` says (RFC 9773 asks clients to follow it within reasonable limits).
+const ARI_MIN_RECHECK: Duration = Duration::from_secs(10);
+/// The first wait after a failure to issue from the dev CA (a full disk, say).
+const DEV_CA_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Where a certificate comes from.
+#[derive(Clone)]
+pub enum Issuer {
+    /// `source = "selfsigned"`: the dev CA in this directory.
+    DevCa { ca_dir: PathBuf },
+    /// `source = "acme"`. A one-shot pass starts its challenge responders before its
+    /// first order (`responders`); `wssd run` has them running from the start.
+    Acme {
+        acme: Arc<Acme>,
+        responders: Option<Arc<Responders>>,
+    },
+}
+
+/// When a certificate is due, why, and when to ask the CA's window again.
+struct Plan {
+    at: SystemTime,
+    reason: Reason,
+    recheck: Option<Duration>,
+}
+
+impl Issuer {
+    /// The `source` label of the metrics.
+    fn source(&self) -> &'static str {
+        match self {
+            Issuer::DevCa { .. } => "selfsigned",
+            Issuer::Acme { .. } => "acme",
+        }
+    }
+
+    /// Where its records are kept for `wssd status`: ACME's are; the dev CA's plan
+    /// follows from the files alone.
+    fn records(&self) -> Option<&Path> {
+        match self {
+            Issuer::DevCa { .. } => None,
+            Issuer::Acme { acme, .. } => Some(acme.data_dir()),
+        }
+    }
+
+    fn initial_backoff(&self) -> Duration {
+        match self {
+            Issuer::DevCa { .. } => DEV_CA_BACKOFF,
+            Issuer::Acme { acme, .. } => acme.config().retry_backoff,
+        }
+    }
+
+    /// Its name in log lines.
+    fn kind(&self) -> &'static str {
+        match self {
+            Issuer::DevCa { .. } => "dev-CA",
+            Issuer::Acme { .. } => "ACME",
+        }
+    }
+
+    /// When a certificate valid as `summary` says is due, given the CA's window.
+    fn due(
+        &self,
+        summary: &CertSummary,
+        window: Option<(SystemTime, SystemTime)>,
+    ) -> (SystemTime, Reason) {
+        match self {
+            Issuer::DevCa { .. } => (
+                schedule::renew_at(summary.not_before, summary.not_after, None),
+                Reason::LifetimeFraction,
+            ),
+            Issuer::Acme { acme, .. } => schedule::plan(
+                summary.not_before,
+                summary.not_after,
+                acme.config().renew_before,
+                window,
+                schedule::jitter_for(&summary.serial),
+            ),
+        }
+    }
+
+    /// When the certificate with `current` stored is due.
+    async fn plan(&self, current: Option<&LoadedPair>) -> Plan {
+        let now = |reason| Plan {
+            at: SystemTime::now(),
+            reason,
+            recheck: None,
+        };
+        let Some(pair) = current else {
+            return now(Reason::Missing);
+        };
+        match self {
+            Issuer::DevCa { ca_dir } => {
+                if !selfsigned::from_current_ca(pair, ca_dir) {
+                    return now(Reason::OtherIssuer);
+                }
+                let (at, reason) = self.due(&pair.summary, None);
+                Plan {
+                    at,
+                    reason,
+                    recheck: None,
+                }
+            }
+            Issuer::Acme { acme, .. } => {
+                let info = acme.renewal_info(pair).await;
+                let (at, reason) = self.due(&pair.summary, info.map(|(window, _)| window));
+                Plan {
+                    at,
+                    reason,
+                    // Ask again when the CA says, within limits (its window may move).
+                    recheck: info.map(|(_, after)| after.clamp(ARI_MIN_RECHECK, NAP)),
+                }
+            }
+        }
+    }
+
+    /// A new pair for `cert`, checked; `current` is the one it replaces.
+    async fn obtain(
+        &self,
+        cert: &CertificateConfig,
+        current: Option<&LoadedPair>,
+    ) -> Result<(PemPair, CertSummary), Failure> {
+        match self {
+            Issuer::DevCa { ca_dir } => {
+                let (cert, ca_dir) = (cert.clone(), ca_dir.clone());
+                tokio::task::spawn_blocking(move || selfsigned::issue(&cert, &ca_dir))
+                    .await
+                    .map_err(|e| failure(e.to_string()))?
+                    .map_err(|e| failure(e.to_string()))
+            }
+            Issuer::Acme { acme, responders } => {
+                if let Some(responders) = responders {
+                    responders
+                        .start()
+                        .await
+                        .map_err(|e| failure(e.to_string()))?;
+                }
+                acme.obtain(cert, current).await.map_err(|e| Failure {
+                    kind: if e.is_rate_limited() {
+                        FailureKind::RateLimited
+                    } else {
+                        FailureKind::Other
+                    },
+                    message: e.to_string(),
+                    retry_after: if e.is_rate_limited() {
+                        acme.take_retry_after()
+                    } else {
+                        None
+                    },
+                })
+            }
+        }
+    }
+}
+
+fn failure(message: String) -> Failure {
+    Failure {
+        kind: FailureKind::Other,
+        message,
+        retry_after: None,
+    }
+}
+
+/// Obtains a new pair for certificate `index` and stores it.
+async fn obtain_and_store(
+    index: usize,
+    cert: &CertificateConfig,
+    issuer: &Issuer,
+    store: &dyn Store,
+    current: Option<&LoadedPair>,
+) -> Result<CertSummary, Failure> {
+    let (pem, summary) = issuer.obtain(cert, current).await?;
+    store.save(cert, &pem).map_err(|e| failure(e.to_string()))?;
+    let (domains, serial, not_after) = (
+        cert.domain_list(),
+        &summary.serial,
+        rfc3339(summary.not_after),
+    );
+    match issuer {
+        Issuer::DevCa { .. } => {
+            info!(event = "certificate_issued", certificate = index, %domains, %serial, %not_after, "issued a certificate from the dev CA")
+        }
+        Issuer::Acme { .. } => {
+            info!(event = "certificate_issued", certificate = index, %domains, %serial, %not_after, "certificate issued by the CA and stored")
+        }
+    }
+    Ok(summary)
+}
+
+/// What a pass did for one certificate.
+pub enum Ensured {
+    /// Valid and not due: renews at `at`, for `reason`.
+    Fresh {
+        summary: CertSummary,
+        at: SystemTime,
+        reason: Reason,
+    },
+    /// A new certificate was obtained and stored; `hook` is the deploy hook's outcome
+    /// when the pass waited for it.
+    Issued {
+        summary: CertSummary,
+        hook: Result<(), HookError>,
+    },
+}
+
+/// How a pass runs the deploy hook of a new certificate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum HookRun {
+    /// Waits for it, and returns its outcome (`wssd issue`).
+    Wait,
+    /// In the background, its outcome logged (`wssd run`'s start-up).
+    Background,
+}
+
+/// One pass for certificate `index`: obtains it if it is missing or due, and records the
+/// outcome for `wssd status` and the next pass.
+pub async fn ensure(
+    index: usize,
+    cert: &CertificateConfig,
+    issuer: &Issuer,
+    store: &dyn Store,
+    hook: HookRun,
+) -> Result<Ensured, Failure> {
+    let domains = cert.domain_list();
+    let current = store.current(cert);
+    let plan = issuer.plan(current.as_ref()).await;
+    let now = SystemTime::now();
+    // Fresh: nothing to record. The plan follows from the certificate, the same for
+    // every command, and a daemon beside this pass keeps its own record (its backoff,
+    // say) untouched.
+    if let Some(pair) = &current
+        && now < plan.at
+    {
+        return Ok(Ensured::Fresh {
+            summary: pair.summary.clone(),
+            at: plan.at,
+            reason: plan.reason,
+        });
+    }
+    let records = issuer.records();
+    let mut state = records
+        .and_then(|dir| state::load_state(dir).remove(&domains))
+        .unwrap_or_default();
+    // A CA that rate-limited an earlier pass is not asked again before it said.
+    if let Some(until) = state.retry_not_before()
+        && now < until
+    {
+        return Err(Failure {
+            kind: FailureKind::RateLimited,
+            message: format!(
+                "the CA asked to wait until {} before ordering again (rate limited)",
+                rfc3339(until)
+            ),
+            retry_after: Some(until),
+        });
+    }
+    state.last_attempt = Some(rfc3339(now));
+    let result = obtain_and_store(index, cert, issuer, store, current.as_ref()).await;
+    match &result {
+        Ok(summary) => {
+            let (next, why) = issuer.due(summary, None);
+            state = CertState {
+                next_attempt: Some(rfc3339(next)),
+                reason: Some(why.to_string()),
+                last_attempt: state.last_attempt,
+                serial: Some(summary.serial.clone()),
+                ..CertState::default()
+            };
+        }
+        Err(f) => {
+            state.serial = current.as_ref().map(|p| p.summary.serial.clone());
+            state.record_failure(f);
+            state.next_attempt = None;
+            state.reason = Some("the last `wssd issue` failed; the next pass tries again".into());
+        }
+    }
+    if let Some(dir) = records {
+        state::save_state(dir, &domains, &state);
+    }
+    let summary = result?;
+    let hook = match hook {
+        HookRun::Wait => {
+            let c = cert.clone();
+            tokio::task::spawn_blocking(move || hooks::run_deploy_hook(&c))
+                .await
+                .unwrap_or(Ok(()))
+        }
+        HookRun::Background => {
+            hooks::spawn_deploy_hook(index, cert);
+            Ok(())
+        }
+    };
+    Ok(Ensured::Issued { summary, hook })
+}
+
+/// What a certificate's loop needs from the rest of wssd.
+pub struct Slot {
+    pub index: usize,
+    pub cert: CertificateConfig,
+    pub issuer: Issuer,
+    pub store: Arc<dyn Store>,
+    pub reload: ReloadHandle,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+}
+
+/// Keeps one certificate current until shutdown: waits for its renewal time, obtains a
+/// new pair, stores it and hands it to the reloader. Never gives up; a failure keeps the
+/// current certificate serving and is retried with backoff (or after the CA's
+/// `Retry-After`).
+pub async fn run(s: Slot) {
+    let domains = s.cert.domain_list();
+    let records = s.issuer.records().map(Path::to_path_buf);
+    // A rate limit from an earlier run still holds.
+    let recorded = records
+        .as_deref()
+        .and_then(|dir| state::load_state(dir).remove(&domains));
+    let mut state = CertState::resumed(recorded);
+    let initial = s.issuer.initial_backoff();
+    let kind = s.issuer.kind();
+    let mut last_issued: Option<(SystemTime, Duration)> = None;
+    // For the backoff only: the renewal moment itself follows from the serial.
+    let backoff_jitter = schedule::random_unit();
+    let mut announced: Option<SystemTime> = None;
+    loop {
+        // Read again every time: someone else (`wssd issue`, an operator) may have renewed.
+        let current = s.store.current(&s.cert);
+        state.serial = current.as_ref().map(|p| p.summary.serial.clone());
+        let (mut at, mut reason, recheck) = if state.failures > 0 {
+            let (at, reason) = schedule::retry_plan(
+                state.failures,
+                state.rate_limited_until(),
+                initial,
+                backoff_jitter,
+                SystemTime::now(),
+            );
+            (at, reason, None)
+        } else {
+            let plan = s.issuer.plan(current.as_ref()).await;
+            let floored = schedule::reorder_floor(plan.at, last_issued);
+            if floored > plan.at {
+                warn!(
+                    certificate = s.index,
+                    %domains,
+                    next = %rfc3339(floored),
+                    "the renewal window opens as soon as a certificate is issued (is renew_before longer than the lifetime?); waiting a third of the lifetime"
+                );
+            }
+            (floored, plan.reason, plan.recheck)
+        };
+        if let Some(until) = state.retry_not_before()
+            && until > at
+        {
+            (at, reason) = (until, Reason::RateLimited);
+        }
+        state.next_attempt = Some(rfc3339(at));
+        state.reason = Some(reason.to_string());
+        if let Some(dir) = &records {
+            state::save_state(dir, &domains, &state);
+        }
+        s.metrics.next_renewal_at(s.index, &s.cert, at);
+        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+        if !wait.is_zero() && announced != Some(at) {
+            info!(certificate = s.index, %domains, next = %rfc3339(at), %reason, "next {kind} renewal");
+            announced = Some(at);
+        }
+        // Sleep in naps against the wall clock: a monotonic sleep does not count time
+        // spent suspended, and the CA's window (ARI) may move meanwhile.
+        let nap = wait.min(recheck.unwrap_or(NAP));
+        tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(nap) => {}
+        }
+        if nap < wait {
+            continue;
+        }
+        state.last_attempt = Some(rfc3339(SystemTime::now()));
+        let attempt = tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            result = obtain_and_store(s.index, &s.cert, &s.issuer, &*s.store, current.as_ref()) => result,
+        };
+        let ok = attempt.is_ok();
+        if matches!(s.issuer, Issuer::Acme { .. }) {
+            s.metrics.acme_order(ok);
+        }
+        s.metrics.renewal(s.issuer.source(), ok);
+        match attempt {
+            Ok(summary) => {
+                state.record_success();
+                announced = None;
+                last_issued = Some((SystemTime::now(), summary.lifetime()));
+                // (A first certificate was already logged as issued.)
+                if current.is_some() {
+                    let (serial, not_after) = (&summary.serial, rfc3339(summary.not_after));
+                    match s.issuer {
+                        Issuer::DevCa { .. } => {
+                            info!(event = "certificate_renewed", certificate = s.index, %domains, %serial, %not_after, "renewed from the dev CA")
+                        }
+                        Issuer::Acme { .. } => {
+                            info!(event = "certificate_renewed", certificate = s.index, %domains, %serial, %not_after, "renewed from the CA")
+                        }
+                    }
+                }
+                // Through the reload task, not the watcher: watching may be off.
+                let reason = match s.issuer {
+                    Issuer::DevCa { .. } => "renewal",
+                    Issuer::Acme { .. } => "acme renewal",
+                };
+                s.reload.reload_slot(s.index, reason);
+                hooks::spawn_deploy_hook(s.index, &s.cert);
+            }
+            Err(e) => {
+                state.record_failure(&e);
+                let failures = state.failures;
+                // An expired pair on disk is still served (wssd keeps the last one).
+                if current.is_some() || s.cert.cert_file.exists() {
+                    error!(
+                        event = "certificate_renewal_failed",
+                        certificate = s.index,
+                        %domains,
+                        error = %e,
+                        failures,
+                        "{kind} renewal failed; the current certificate keeps serving"
+                    );
+                } else {
+                    error!(
+                        event = "certificate_order_failed",
+                        certificate = s.index,
+                        %domains,
+                        error = %e,
+                        failures,
+                        "{kind} order failed; no certificate exists yet for these domains, so none is served"
+                    );
+                }
+            }
+        }
+    }
+}
