@@ -89,19 +89,15 @@ pub fn check(config: &Config) -> Vec<PreflightError> {
 /// of `files` certificates belong to whoever writes them).
 pub fn check_private_files(config: &Config) -> Result<(), StoreError> {
     check_private(&config.data_dir)?;
-    if let Ok(entries) = std::fs::read_dir(config.data_dir.join("acme")) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("account-") {
-                check_private(&entry.path())?;
-            }
-        }
+    for account in crate::acme::account::account_files(&config.data_dir) {
+        check_private(&account)?;
     }
     if config
         .certificates
         .iter()
         .any(|c| c.source == Source::Selfsigned)
     {
-        check_private(&config.ca_dir.join("ca-key.pem"))?;
+        check_private(&crate::cert::devca::key_path(&config.ca_dir))?;
     }
     for cert in config
         .certificates

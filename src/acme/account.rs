@@ -32,6 +32,19 @@ pub fn account_path(data_dir: &Path, directory: &str) -> PathBuf {
     data_dir.join("acme").join(format!("account-{short}.json"))
 }
 
+/// Every account file stored under `data_dir` (one per directory URL), for the check of
+/// their modes.
+pub fn account_files(data_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("acme")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("account-"))
+        .map(|e| e.path())
+        .collect()
+}
+
 /// Loads the stored account for the configured CA, or creates and stores one.
 pub async fn load_or_create(
     config: &AcmeConfig,

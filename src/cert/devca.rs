@@ -20,6 +20,11 @@ use crate::config::{Domain, KeyType};
 
 const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
+/// Where the dev CA in `dir` keeps its private key.
+pub fn key_path(dir: &Path) -> PathBuf {
+    dir.join(CA_KEY_FILE)
+}
+
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// The longest leaf lifetime Apple platforms accept from a user-trusted CA.
 pub const MAX_LEAF_DAYS: u32 = 825;
