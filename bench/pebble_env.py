@@ -7,17 +7,19 @@ import socket
 import subprocess
 import time
 
-from run import WSSD, free_port, wait_port
+from ports import free_port, wait_port
 
 
 class Pebble:
-    def __init__(self, work):
+    def __init__(self, work, wssd):
+        """`wssd`: the binary that makes Pebble's TLS certificate."""
         self.work = work
+        self.wssd = wssd
         work.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self):
         env = {**os.environ, "XDG_DATA_HOME": str(self.work / "xdg")}
-        subprocess.run([str(WSSD), "selfsigned", "--out-dir", str(self.work / "tls"), "--domain", "localhost",
+        subprocess.run([str(self.wssd), "selfsigned", "--out-dir", str(self.work / "tls"), "--domain", "localhost",
                         "--domain", "127.0.0.1", "--ca-dir", str(self.work / "ca")], check=True, capture_output=True, env=env)
         self.tls_ca = self.work / "tls/ca.pem"
         listen, mgmt, self.http_port, tls_port, dns, dns_mgmt = (free_port() for _ in range(6))

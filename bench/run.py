@@ -34,31 +34,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 THREADS = os.cpu_count() or 2
 
 
-_HANDED_OUT = set()
-
-
-def free_port():
-    """A free loopback port, never the same one twice: once a probe socket is closed the
-    kernel may hand its port out again at once, and two servers of one run were once
-    given the same port (Pebble's API and challtestsrv's management port)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {port}")
+from ports import free_port, wait_port  # noqa: E402  (bench/ports.py)
 
 
 def descendants(pid):
@@ -550,7 +526,7 @@ def acme_bench(work, args):
     """Wall time to issue certificates from Pebble: wssd issue against lego."""
     from pebble_env import Pebble  # bench/pebble_env.py
     results = {}
-    with Pebble(work / "pebble") as pebble:
+    with Pebble(work / "pebble", WSSD) as pebble:
         cases = [("one", [["one.example.test"]]),
                  ("ten_sans", [[f"n{i}.tensan.example.test" for i in range(10)]]),
                  ("twenty_certs", [[f"c{i}.many.example.test"] for i in range(20)])]
