@@ -24,6 +24,7 @@ pub mod admin;
 pub mod agent;
 pub mod cert;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod hooks;

@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub mod acme_front;
 pub mod edge;
+pub mod etcd;
 pub mod http_upstream;
 pub mod pebble;
 
