@@ -46,6 +46,8 @@ pub enum AgentError {
     },
     #[error("ACME: {0}")]
     Acme(#[from] crate::acme::AcmeError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("{key} = {addr}: cannot listen: {source}{}", bind_hint(source))]
     Bind {
         key: &'static str,
@@ -103,7 +105,11 @@ pub async fn run(
     if let Some(problem) = crate::preflight::check(&config).into_iter().next() {
         return Err(AgentError::Preflight(problem));
     }
-    let metrics = Arc::new(Metrics::default());
+    let mut metrics = Metrics::default();
+    if config.cluster.is_some() {
+        metrics.enable_cluster();
+    }
+    let metrics = Arc::new(metrics);
     let reloader = Arc::new(Reloader::new(config.certificates.clone(), metrics.clone()));
     let shutdown = CancellationToken::new();
     // The admin server first: /readyz says 503 while the rest starts.
@@ -149,7 +155,26 @@ pub async fn run(
         }
     };
     let acme = start_acme(&config, &reloader, &shutdown).await?;
-    let store: Arc<dyn Store> = Arc::new(LocalDir);
+    let fleet = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::join(cluster, metrics.clone())?),
+        None => None,
+    };
+    let store: Arc<dyn Store> = match &fleet {
+        Some(fleet) => {
+            // What the fleet has first: a replica joining it serves the fleet's pair
+            // rather than issuing its own. An engine that is down is no reason not to
+            // start: what is on disk serves.
+            if let Err(e) = crate::cluster::sync::sync_once(fleet, &config.certificates, None).await
+            {
+                warn!(error = %e, "the fleet's engine cannot be reached at start-up; serving the certificates on disk");
+            }
+            Arc::new(crate::cluster::store::FleetStore {
+                fleet: fleet.clone(),
+                certificates: config.certificates.clone(),
+            })
+        }
+        None => Arc::new(LocalDir),
+    };
     let dev_ca = Issuer::DevCa {
         ca_dir: config.ca_dir.clone(),
     };
@@ -178,13 +203,23 @@ pub async fn run(
             }
             // Issued now when missing or due: the listener serves it from the start.
             Source::Selfsigned => {
-                driver::ensure(index, cert, &dev_ca, &*store, HookRun::Background)
-                    .await
-                    .map_err(|f| AgentError::Provision {
-                        index,
-                        domains: domains.clone(),
-                        reason: f.message,
-                    })?;
+                let ensured =
+                    driver::ensure(index, cert, &dev_ca, &*store, HookRun::Background).await;
+                match ensured {
+                    Ok(_) => {}
+                    // A valid pair on disk serves while its renewal waits (a fleet's
+                    // engine that is down, say); the renewal loop tries again.
+                    Err(f) if store.current(cert).is_some() => {
+                        warn!(certificate = index, %domains, error = %f, "cannot renew at start-up; serving the certificate on disk");
+                    }
+                    Err(f) => {
+                        return Err(AgentError::Provision {
+                            index,
+                            domains: domains.clone(),
+                            reason: f.message,
+                        });
+                    }
+                }
             }
             Source::Files => {}
         }
@@ -200,6 +235,14 @@ pub async fn run(
     let reload = watch::spawn(reloader.clone(), config.watch, shutdown.clone())?;
     // A change between the first load and the watcher's start would go unseen: look again.
     reload.reload_all("startup");
+    if let Some(fleet) = &fleet {
+        tokio::spawn(crate::cluster::sync::run(
+            fleet.clone(),
+            config.certificates.clone(),
+            reload.clone(),
+            shutdown.clone(),
+        ));
+    }
     let acme_tls = config
         .acme
         .as_ref()

@@ -260,6 +260,14 @@ pub fn check(path: &Path) -> Outcome {
     if let Some(admin) = &config.admin {
         lines.push(format!("  admin      http://{}", admin.bind));
     }
+    if let Some(cluster) = &config.cluster {
+        lines.push(format!(
+            "  cluster    {} on etcd {} (lease_ttl {})",
+            cluster.name,
+            cluster.endpoints.join(", "),
+            format_duration(cluster.lease_ttl)
+        ));
+    }
     match problems.len() {
         0 => println!("{}: configuration is valid", path.display()),
         n => println!(

@@ -46,6 +46,9 @@ pub struct Metrics {
     not_after: Family<Labels, Gauge>,
     days_left: Family<Labels, Gauge<f64, AtomicU64>>,
     next_renewal: Family<Labels, Gauge>,
+    /// Fleet mode only (registered by [`Metrics::enable_cluster`]): 1 while the engine
+    /// answers.
+    cluster_engine_up: Gauge,
     /// (certificate index, domains, not_after) of what is served, for `days_left`.
     served: Mutex<Vec<(usize, String, SystemTime)>>,
 }
@@ -120,6 +123,7 @@ impl Metrics {
             not_after: Family::default(),
             days_left: Family::default(),
             next_renewal: Family::default(),
+            cluster_engine_up: Gauge::default(),
             served: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
@@ -195,6 +199,19 @@ impl Metrics {
             m.watcher_events.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Adds the fleet's series (a single node has no engine to report on).
+    pub fn enable_cluster(&mut self) {
+        self.registry.register(
+            "cluster_engine_up",
+            "Whether the fleet's engine (etcd) answered the last call: 1 or 0",
+            self.cluster_engine_up.clone(),
+        );
+    }
+
+    pub fn cluster_engine_up(&self, up: bool) {
+        self.cluster_engine_up.set(i64::from(up));
     }
 
     pub fn connection_opened(&self) -> ActiveConnection<'_> {

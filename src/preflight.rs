@@ -32,6 +32,8 @@ pub enum PreflightError {
     },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("[cluster] encryption_key_file {0}")]
+    ClusterKey(#[from] crate::cluster::key::KeyError),
 }
 
 /// Every address `wssd run` would bind for `config`, with the key that sets it.
@@ -77,6 +79,11 @@ pub fn check(config: &Config) -> Vec<PreflightError> {
             });
         }
     }
+    if let Some(cluster) = &config.cluster
+        && let Err(e) = crate::cluster::key::ClusterKey::load(&cluster.encryption_key_file)
+    {
+        problems.push(e.into());
+    }
     let resolver = std::sync::Arc::new(crate::reload::resolver::Resolver::new(Vec::new()));
     if let Err(e) = crate::tls::server_config(resolver, &config.tls, false, config.listener.http2) {
         problems.push(e.into());
@@ -89,6 +96,9 @@ pub fn check(config: &Config) -> Vec<PreflightError> {
 /// of `files` certificates belong to whoever writes them).
 pub fn check_private_files(config: &Config) -> Result<(), StoreError> {
     check_private(&config.data_dir)?;
+    if let Some(cluster) = &config.cluster {
+        check_private(&cluster.encryption_key_file)?;
+    }
     for account in crate::acme::account::account_files(&config.data_dir) {
         check_private(&account)?;
     }

@@ -246,3 +246,263 @@ async fn a_second_endpoint_is_tried_when_the_first_is_down() {
     etcd.put(b"k", b"v", 0).await.unwrap();
     assert_eq!(etcd.get(b"k").await.unwrap().0.unwrap().value, b"v");
 }
+
+// Replicas: `wssd run` processes with the same `[cluster]`, each with a data directory
+// of its own, the same dev CA and the same fleet key.
+
+struct FleetSetup {
+    dir: tempfile::TempDir,
+    etcd: EtcdServer,
+    ca_pem: String,
+}
+
+impl FleetSetup {
+    fn new() -> FleetSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = EtcdServer::start(dir.path());
+        let out = common::wssd_cmd(
+            dir.path(),
+            &[
+                "selfsigned",
+                "--out-dir",
+                dir.path().join("scratch").to_str().unwrap(),
+                "--ca-dir",
+                dir.path().join("ca").to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success());
+        wssd::cert::store::write_atomic(
+            &dir.path().join("fleet.key"),
+            b"q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=\n",
+            0o600,
+        )
+        .unwrap();
+        let ca_pem = std::fs::read_to_string(dir.path().join("ca/ca.pem")).unwrap();
+        FleetSetup { dir, etcd, ca_pem }
+    }
+
+    /// The config of replica `name` (its data under `dir/name`); replica `c` does not
+    /// watch its files, so only the fleet's own path can swap its certificate.
+    fn config(&self, name: &str) -> String {
+        let root = self.dir.path();
+        let watch = if name == "c" { "watch = false\n" } else { "" };
+        format!(
+            "{watch}data_dir = \"{data}\"\nca_dir = \"{ca}\"\n[listener]\nbind = \"127.0.0.1:0\"\n\
+             [cluster]\nbackend = \"etcd\"\nendpoints = [\"{endpoint}\"]\nname = \"fleet\"\nlease_ttl = \"2s\"\nencryption_key_file = \"{key}\"\n\
+             [[certificate]]\ndomains = [\"localhost\"]\nsource = \"selfsigned\"\n",
+            data = root.join(name).join("data").display(),
+            ca = root.join("ca").display(),
+            endpoint = self.etcd.endpoint(),
+            key = root.join("fleet.key").display(),
+        )
+    }
+
+    fn start(&self, name: &str) -> common::Wssd {
+        let home = self.dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        common::Wssd::start(&home, &self.config(name))
+    }
+
+    fn client(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        common::client_config(&self.ca_pem)
+    }
+
+    /// The store a replica's provisioning uses, for the test to publish through.
+    fn publisher(
+        &self,
+    ) -> (
+        wssd::cluster::store::FleetStore,
+        wssd::config::CertificateConfig,
+    ) {
+        let home = self.dir.path().join("publisher");
+        std::fs::create_dir_all(&home).unwrap();
+        let config =
+            wssd::config::Config::from_toml(&self.config("publisher"), &home.join("wssd.toml"))
+                .unwrap();
+        let cluster = config.cluster.clone().unwrap();
+        let metrics = std::sync::Arc::new(wssd::metrics::Metrics::default());
+        let fleet = wssd::cluster::join(&cluster, metrics).unwrap();
+        let store = wssd::cluster::store::FleetStore {
+            fleet,
+            certificates: config.certificates.clone(),
+        };
+        (store, config.certificates[0].clone())
+    }
+}
+
+fn count(replicas: &[&common::Wssd], needle: &str) -> usize {
+    replicas
+        .iter()
+        .map(|r| r.logs().matches(needle).count())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_together_issue_one_certificate_and_all_serve_it() {
+    let fleet = FleetSetup::new();
+    let replicas: Vec<common::Wssd> = std::thread::scope(|s| {
+        let handles: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|name| {
+                let fleet = &fleet;
+                s.spawn(move || fleet.start(name))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let all: Vec<&common::Wssd> = replicas.iter().collect();
+    assert_eq!(
+        count(&all, "issued a certificate from the dev CA"),
+        1,
+        "one issuance for the fleet:\n{}",
+        all.iter()
+            .map(|r| r.logs())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    );
+    let client = fleet.client();
+    let mut serials = Vec::new();
+    for r in &replicas {
+        serials.push(common::served_serial(r.addr, &client).await);
+    }
+    assert!(
+        serials.iter().all(|s| *s == serials[0]),
+        "every replica serves the fleet's certificate: {serials:?}"
+    );
+    assert_eq!(count(&all, "the fleet's new certificate is stored here"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_one_replica_publishes_reaches_every_other_without_a_dropped_connection() {
+    let fleet = FleetSetup::new();
+    let replicas: Vec<common::Wssd> = ["a", "b", "c"].iter().map(|n| fleet.start(n)).collect();
+    let client = fleet.client();
+    let old = common::served_serial(replicas[0].addr, &client).await;
+    let mut live = Vec::new();
+    for r in &replicas {
+        let (ws, serial) = common::ws_connect(r.addr, &client, "/").await;
+        assert_eq!(serial, old);
+        live.push(ws);
+    }
+    // Another replica renews: it takes the lock, issues and publishes.
+    let (store, cert) = fleet.publisher();
+    use wssd::provision::store::Store;
+    let claim = store.claim(&cert).await.unwrap().expect("the lock is free");
+    let (pem, summary) =
+        wssd::provision::selfsigned::issue(&cert, &fleet.dir.path().join("ca")).unwrap();
+    let published = Instant::now();
+    store.save(&cert, &claim, &pem).await.unwrap();
+    drop(claim);
+    let deadline = published + Duration::from_secs(20);
+    let mut swapped_after = Vec::new();
+    for r in &replicas {
+        loop {
+            if common::served_serial(r.addr, &client).await == summary.serial {
+                swapped_after.push(published.elapsed());
+                break;
+            }
+            assert!(Instant::now() < deadline, "no swap:\n{}", r.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    eprintln!("publish to swap (upper bounds, polled in turn): {swapped_after:?}");
+    for ws in &mut live {
+        common::echo(ws, "after the fleet's swap").await.unwrap();
+    }
+    let all: Vec<&common::Wssd> = replicas.iter().collect();
+    assert_eq!(count(&all, "issued a certificate from the dev CA"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_lock_lapsed_cannot_publish_and_no_replica_goes_back_to_an_older_pair() {
+    let fleet = FleetSetup::new();
+    let replica = fleet.start("a");
+    let client = fleet.client();
+    let served = common::served_serial(replica.addr, &client).await;
+    let (store, cert) = fleet.publisher();
+    use wssd::provision::store::{Store, StoreError};
+    // A holder pauses past its lease; etcd lets the lock go and another replica takes it.
+    let stale = store.claim(&cert).await.unwrap().unwrap();
+    let etcd = client_for(&fleet.etcd);
+    etcd.delete(b"wssd/fleet/locks/localhost").await.unwrap();
+    let current = store
+        .claim(&cert)
+        .await
+        .unwrap()
+        .expect("the lapsed lock is free");
+    assert!(store.claim(&cert).await.unwrap().is_none(), "held now");
+    let (pem, _) = wssd::provision::selfsigned::issue(&cert, &fleet.dir.path().join("ca")).unwrap();
+    let refused = store.save(&cert, &stale, &pem).await.unwrap_err();
+    assert!(matches!(refused, StoreError::LockLost), "{refused}");
+    drop(current);
+    drop(stale);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(common::served_serial(replica.addr, &client).await, served);
+
+    // A record older than what a replica serves (an expiry before it) is not installed.
+    let (kv, _) = etcd.get(b"wssd/fleet/certs/localhost").await.unwrap();
+    let mut record: serde_json::Value = serde_json::from_slice(&kv.unwrap().value).unwrap();
+    let ca = wssd::cert::devca::DevCa::load_or_create(&fleet.dir.path().join("ca"))
+        .unwrap()
+        .0;
+    let older = ca
+        .issue(
+            &cert.domains,
+            Duration::from_secs(86_400),
+            wssd::config::KeyType::EcdsaP256,
+        )
+        .unwrap();
+    let sealed = store
+        .fleet
+        .key
+        .seal("wssd/fleet/certs/localhost", older.key_pem.as_bytes())
+        .unwrap();
+    record["chain_pem"] = older.cert_pem.into();
+    record["key_sealed"] = sealed.into();
+    record["serial"] = "older".into();
+    etcd.put(
+        b"wssd/fleet/certs/localhost",
+        &serde_json::to_vec(&record).unwrap(),
+        0,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        common::served_serial(replica.addr, &client).await,
+        served,
+        "went back to a certificate that expires sooner"
+    );
+}
+
+fn client_for(server: &EtcdServer) -> Etcd {
+    client(server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_starts_from_its_disk_while_the_engine_is_down() {
+    let mut fleet = FleetSetup::new();
+    let first = fleet.start("a");
+    let client = fleet.client();
+    let serial = common::served_serial(first.addr, &client).await;
+    drop(first);
+    fleet.etcd.stop();
+    let again = fleet.start("a");
+    assert_eq!(common::served_serial(again.addr, &client).await, serial);
+    assert!(
+        again
+            .logs()
+            .contains("the fleet's engine cannot be reached at start-up"),
+        "{}",
+        again.logs()
+    );
+    // The engine comes back: the replica follows it again.
+    fleet.etcd.resume();
+    again
+        .wait_for_logs(
+            "the fleet's engine answers again",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+}

@@ -461,3 +461,91 @@ fn response_header_mistakes_name_the_header() {
         );
     }
 }
+
+#[test]
+fn cluster_mistakes_are_named_with_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    wssd::cert::store::write_atomic(
+        &key,
+        b"q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=\n",
+        0o600,
+    )
+    .unwrap();
+    let cluster = |body: &str| {
+        format!(
+            "{GOOD}\n[cluster]\nbackend = \"etcd\"\nencryption_key_file = \"{}\"\n{body}",
+            key.display()
+        )
+    };
+    let good = cluster("endpoints = [\"http://127.0.0.1:2379\"]\nname = \"chat-prod\"\n");
+    let (code, err) = check(dir.path(), &good);
+    assert_eq!(code, Some(0), "{err}");
+    let cases = [
+        (
+            "endpoints = []\nname = \"x\"\n",
+            "cluster.endpoints",
+            "at least one engine URL",
+        ),
+        (
+            "endpoints = [\"127.0.0.1:2379\"]\nname = \"x\"\n",
+            "cluster.endpoints[0]",
+            "http:// or https://",
+        ),
+        (
+            "endpoints = [\"http://127.0.0.1:2379/v3\"]\nname = \"x\"\n",
+            "cluster.endpoints[0]",
+            "a host and a port",
+        ),
+        (
+            "endpoints = [\"http://127.0.0.1:2379\"]\nname = \"a/b\"\n",
+            "cluster.name",
+            "letters, digits",
+        ),
+        (
+            "endpoints = [\"http://127.0.0.1:2379\"]\nname = \"x\"\nlease_ttl = \"1s\"\n",
+            "cluster.lease_ttl",
+            "between 2s",
+        ),
+        (
+            "endpoints = [\"http://127.0.0.1:2379\"]\nname = \"x\"\ncert_file = \"/etc/c.pem\"\n",
+            "cluster.cert_file",
+            "both cert_file and key_file",
+        ),
+        (
+            "endpoints = [\"http://127.0.0.1:2379\"]\nname = \"x\"\nbackend2 = 1\n",
+            "cluster",
+            "unknown field `backend2`",
+        ),
+    ];
+    for (body, key_name, message) in cases {
+        let (code, err) = check(dir.path(), &cluster(body));
+        assert_eq!(code, Some(2), "{body}: {err}");
+        assert!(err.contains(key_name), "{body}: {err}");
+        assert!(err.contains(message), "{body}: {err}");
+        assert!(err.contains("line "), "{body}: {err}");
+    }
+    // Fleet mode does not share ACME challenge answers yet: refused, not left to chance.
+    let acme = format!(
+        "[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\n\n[[certificate]]\ndomains = [\"a.example.test\"]\nsource = \"acme\"\n\n[cluster]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nname = \"x\"\nencryption_key_file = \"{}\"\n",
+        key.display()
+    );
+    let (code, err) = check(dir.path(), &acme);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("does not share ACME challenge answers"),
+        "{err}"
+    );
+    // The key file: present, 32 bytes of base64, private.
+    let (code, err) = check(dir.path(), &good.replace("fleet.key", "missing.key"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cluster.encryption_key_file"), "{err}");
+    wssd::cert::store::write_atomic(&key, b"AAAA\n", 0o600).unwrap();
+    let (code, err) = check(dir.path(), &good);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("holds 3 bytes, not 32"), "{err}");
+    assert!(
+        !err.contains("AAAA"),
+        "the key's contents are never shown: {err}"
+    );
+}

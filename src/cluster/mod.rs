@@ -1,10 +1,54 @@
 //! Fleet mode (`[cluster]`, SPEC "Fleet"): replicas that share each certificate through
-//! an etcd cluster, so that one ACME order serves the whole fleet.
+//! an etcd cluster, so that one replica obtains it and every replica serves it.
 //!
-//! Built so far: [`etcd`], the engine's client (keys, transactions, leases, watches), and
-//! [`key`], the fleet's encryption key that seals the private keys stored in the engine.
-//! The `[cluster]` section itself is not read yet: a config that has one is refused as
-//! an unknown key, rather than quietly run as a single node.
+//! [`etcd`] is the engine's client; [`key`] the fleet key that seals the private keys
+//! stored there; [`store`] the fleet's store for provisioning (the per-certificate lock,
+//! the fenced publish); [`sync`] follows the engine's records on every replica and swaps
+//! new pairs in. Not built yet: sharing ACME challenge answers between replicas, so a
+//! config with `[cluster]` and an `acme` certificate is refused.
 
 pub mod etcd;
 pub mod key;
+pub mod store;
+pub mod sync;
+
+use std::sync::Arc;
+
+use crate::config::ClusterConfig;
+use crate::metrics::Metrics;
+use store::Fleet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("[cluster] encryption_key_file {0}")]
+    Key(#[from] key::KeyError),
+    #[error("[cluster]: {0}")]
+    Engine(#[from] etcd::EtcdError),
+}
+
+/// This replica's part of the fleet that `config` describes.
+pub fn join(config: &ClusterConfig, metrics: Arc<Metrics>) -> Result<Arc<Fleet>, ClusterError> {
+    let key = key::ClusterKey::load(&config.encryption_key_file)?;
+    let tls = etcd::EtcdTls {
+        ca_file: config.ca_file.as_deref(),
+        cert_file: config.cert_file.as_deref(),
+        key_file: config.key_file.as_deref(),
+    };
+    let etcd = etcd::Etcd::new(&config.endpoints, &tls)?;
+    Ok(Arc::new(Fleet {
+        etcd,
+        key,
+        prefix: format!("wssd/{}/", config.name),
+        lease_ttl: config.lease_ttl,
+        replica: replica_name(),
+        metrics,
+    }))
+}
+
+/// This process in the engine's records: its host and process id.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}-{}", std::process::id())
+}

@@ -59,6 +59,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub certificates: Vec<CertificateConfig>,
     pub acme: Option<AcmeConfig>,
+    /// `[cluster]`: replicas that share their certificates through an engine.
+    pub cluster: Option<ClusterConfig>,
     /// The line each file path was written on (by key path), to report a missing file.
     path_lines: Vec<(String, usize)>,
 }
@@ -222,6 +224,31 @@ impl CertificateConfig {
     }
 }
 
+/// `[cluster]` (SPEC "Fleet"): every replica with the same `name` on the same engine
+/// shares each certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub backend: ClusterBackend,
+    /// The engine's client URLs, `http://host:port` or `https://host:port`.
+    pub endpoints: Vec<String>,
+    /// The fleet's name: the prefix of its keys in the engine.
+    pub name: String,
+    /// How long a replica's lock on a certificate outlives its last sign of life.
+    pub lease_ttl: Duration,
+    /// The key that seals the private keys stored in the engine.
+    pub encryption_key_file: PathBuf,
+    /// TLS to the engine: the CA its certificate chains to, and a client certificate.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterBackend {
+    Etcd,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Challenge {
     #[serde(rename = "http-01")]
@@ -282,6 +309,7 @@ impl Config {
                 profile: None,
             }],
             acme: None,
+            cluster: None,
             data_dir,
             path_lines: Vec::new(),
         }
@@ -315,6 +343,24 @@ impl Config {
             && std::fs::metadata(ca).is_err()
         {
             return Err(missing("tls.client_ca_file".into(), ca));
+        }
+        if let Some(cluster) = &self.cluster {
+            let files = [
+                (
+                    "cluster.encryption_key_file",
+                    Some(&cluster.encryption_key_file),
+                ),
+                ("cluster.ca_file", cluster.ca_file.as_ref()),
+                ("cluster.cert_file", cluster.cert_file.as_ref()),
+                ("cluster.key_file", cluster.key_file.as_ref()),
+            ];
+            for (key, path) in files {
+                if let Some(path) = path
+                    && std::fs::metadata(path).is_err()
+                {
+                    return Err(missing(key.into(), path));
+                }
+            }
         }
         if let Some(ca) = self.acme.as_ref().and_then(|a| a.ca_file.as_ref())
             && std::fs::metadata(ca).is_err()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::raw::{RawAcme, RawCertificate, RawConfig, RawListener, RawRoute, RawTls};
+use super::raw::{RawAcme, RawCertificate, RawCluster, RawConfig, RawListener, RawRoute, RawTls};
 use super::*;
 
 impl Config {
@@ -41,6 +41,7 @@ impl Config {
         let tls = reader.tls(raw.tls)?;
         let acme = reader.acme(raw.acme)?;
         let certificates = reader.certificates(raw.certificate, &data_dir, acme.as_ref())?;
+        let cluster = reader.cluster(raw.cluster, &certificates)?;
         Ok(Config {
             file: Some(file.to_path_buf()),
             data_dir,
@@ -54,6 +55,7 @@ impl Config {
             }),
             certificates,
             acme,
+            cluster,
             path_lines: reader.path_lines,
         })
     }
@@ -389,6 +391,86 @@ impl Reader<'_> {
         })
     }
 
+    /// `[cluster]`: endpoints that are URLs, a name fit for a key prefix, a lease that
+    /// etcd can keep, a client certificate with its key.
+    fn cluster(
+        &mut self,
+        raw: Option<Spanned<RawCluster>>,
+        certificates: &[CertificateConfig],
+    ) -> Result<Option<ClusterConfig>, ConfigError> {
+        let Some(spanned) = raw else {
+            return Ok(None);
+        };
+        let line = self.line_of(spanned.span().start);
+        let c = spanned.into_inner();
+        if c.endpoints.is_empty() {
+            return Err(self.invalid(
+                line,
+                "cluster.endpoints",
+                "needs at least one engine URL, like \"http://127.0.0.1:2379\"".into(),
+            ));
+        }
+        let mut endpoints = Vec::new();
+        for (index, endpoint) in c.endpoints.into_iter().enumerate() {
+            let at = self.line_of(endpoint.span().start);
+            let url = endpoint.into_inner();
+            engine_url(&url)
+                .map_err(|m| self.invalid(at, &format!("cluster.endpoints[{index}]"), m))?;
+            endpoints.push(url);
+        }
+        let name_line = self.line_of(c.name.span().start);
+        let name = c.name.into_inner();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(self.invalid(
+                name_line,
+                "cluster.name",
+                format!("{name:?}: 1 to 64 letters, digits, '-', '_' or '.' (it prefixes the fleet's keys)"),
+            ));
+        }
+        let lease_ttl = c.lease_ttl.unwrap_or(Duration::from_secs(10));
+        if !(Duration::from_secs(2)..=Duration::from_secs(300)).contains(&lease_ttl) {
+            return Err(self.invalid(
+                line,
+                "cluster.lease_ttl",
+                "must be between 2s (etcd's shortest lease) and 5m".into(),
+            ));
+        }
+        if c.cert_file.is_some() != c.key_file.is_some() {
+            return Err(self.invalid(
+                line,
+                "cluster.cert_file",
+                "a client certificate for the engine needs both cert_file and key_file".into(),
+            ));
+        }
+        // Until the fleet shares challenge answers, an order would be validated by
+        // whichever replica the CA reaches: refused rather than left to fail at random.
+        if let Some(index) = certificates.iter().position(|c| c.source == Source::Acme) {
+            return Err(self.invalid(
+                line,
+                "cluster",
+                format!("certificate[{index}] has source = \"acme\", and fleet mode does not share ACME challenge answers between replicas yet; run one replica for ACME (see the README) or use the files source"),
+            ));
+        }
+        Ok(Some(ClusterConfig {
+            backend: c.backend,
+            endpoints,
+            name,
+            lease_ttl,
+            encryption_key_file: self
+                .path("cluster.encryption_key_file".into(), c.encryption_key_file),
+            ca_file: c.ca_file.map(|p| self.path("cluster.ca_file".into(), p)),
+            cert_file: c
+                .cert_file
+                .map(|p| self.path("cluster.cert_file".into(), p)),
+            key_file: c.key_file.map(|p| self.path("cluster.key_file".into(), p)),
+        }))
+    }
+
     /// Names the configured challenge cannot prove are refused now, not at every order.
     fn check_challenges(
         &self,
@@ -448,6 +530,22 @@ impl Reader<'_> {
         }
         Ok(())
     }
+}
+
+/// An engine URL: `http://` or `https://`, a host and a port, nothing after them.
+fn engine_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("{url:?} is not a URL; write it like \"http://127.0.0.1:2379\""))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let authority = uri.authority();
+    let path_ok = matches!(uri.path(), "" | "/") && uri.query().is_none();
+    if !scheme_ok || authority.is_none_or(|a| a.port_u16().is_none()) || !path_ok {
+        return Err(format!(
+            "{url:?}: an engine URL is http:// or https://, a host and a port, like \"http://127.0.0.1:2379\""
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

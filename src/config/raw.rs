@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Challenge, ClientAuth, Domain, KeyType, Secret, Source, TlsProfile, Upstream};
+use super::{
+    Challenge, ClientAuth, ClusterBackend, Domain, KeyType, Secret, Source, TlsProfile, Upstream,
+};
 use crate::units;
 
 #[derive(Deserialize)]
@@ -27,6 +29,22 @@ pub(super) struct RawConfig {
     pub(super) acme: Option<Spanned<RawAcme>>,
     #[serde(default)]
     pub(super) route: Vec<Spanned<RawRoute>>,
+    pub(super) cluster: Option<Spanned<RawCluster>>,
+}
+
+/// `[cluster]`: the engine the replicas share certificates through.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) backend: ClusterBackend,
+    pub(super) endpoints: Vec<Spanned<String>>,
+    pub(super) name: Spanned<String>,
+    #[serde(default, deserialize_with = "de_timeout")]
+    pub(super) lease_ttl: Option<Duration>,
+    pub(super) encryption_key_file: Spanned<PathBuf>,
+    pub(super) ca_file: Option<Spanned<PathBuf>>,
+    pub(super) cert_file: Option<Spanned<PathBuf>>,
+    pub(super) key_file: Option<Spanned<PathBuf>>,
 }
 
 /// `[[route]]`: a path prefix and where its requests go.

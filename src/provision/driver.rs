@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use super::schedule::{self, Reason};
 use super::selfsigned;
 use super::state::{self, CertState, Failure, FailureKind};
-use super::store::Store;
+use super::store::{Claim, Store};
 use crate::acme::Acme;
 use crate::acme::oneshot::Responders;
 use crate::cert::inspect::{CertSummary, rfc3339};
@@ -34,6 +34,11 @@ const NAP: Duration = Duration::from_secs(3600);
 const ARI_MIN_RECHECK: Duration = Duration::from_secs(10);
 /// The first wait after a failure to issue from the dev CA (a full disk, say).
 const DEV_CA_BACKOFF: Duration = Duration::from_secs(60);
+/// How often a replica that found the lock taken looks again (by then, usually, the
+/// holder's pair has arrived and nothing is due).
+const CONTENDED_RETRY: Duration = Duration::from_secs(2);
+/// How long a pass waits for the pair of the replica holding the lock.
+const CONTENDED_WAIT: Duration = Duration::from_secs(120);
 
 /// Where a certificate comes from.
 #[derive(Clone)]
@@ -191,16 +196,25 @@ fn failure(message: String) -> Failure {
     }
 }
 
-/// Obtains a new pair for certificate `index` and stores it.
+/// Obtains a new pair for certificate `index` under `claim` and stores it; gives up
+/// when the claim is lost.
 async fn obtain_and_store(
     index: usize,
     cert: &CertificateConfig,
     issuer: &Issuer,
     store: &dyn Store,
     current: Option<&LoadedPair>,
+    claim: &Claim,
 ) -> Result<CertSummary, Failure> {
-    let (pem, summary) = issuer.obtain(cert, current).await?;
-    store.save(cert, &pem).map_err(|e| failure(e.to_string()))?;
+    let obtained = tokio::select! {
+        r = issuer.obtain(cert, current) => r,
+        _ = claim.lost.cancelled() => Err(failure("the certificate's lock lapsed before the new pair was obtained".into())),
+    };
+    let (pem, summary) = obtained?;
+    store
+        .save(cert, claim, &pem)
+        .await
+        .map_err(|e| failure(e.to_string()))?;
     let (domains, serial, not_after) = (
         cert.domain_list(),
         &summary.serial,
@@ -284,8 +298,38 @@ pub async fn ensure(
             retry_after: Some(until),
         });
     }
+    // One replica of a fleet obtains it; the others wait for its pair.
+    let waited = std::time::Instant::now();
+    let claim = loop {
+        match store.claim(cert).await {
+            Ok(Some(claim)) => break claim,
+            Ok(None) if waited.elapsed() < CONTENDED_WAIT => {
+                tokio::time::sleep(CONTENDED_RETRY / 4).await;
+                store.fetch(cert).await;
+                if let Some(pair) = store.current(cert)
+                    && current
+                        .as_ref()
+                        .is_none_or(|c| c.summary.serial != pair.summary.serial)
+                {
+                    let plan = issuer.plan(Some(&pair)).await;
+                    return Ok(Ensured::Fresh {
+                        summary: pair.summary,
+                        at: plan.at,
+                        reason: plan.reason,
+                    });
+                }
+            }
+            Ok(None) => {
+                return Err(failure(
+                    "another replica holds this certificate's lock and published nothing".into(),
+                ));
+            }
+            Err(e) => return Err(failure(e.to_string())),
+        }
+    };
     state.last_attempt = Some(rfc3339(now));
-    let result = obtain_and_store(index, cert, issuer, store, current.as_ref()).await;
+    let result = obtain_and_store(index, cert, issuer, store, current.as_ref(), &claim).await;
+    drop(claim);
     match &result {
         Ok(summary) => {
             let (next, why) = issuer.due(summary, None);
@@ -404,11 +448,38 @@ pub async fn run(s: Slot) {
         if nap < wait {
             continue;
         }
+        let claim = match s.store.claim(&s.cert).await {
+            Ok(Some(claim)) => claim,
+            Ok(None) => {
+                // Another replica is obtaining it; its pair arrives through the store.
+                tokio::select! {
+                    _ = s.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(CONTENDED_RETRY) => continue,
+                }
+            }
+            Err(e) => {
+                warn!(certificate = s.index, %domains, error = %e, "cannot take the certificate's lock; no order until the engine answers");
+                tokio::select! {
+                    _ = s.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(CONTENDED_RETRY) => continue,
+                }
+            }
+        };
+        // Still due? Another replica may have renewed while this one waited.
+        let current = s.store.current(&s.cert);
+        if state.failures == 0 {
+            // (The plan first: a "now" it returns must not be later than the clock read.)
+            let due = s.issuer.plan(current.as_ref()).await.at;
+            if SystemTime::now() < due {
+                continue;
+            }
+        }
         state.last_attempt = Some(rfc3339(SystemTime::now()));
         let attempt = tokio::select! {
             _ = s.shutdown.cancelled() => return,
-            result = obtain_and_store(s.index, &s.cert, &s.issuer, &*s.store, current.as_ref()) => result,
+            result = obtain_and_store(s.index, &s.cert, &s.issuer, &*s.store, current.as_ref(), &claim) => result,
         };
+        drop(claim);
         let ok = attempt.is_ok();
         if matches!(s.issuer, Issuer::Acme { .. }) {
             s.metrics.acme_order(ok);

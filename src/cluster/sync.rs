@@ -1,0 +1,178 @@
+//! Every replica follows the engine's certificate records: a new pair published by any
+//! replica is checked, written to this replica's own directory, and swapped in through
+//! the reload task, the one path by which any certificate reaches the listener (so the
+//! reload metrics and log lines are the same as for a file change).
+//!
+//! The watch starts from the revision of a full read and resumes from the last revision
+//! seen; when that revision has been compacted away, or the engine went away, it reads
+//! everything again. A record is installed only when it is valid for the certificate's
+//! names and expires later than the pair this replica has, so no replica ever goes back
+//! to an older certificate.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::etcd::{Event, Kv, WatchMessage};
+use super::store::{Fleet, Record};
+use crate::cert::pair::{self, PemPair};
+use crate::config::CertificateConfig;
+use crate::provision::store::LocalDir;
+use crate::reload::watch::ReloadHandle;
+
+/// The wait before reading the engine again after it failed.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Brings this replica's files up to the engine's records once; the revision read at.
+pub async fn sync_once(
+    fleet: &Fleet,
+    certificates: &[CertificateConfig],
+    reload: Option<&ReloadHandle>,
+) -> Result<i64, super::etcd::EtcdError> {
+    let prefix = format!("{}certs/", fleet.prefix);
+    let (records, revision) = fleet.engine(fleet.etcd.get_prefix(prefix.as_bytes()).await)?;
+    for kv in &records {
+        apply(fleet, certificates, kv, reload);
+    }
+    Ok(revision)
+}
+
+/// Follows the records until shutdown.
+pub async fn run(
+    fleet: Arc<Fleet>,
+    certificates: Vec<CertificateConfig>,
+    reload: ReloadHandle,
+    shutdown: CancellationToken,
+) {
+    let prefix = format!("{}certs/", fleet.prefix);
+    let mut from: Option<i64> = None;
+    let mut down = false;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let start = match from {
+            Some(revision) => revision,
+            None => match sync_once(&fleet, &certificates, Some(&reload)).await {
+                Ok(revision) => revision + 1,
+                Err(e) => {
+                    if !down {
+                        warn!(error = %e, "the fleet's engine cannot be reached; serving what this replica has, and no orders start until it answers");
+                        down = true;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(RETRY) => continue,
+                    }
+                }
+            },
+        };
+        let mut watch = match fleet.engine(fleet.etcd.watch(prefix.as_bytes(), start).await) {
+            Ok(watch) => watch,
+            Err(e) => {
+                if !down {
+                    warn!(error = %e, "the fleet's engine cannot be reached; serving what this replica has, and no orders start until it answers");
+                    down = true;
+                }
+                from = None;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => continue,
+                }
+            }
+        };
+        if down {
+            info!("the fleet's engine answers again");
+            down = false;
+        }
+        from = Some(start);
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = watch.next() => m,
+            };
+            match message {
+                Ok(Some(WatchMessage::Events(events))) => {
+                    for event in events {
+                        if let Event::Put(kv) = event {
+                            from = Some(kv.mod_revision + 1);
+                            apply(&fleet, &certificates, &kv, Some(&reload));
+                        }
+                    }
+                }
+                Ok(Some(WatchMessage::Compacted(_))) => {
+                    // Changes were missed: everything again, then watch from there.
+                    from = None;
+                    break;
+                }
+                Ok(None) | Err(_) => {
+                    // The stream ended (the engine restarted, a proxy timed out): resume
+                    // where it stopped; a failure to do so reads everything again.
+                    fleet.metrics.cluster_engine_up(false);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Installs one record if it is for a certificate of this replica, valid, and newer
+/// than what this replica has.
+pub fn apply(
+    fleet: &Fleet,
+    certificates: &[CertificateConfig],
+    kv: &Kv,
+    reload: Option<&ReloadHandle>,
+) {
+    let key = String::from_utf8_lossy(&kv.key);
+    let Some((index, cert)) = certificates
+        .iter()
+        .enumerate()
+        .find(|(_, c)| fleet.cert_key(c) == key)
+    else {
+        return;
+    };
+    let domains = cert.domain_list();
+    let refused = |reason: String| {
+        warn!(certificate = index, %domains, %reason, "the fleet's certificate is refused; this replica keeps what it has");
+    };
+    let record: Record = match serde_json::from_slice(&kv.value) {
+        Ok(r) => r,
+        Err(e) => return refused(format!("the record cannot be read: {e}")),
+    };
+    let key_pem = match fleet.key.open(&key, &record.key_sealed) {
+        Ok(k) => k,
+        Err(e) => return refused(e.to_string()),
+    };
+    let pem = PemPair {
+        cert_pem: record.chain_pem,
+        key_pem: String::from_utf8_lossy(&key_pem).into_owned(),
+    };
+    let checked = match pair::pair_from_pem(
+        pem.cert_pem.as_bytes(),
+        pem.key_pem.as_bytes(),
+        &cert.cert_file,
+        &cert.key_file,
+        &cert.domains,
+        SystemTime::now(),
+        &crate::tls::provider(),
+    ) {
+        Ok(p) => p,
+        Err(e) => return refused(e.to_string()),
+    };
+    if let Some(have) = LocalDir::read(cert)
+        && (have.summary.serial == checked.summary.serial
+            || have.summary.not_after > checked.summary.not_after)
+    {
+        return;
+    }
+    if let Err(e) = LocalDir::write(cert, &pem) {
+        return refused(format!("cannot write it here: {e}"));
+    }
+    info!(event = "certificate_from_fleet", certificate = index, %domains, serial = %checked.summary.serial, publisher = %record.publisher, "the fleet's new certificate is stored here");
+    if let Some(reload) = reload {
+        reload.reload_slot(index, "fleet");
+    }
+}
