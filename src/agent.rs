@@ -154,11 +154,11 @@ pub async fn run(
             Some(admin)
         }
     };
-    let acme = start_acme(&config, &reloader, &shutdown).await?;
     let fleet = match &config.cluster {
         Some(cluster) => Some(crate::cluster::join(cluster, metrics.clone())?),
         None => None,
     };
+    let acme = start_acme(&config, &reloader, fleet.as_ref(), &shutdown).await?;
     let store: Arc<dyn Store> = match &fleet {
         Some(fleet) => {
             // What the fleet has first: a replica joining it serves the fleet's pair
@@ -350,6 +350,7 @@ fn notify(states: &[sd_notify::NotifyState]) {
 async fn start_acme(
     config: &Config,
     reloader: &Reloader,
+    fleet: Option<&Arc<crate::cluster::store::Fleet>>,
     shutdown: &CancellationToken,
 ) -> Result<Option<Arc<Acme>>, AgentError> {
     let Some(acme_config) = &config.acme else {
@@ -368,7 +369,13 @@ async fn start_acme(
                     addr: bind,
                     source,
                 })?;
-            let tokens = Http01Tokens::default();
+            // In a fleet, any replica answers any replica's orders.
+            let tokens = match fleet {
+                Some(fleet) => Http01Tokens::shared(Arc::new(
+                    crate::cluster::challenges::EngineTokens(fleet.clone()),
+                )),
+                None => Http01Tokens::default(),
+            };
             let bound = listener.local_addr().unwrap_or(bind);
             info!(addr = %bound, "http-01 responder listening");
             tokio::spawn(serve_http01(

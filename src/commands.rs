@@ -15,7 +15,7 @@ use crate::cert::store::{self, CERT_MODE, KEY_MODE, PRIVATE_DIR_MODE};
 use crate::config::{self, Config, Domain, KeyType, Source};
 use crate::probe::{self, ProbeOptions};
 use crate::provision::driver::{self, Ensured, HookRun, Issuer};
-use crate::provision::store::LocalDir;
+use crate::provision::store::{LocalDir, Store};
 use crate::units::format_duration;
 
 /// An error with the exit code it should produce.
@@ -425,7 +425,30 @@ pub async fn issue(path: &Path) -> Outcome {
     let dev_ca = Issuer::DevCa {
         ca_dir: config.ca_dir.clone(),
     };
-    let acme = Responders::new(&config)
+    // In a fleet, the pass takes each certificate's lock and publishes to the engine
+    // like any replica, and its http-01 answers are where every replica finds them.
+    let fleet = match &config.cluster {
+        Some(cluster) => Some(
+            crate::cluster::join(
+                cluster,
+                std::sync::Arc::new(crate::metrics::Metrics::default()),
+            )
+            .map_err(CommandError::runtime)?,
+        ),
+        None => None,
+    };
+    let store: Box<dyn Store> = match &fleet {
+        Some(fleet) => Box::new(crate::cluster::store::FleetStore {
+            fleet: fleet.clone(),
+            certificates: config.certificates.clone(),
+        }),
+        None => Box::new(LocalDir),
+    };
+    let shared = fleet.as_ref().map(|f| {
+        std::sync::Arc::new(crate::cluster::challenges::EngineTokens(f.clone()))
+            as std::sync::Arc<dyn crate::acme::challenge::SharedTokens>
+    });
+    let acme = Responders::new(&config, shared)
         .map_err(CommandError::runtime)?
         .map(|responders| Issuer::Acme {
             acme: responders.acme().clone(),
@@ -433,6 +456,7 @@ pub async fn issue(path: &Path) -> Outcome {
         });
     // One pass for each certificate wssd obtains itself, all at once; the results print
     // in order.
+    let store = &*store;
     let passes = config.certificates.iter().enumerate().map(|(index, cert)| {
         let issuer = match cert.source {
             Source::Selfsigned => Some(&dev_ca),
@@ -442,7 +466,7 @@ pub async fn issue(path: &Path) -> Outcome {
         async move {
             match issuer {
                 Some(issuer) => {
-                    Some(driver::ensure(index, cert, issuer, &LocalDir, HookRun::Wait).await)
+                    Some(driver::ensure(index, cert, issuer, store, HookRun::Wait).await)
                 }
                 None => None,
             }

@@ -506,3 +506,142 @@ async fn a_replica_starts_from_its_disk_while_the_engine_is_down() {
         )
         .await;
 }
+
+/// Forwards each connection on `listen` (Pebble's http-01 port) to the http-01 port of a
+/// replica that does not hold the certificate's lock right now; records (the replica's
+/// pid, the holder's pid) for each.
+async fn forward_to_non_holders(
+    listen: std::net::TcpListener,
+    etcd: Etcd,
+    lock: &'static [u8],
+    replicas: Vec<(u32, u16)>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(u32, u32)>>>,
+) {
+    listen.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listen).unwrap();
+    let etcd = std::sync::Arc::new(etcd);
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
+        let (etcd, replicas, seen) = (etcd.clone(), replicas.clone(), seen.clone());
+        tokio::spawn(async move {
+            let holder: u32 = match etcd.get(lock).await {
+                Ok((Some(kv), _)) => String::from_utf8_lossy(&kv.value)
+                    .rsplit('-')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            for _ in 0..200 {
+                for (pid, port) in replicas.iter().filter(|(pid, _)| *pid != holder) {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await
+                    {
+                        seen.lock().unwrap().push((*pid, holder));
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acme_fleet_orders_once_and_every_validation_is_answered_by_a_replica_that_did_not_order()
+ {
+    let fleet = FleetSetup::new();
+    let pebble = common::pebble::Pebble::start(fleet.dir.path(), Default::default());
+    let names = ["a", "b", "c"];
+    let ports: Vec<u16> = names.iter().map(|_| common::pebble::free_port()).collect();
+    let config = |name: &str, port: u16| {
+        let root = fleet.dir.path();
+        format!(
+            "data_dir = \"{data}\"\n[listener]\nbind = \"127.0.0.1:0\"\n{acme}\
+             [cluster]\nbackend = \"etcd\"\nendpoints = [\"{endpoint}\"]\nname = \"fleet\"\nlease_ttl = \"2s\"\nencryption_key_file = \"{key}\"\n\
+             [[certificate]]\ndomains = [\"fleet.example.test\"]\nsource = \"acme\"\n",
+            data = root.join(name).join("data").display(),
+            acme = pebble.acme_section("http-01", "").replace(
+                &format!("http01_bind = \"127.0.0.1:{}\"", pebble.http_port),
+                &format!("http01_bind = \"127.0.0.1:{port}\""),
+            ),
+            endpoint = fleet.etcd.endpoint(),
+            key = root.join("fleet.key").display(),
+        )
+    };
+    // Pebble's http-01 requests go to the forwarder; it sends them past the holder.
+    let listen = std::net::TcpListener::bind(("127.0.0.1", pebble.http_port)).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let replicas: Vec<common::Wssd> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, port)| {
+                let text = config(name, *port);
+                let home = fleet.dir.path().join(name);
+                s.spawn(move || {
+                    std::fs::create_dir_all(&home).unwrap();
+                    common::Wssd::start(&home, &text)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let targets: Vec<(u32, u16)> = replicas
+        .iter()
+        .map(|r| r.pid())
+        .zip(ports.clone())
+        .collect();
+    tokio::spawn(forward_to_non_holders(
+        listen,
+        client(&fleet.etcd),
+        b"wssd/fleet/locks/fleet.example.test",
+        targets,
+        seen.clone(),
+    ));
+    let all: Vec<&common::Wssd> = replicas.iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let client = common::pebble::pebble_client(&pebble);
+    let mut serials = Vec::new();
+    for r in &replicas {
+        loop {
+            // A handshake that verifies against Pebble's root: the certificate is here.
+            let served = common::served_serial_for(r.addr, &client, "fleet.example.test").await;
+            if let Ok(serial) = &served {
+                serials.push(serial.clone());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no certificate ({served:?}):\n{}",
+                all.iter()
+                    .map(|r| r.logs())
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(serials.iter().all(|s| *s == serials[0]), "{serials:?}");
+    assert_eq!(
+        count(&all, "certificate issued by the CA and stored"),
+        1,
+        "one order for the fleet:\n{}",
+        all.iter()
+            .map(|r| r.logs())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen.is_empty(),
+        "Pebble validated nothing through the forwarder"
+    );
+    for (answered_by, holder) in &seen {
+        assert_ne!(answered_by, holder, "the holder answered a validation");
+        assert_ne!(*holder, 0, "a validation while no replica held the lock");
+    }
+    eprintln!("validations (answered by, holder): {seen:?}");
+}

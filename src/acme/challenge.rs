@@ -9,6 +9,10 @@
 //!   the same port never see it.
 //! * `dns-01`: the user's hook publishes the TXT record (`HOOK set FQDN VALUE`) and
 //!   removes it afterwards (`HOOK clear FQDN VALUE`).
+//!
+//! In a fleet, http-01 answers are also kept where every replica finds them
+//! ([`SharedTokens`], the engine), so that the replica the CA's request reaches answers
+//! it, whichever replica placed the order.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,24 +34,62 @@ use crate::server::http::{self, Request, SecurityHeaders};
 /// How long a dns-01 hook may take.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// http-01 tokens being answered now: token → key authorization.
+pub type TokenFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where a fleet keeps the http-01 answers of every replica's orders.
+pub trait SharedTokens: Send + Sync {
+    /// Stores an answer; the CA is told to validate only once this has returned.
+    fn put<'a>(
+        &'a self,
+        token: &'a str,
+        key_authorization: &'a str,
+    ) -> TokenFuture<'a, Result<(), String>>;
+    fn get<'a>(&'a self, token: &'a str) -> TokenFuture<'a, Option<String>>;
+    fn clear<'a>(&'a self, token: &'a str) -> TokenFuture<'a, ()>;
+}
+
+/// http-01 tokens being answered now: token → key authorization; in a fleet, the
+/// other replicas' too.
 #[derive(Clone, Default)]
-pub struct Http01Tokens(Arc<RwLock<HashMap<String, String>>>);
+pub struct Http01Tokens {
+    own: Arc<RwLock<HashMap<String, String>>>,
+    shared: Option<Arc<dyn SharedTokens>>,
+}
 
 impl Http01Tokens {
-    fn get(&self, token: &str) -> Option<String> {
-        self.0.read().ok()?.get(token).cloned()
-    }
-
-    fn set(&self, token: &str, key_authorization: &str) {
-        if let Ok(mut map) = self.0.write() {
-            map.insert(token.to_string(), key_authorization.to_string());
+    /// Tokens that are also kept in `shared` (a fleet's engine).
+    pub fn shared(shared: Arc<dyn SharedTokens>) -> Http01Tokens {
+        Http01Tokens {
+            own: Arc::default(),
+            shared: Some(shared),
         }
     }
 
-    fn clear(&self, token: &str) {
-        if let Ok(mut map) = self.0.write() {
+    async fn get(&self, token: &str) -> Option<String> {
+        let own = self.own.read().ok().and_then(|m| m.get(token).cloned());
+        match (own, &self.shared) {
+            (Some(answer), _) => Some(answer),
+            (None, Some(shared)) => shared.get(token).await,
+            (None, None) => None,
+        }
+    }
+
+    async fn set(&self, token: &str, key_authorization: &str) -> Result<(), String> {
+        if let Ok(mut map) = self.own.write() {
+            map.insert(token.to_string(), key_authorization.to_string());
+        }
+        match &self.shared {
+            Some(shared) => shared.put(token, key_authorization).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn clear(&self, token: &str) {
+        if let Ok(mut map) = self.own.write() {
             map.remove(token);
+        }
+        if let Some(shared) = &self.shared {
+            shared.clear(token).await;
         }
     }
 }
@@ -105,7 +147,10 @@ impl Solver {
         }
         let kind = match self {
             Solver::Http01(tokens) => {
-                tokens.set(token, key_authorization.as_str());
+                tokens
+                    .set(token, key_authorization.as_str())
+                    .await
+                    .map_err(|e| format!("cannot share the http-01 answer with the fleet: {e}"))?;
                 Presentation::Token(token.to_string())
             }
             Solver::TlsAlpn01(resolver) => {
@@ -136,7 +181,7 @@ impl Solver {
     /// on them).
     pub async fn clean_up(&self, presented: Presented) {
         match (self, presented.kind) {
-            (Solver::Http01(tokens), Presentation::Token(token)) => tokens.clear(&token),
+            (Solver::Http01(tokens), Presentation::Token(token)) => tokens.clear(&token).await,
             (Solver::TlsAlpn01(resolver), Presentation::AlpnName(name, key)) => {
                 resolver.clear_challenge(&name, &key)
             }
@@ -241,17 +286,21 @@ pub async fn serve_http01(
     shutdown: CancellationToken,
 ) {
     http::serve_plain(listener, shutdown, "http-01", move |req| {
-        let response = http01_response(&req, &tokens, https_port);
-        async move { response }
+        let tokens = tokens.clone();
+        async move { http01_response(&req, &tokens, https_port).await }
     })
     .await
 }
 
-fn http01_response(req: &Request, tokens: &Http01Tokens, https_port: u16) -> hyper::Response<Body> {
+async fn http01_response(
+    req: &Request,
+    tokens: &Http01Tokens,
+    https_port: u16,
+) -> hyper::Response<Body> {
     const PREFIX: &str = "/.well-known/acme-challenge/";
     let security = SecurityHeaders::default();
     if let Some(token) = req.target.strip_prefix(PREFIX) {
-        return match tokens.get(token) {
+        return match tokens.get(token).await {
             Some(key_authorization) if req.method == "GET" || req.method == "HEAD" => {
                 http::typed_response(
                     200,
@@ -320,30 +369,39 @@ mod tests {
         Request::parse(text.as_bytes()).unwrap()
     }
 
-    #[test]
-    fn tokens_answered_and_everything_else_redirected() {
+    #[tokio::test]
+    async fn tokens_answered_and_everything_else_redirected() {
         let tokens = Http01Tokens::default();
-        tokens.set("abc", "abc.thumb");
-        let ok = http::response_text(http01_response(
-            &req("GET /.well-known/acme-challenge/abc HTTP/1.1\r\nHost: a.example\r\n\r\n"),
-            &tokens,
-            443,
-        ));
+        tokens.set("abc", "abc.thumb").await.unwrap();
+        let ok = http::response_text(
+            http01_response(
+                &req("GET /.well-known/acme-challenge/abc HTTP/1.1\r\nHost: a.example\r\n\r\n"),
+                &tokens,
+                443,
+            )
+            .await,
+        );
         assert!(
             ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nabc.thumb"),
             "{ok}"
         );
-        let missing = http::response_text(http01_response(
-            &req("GET /.well-known/acme-challenge/zzz HTTP/1.1\r\nHost: a\r\n\r\n"),
-            &tokens,
-            443,
-        ));
+        let missing = http::response_text(
+            http01_response(
+                &req("GET /.well-known/acme-challenge/zzz HTTP/1.1\r\nHost: a\r\n\r\n"),
+                &tokens,
+                443,
+            )
+            .await,
+        );
         assert!(missing.starts_with("HTTP/1.1 404"));
-        let redirect = http::response_text(http01_response(
-            &req("GET /chat?x=1 HTTP/1.1\r\nHost: a.example:80\r\n\r\n"),
-            &tokens,
-            8443,
-        ));
+        let redirect = http::response_text(
+            http01_response(
+                &req("GET /chat?x=1 HTTP/1.1\r\nHost: a.example:80\r\n\r\n"),
+                &tokens,
+                8443,
+            )
+            .await,
+        );
         assert!(
             redirect.starts_with("HTTP/1.1 301 Moved Permanently\r\n"),
             "{redirect}"
@@ -353,20 +411,61 @@ mod tests {
             "{redirect}"
         );
         assert!(redirect.contains("strict-transport-security"));
-        let plain = http::response_text(http01_response(
-            &req("GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"),
-            &tokens,
-            443,
-        ));
+        let plain = http::response_text(
+            http01_response(
+                &req("GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"),
+                &tokens,
+                443,
+            )
+            .await,
+        );
         assert!(
             plain.contains("location: https://a.example/\r\n"),
             "{plain}"
         );
-        let evil = http::response_text(http01_response(
-            &req("GET / HTTP/1.1\r\nHost: a\"b\r\n\r\n"),
-            &tokens,
-            443,
-        ));
+        let evil = http::response_text(
+            http01_response(&req("GET / HTTP/1.1\r\nHost: a\"b\r\n\r\n"), &tokens, 443).await,
+        );
         assert!(evil.starts_with("HTTP/1.1 400"));
+    }
+
+    /// A fleet's shared answers, in memory.
+    #[derive(Default)]
+    struct Memory(std::sync::Mutex<HashMap<String, String>>);
+
+    impl SharedTokens for Memory {
+        fn put<'a>(&'a self, token: &'a str, ka: &'a str) -> TokenFuture<'a, Result<(), String>> {
+            self.0.lock().unwrap().insert(token.into(), ka.into());
+            Box::pin(async { Ok(()) })
+        }
+        fn get<'a>(&'a self, token: &'a str) -> TokenFuture<'a, Option<String>> {
+            let answer = self.0.lock().unwrap().get(token).cloned();
+            Box::pin(async move { answer })
+        }
+        fn clear<'a>(&'a self, token: &'a str) -> TokenFuture<'a, ()> {
+            self.0.lock().unwrap().remove(token);
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_answers_the_tokens_another_replica_shared() {
+        let shared: Arc<Memory> = Arc::default();
+        let holder = Http01Tokens::shared(shared.clone());
+        let other = Http01Tokens::shared(shared.clone());
+        holder.set("t1", "t1.thumb").await.unwrap();
+        assert_eq!(other.get("t1").await.as_deref(), Some("t1.thumb"));
+        let answer = http::response_text(
+            http01_response(
+                &req("GET /.well-known/acme-challenge/t1 HTTP/1.1\r\nHost: a\r\n\r\n"),
+                &other,
+                443,
+            )
+            .await,
+        );
+        assert!(answer.ends_with("\r\n\r\nt1.thumb"), "{answer}");
+        holder.clear("t1").await;
+        assert_eq!(other.get("t1").await, None, "cleared for the whole fleet");
+        assert_eq!(Http01Tokens::default().get("t1").await, None);
     }
 }

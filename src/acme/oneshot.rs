@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::challenge::{Http01Tokens, Solver, serve_http01};
+use super::challenge::{Http01Tokens, SharedTokens, Solver, serve_http01};
 use super::{Acme, AcmeError};
 use crate::config::{Challenge, Config, Source};
 use crate::metrics::Metrics;
@@ -36,7 +36,11 @@ impl Drop for Responders {
 impl Responders {
     /// The ACME client of a pass for `config`, and its responders; `None` when no
     /// certificate comes from ACME.
-    pub fn new(config: &Config) -> Result<Option<Responders>, AcmeError> {
+    /// `shared`: a fleet's store of http-01 answers, which its replicas answer from.
+    pub fn new(
+        config: &Config,
+        shared: Option<Arc<dyn SharedTokens>>,
+    ) -> Result<Option<Responders>, AcmeError> {
         let Some(acme_config) = &config.acme else {
             return Ok(None);
         };
@@ -44,7 +48,10 @@ impl Responders {
             return Ok(None);
         }
         let solver = match acme_config.challenge {
-            Challenge::Http01 => Solver::Http01(Http01Tokens::default()),
+            Challenge::Http01 => Solver::Http01(match shared {
+                Some(shared) => Http01Tokens::shared(shared),
+                None => Http01Tokens::default(),
+            }),
             Challenge::TlsAlpn01 => Solver::TlsAlpn01(Arc::new(Resolver::new(Vec::new()))),
             Challenge::Dns01 => match &acme_config.dns01_hook {
                 Some(hook) => Solver::Dns01(hook.clone()),

@@ -4,9 +4,11 @@
 //! [`etcd`] is the engine's client; [`key`] the fleet key that seals the private keys
 //! stored there; [`store`] the fleet's store for provisioning (the per-certificate lock,
 //! the fenced publish); [`sync`] follows the engine's records on every replica and swaps
-//! new pairs in. Not built yet: sharing ACME challenge answers between replicas, so a
-//! config with `[cluster]` and an `acme` certificate is refused.
+//! new pairs in; [`challenges`] shares http-01 answers, so any replica answers the CA.
+//! Not built yet: sharing tls-alpn-01 answers, so `[cluster]` with that challenge is
+//! refused.
 
+pub mod challenges;
 pub mod etcd;
 pub mod key;
 pub mod store;

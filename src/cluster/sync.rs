@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::etcd::{Event, Kv, WatchMessage};
 use super::store::{Fleet, Record};
-use crate::cert::pair::{self, PemPair};
+use crate::cert::pair::{self, LoadedPair, PemPair};
 use crate::config::CertificateConfig;
 use crate::provision::store::LocalDir;
 use crate::reload::watch::ReloadHandle;
@@ -162,14 +162,14 @@ pub fn apply(
         Ok(p) => p,
         Err(e) => return refused(e.to_string()),
     };
-    if let Some(have) = LocalDir::read(cert)
-        && (have.summary.serial == checked.summary.serial
-            || have.summary.not_after > checked.summary.not_after)
-    {
-        return;
-    }
-    if let Err(e) = LocalDir::write(cert, &pem) {
-        return refused(format!("cannot write it here: {e}"));
+    let new = &checked.summary;
+    let keep = |have: &LoadedPair| {
+        have.summary.serial == new.serial || have.summary.not_after > new.not_after
+    };
+    match LocalDir::write_unless(cert, &pem, keep) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => return refused(format!("cannot write it here: {e}")),
     }
     info!(event = "certificate_from_fleet", certificate = index, %domains, serial = %checked.summary.serial, publisher = %record.publisher, "the fleet's new certificate is stored here");
     if let Some(reload) = reload {

@@ -41,7 +41,7 @@ impl Config {
         let tls = reader.tls(raw.tls)?;
         let acme = reader.acme(raw.acme)?;
         let certificates = reader.certificates(raw.certificate, &data_dir, acme.as_ref())?;
-        let cluster = reader.cluster(raw.cluster, &certificates)?;
+        let cluster = reader.cluster(raw.cluster, &certificates, acme.as_ref())?;
         Ok(Config {
             file: Some(file.to_path_buf()),
             data_dir,
@@ -397,6 +397,7 @@ impl Reader<'_> {
         &mut self,
         raw: Option<Spanned<RawCluster>>,
         certificates: &[CertificateConfig],
+        acme: Option<&AcmeConfig>,
     ) -> Result<Option<ClusterConfig>, ConfigError> {
         let Some(spanned) = raw else {
             return Ok(None);
@@ -447,13 +448,15 @@ impl Reader<'_> {
                 "a client certificate for the engine needs both cert_file and key_file".into(),
             ));
         }
-        // Until the fleet shares challenge answers, an order would be validated by
-        // whichever replica the CA reaches: refused rather than left to fail at random.
-        if let Some(index) = certificates.iter().position(|c| c.source == Source::Acme) {
+        // tls-alpn-01 answers are not shared yet: an order would be validated by whichever
+        // replica the CA reaches, so it is refused rather than left to fail at random.
+        if let Some(index) = certificates.iter().position(|c| c.source == Source::Acme)
+            && acme.is_some_and(|a| a.challenge == Challenge::TlsAlpn01)
+        {
             return Err(self.invalid(
                 line,
                 "cluster",
-                format!("certificate[{index}] has source = \"acme\", and fleet mode does not share ACME challenge answers between replicas yet; run one replica for ACME (see the README) or use the files source"),
+                format!("certificate[{index}] is validated with tls-alpn-01 (the default challenge), and fleet mode does not share tls-alpn-01 answers between replicas yet; set [acme] challenge = \"http-01\" or \"dns-01\""),
             ));
         }
         Ok(Some(ClusterConfig {

@@ -327,6 +327,19 @@ pub async fn ensure(
             Err(e) => return Err(failure(e.to_string())),
         }
     };
+    // Still due under the lock? A replica that held it before may have published.
+    store.fetch(cert).await;
+    let current = store.current(cert);
+    if let Some(pair) = &current {
+        let plan = issuer.plan(Some(pair)).await;
+        if SystemTime::now() < plan.at {
+            return Ok(Ensured::Fresh {
+                summary: pair.summary.clone(),
+                at: plan.at,
+                reason: plan.reason,
+            });
+        }
+    }
     state.last_attempt = Some(rfc3339(now));
     let result = obtain_and_store(index, cert, issuer, store, current.as_ref(), &claim).await;
     drop(claim);
@@ -465,7 +478,9 @@ pub async fn run(s: Slot) {
                 }
             }
         };
-        // Still due? Another replica may have renewed while this one waited.
+        // Still due? Another replica may have renewed while this one waited; its pair is
+        // fetched first, as this replica's own copy may not have caught up yet.
+        s.store.fetch(&s.cert).await;
         let current = s.store.current(&s.cert);
         if state.failures == 0 {
             // (The plan first: a "now" it returns must not be later than the clock read.)

@@ -116,12 +116,30 @@ impl LocalDir {
     }
 
     pub fn write(cert: &CertificateConfig, pair: &PemPair) -> Result<(), store::StoreError> {
+        LocalDir::write_unless(cert, pair, |_| false).map(|_| ())
+    }
+
+    /// Writes `pair` unless the pair there now passes `keep`; whether it wrote. One
+    /// write at a time in this process: provisioning and a fleet's follower may both
+    /// have the same new pair to write, and two switches of one `..data` at once would
+    /// trip over each other.
+    pub fn write_unless(
+        cert: &CertificateConfig,
+        pair: &PemPair,
+        keep: impl FnOnce(&LoadedPair) -> bool,
+    ) -> Result<bool, store::StoreError> {
+        static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+        if LocalDir::read(cert).is_some_and(|have| keep(&have)) {
+            return Ok(false);
+        }
         store::write_pair(
             &cert.cert_file,
             &cert.key_file,
             pair.cert_pem.as_bytes(),
             pair.key_pem.as_bytes(),
-        )
+        )?;
+        Ok(true)
     }
 }
 
