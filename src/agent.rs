@@ -350,7 +350,7 @@ fn notify(states: &[sd_notify::NotifyState]) {
 async fn start_acme(
     config: &Config,
     reloader: &Reloader,
-    fleet: Option<&Arc<crate::cluster::store::Fleet>>,
+    fleet: Option<&Arc<crate::cluster::fleet::Fleet>>,
     shutdown: &CancellationToken,
 ) -> Result<Option<Arc<Acme>>, AgentError> {
     let Some(acme_config) = &config.acme else {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::store::Fleet;
+use super::fleet::Fleet;
 use crate::acme::challenge::{SharedTokens, TokenFuture};
 
 /// How long a stored answer lives at most (an order's validation takes seconds).

@@ -1,7 +1,7 @@
 //! Fleet mode (`[cluster]`, SPEC "Fleet"): replicas that share each certificate through
 //! an etcd cluster, so that one replica obtains it and every replica serves it.
 //!
-//! [`etcd`] is the engine's client; [`key`] the fleet key that seals the private keys
+//! [`fleet`] is what a replica's parts share; [`etcd`] the engine's client; [`key`] the fleet key that seals the private keys
 //! stored there; [`store`] the fleet's store for provisioning (the per-certificate lock,
 //! the fenced publish); [`sync`] follows the engine's records on every replica and swaps
 //! new pairs in; [`challenges`] shares http-01 answers, so any replica answers the CA.
@@ -10,6 +10,7 @@
 
 pub mod challenges;
 pub mod etcd;
+pub mod fleet;
 pub mod key;
 pub mod store;
 pub mod sync;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use crate::config::ClusterConfig;
 use crate::metrics::Metrics;
-use store::Fleet;
+use fleet::Fleet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

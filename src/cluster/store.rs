@@ -1,6 +1,6 @@
 //! The fleet's store ([`FleetStore`]): every certificate's pair in the engine as one
-//! record, written only by the replica that holds the certificate's lock, and in each
-//! replica's own directory as before.
+//! record ([`super::fleet::Record`]), written only by the replica that holds the
+//! certificate's lock, and in each replica's own directory as before.
 //!
 //! Keys, under `wssd/<name>/`:
 //! - `certs/<domains>`: the record: the chain, the private key sealed with the fleet key
@@ -16,60 +16,17 @@
 //! not yet noticed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::etcd::{Compare, Etcd, Op};
-use super::key::ClusterKey;
+use super::etcd::{Compare, Op};
+use super::fleet::{Fleet, Record};
 use crate::cert::inspect::rfc3339;
 use crate::cert::pair::{LoadedPair, PemPair};
 use crate::config::CertificateConfig;
-use crate::metrics::Metrics;
 use crate::provision::store::{Claim, LocalDir, Store, StoreError, StoreFuture};
-
-/// A certificate as the engine holds it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record {
-    pub chain_pem: String,
-    /// The private key, sealed ([`ClusterKey::seal`]) for this record's key.
-    pub key_sealed: String,
-    pub serial: String,
-    pub not_after: String,
-    /// The replica that published it.
-    pub publisher: String,
-}
-
-/// What every part of a replica's fleet mode shares.
-pub struct Fleet {
-    pub etcd: Etcd,
-    pub key: ClusterKey,
-    /// `wssd/<name>/`.
-    pub prefix: String,
-    pub lease_ttl: Duration,
-    /// This replica's name in the engine (host and process).
-    pub replica: String,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Fleet {
-    /// The record key of `cert`.
-    pub fn cert_key(&self, cert: &CertificateConfig) -> String {
-        format!("{}certs/{}", self.prefix, cert.domain_list())
-    }
-
-    fn lock_key(&self, cert: &CertificateConfig) -> String {
-        format!("{}locks/{}", self.prefix, cert.domain_list())
-    }
-
-    /// Notes whether the engine answered.
-    pub fn engine<T, E>(&self, result: Result<T, E>) -> Result<T, E> {
-        self.metrics.cluster_engine_up(result.is_ok());
-        result
-    }
-}
 
 /// The fleet's store (see the module docs) for this replica's `certificates`.
 pub struct FleetStore {

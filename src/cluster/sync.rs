@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::etcd::{Event, Kv, WatchMessage};
-use super::store::{Fleet, Record};
+use super::fleet::{Fleet, Record};
 use crate::cert::pair::{self, LoadedPair, PemPair};
 use crate::config::CertificateConfig;
 use crate::provision::store::LocalDir;
