@@ -645,3 +645,56 @@ async fn an_acme_fleet_orders_once_and_every_validation_is_answered_by_a_replica
     }
     eprintln!("validations (answered by, holder): {seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_ride_out_an_engine_outage_and_follow_it_again_when_it_returns() {
+    let mut fleet = FleetSetup::new();
+    let replicas: Vec<common::Wssd> = ["a", "b"].iter().map(|n| fleet.start(n)).collect();
+    let client = fleet.client();
+    let mut live = Vec::new();
+    for r in &replicas {
+        live.push(common::ws_connect(r.addr, &client, "/").await.0);
+    }
+    fleet.etcd.stop();
+    // Five seconds without the engine (2.5 lease TTLs): every connection keeps working,
+    // and new handshakes keep succeeding.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        for (r, ws) in replicas.iter().zip(&mut live) {
+            common::echo(ws, "during the outage").await.unwrap();
+            common::served_serial(r.addr, &client).await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    fleet.etcd.resume();
+    for r in &replicas {
+        r.wait_for_logs(
+            "the fleet's engine answers again",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    // A pair published now reaches both: their watches were set up again.
+    let (store, cert) = fleet.publisher();
+    use wssd::provision::store::Store;
+    let claim = store.claim(&cert).await.unwrap().expect("the lock is free");
+    let (pem, summary) =
+        wssd::provision::selfsigned::issue(&cert, &fleet.dir.path().join("ca")).unwrap();
+    store.save(&cert, &claim, &pem).await.unwrap();
+    drop(claim);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for r in &replicas {
+        while common::served_serial(r.addr, &client).await != summary.serial {
+            assert!(
+                Instant::now() < deadline,
+                "no swap after the outage:\n{}",
+                r.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for ws in &mut live {
+        common::echo(ws, "after the outage").await.unwrap();
+    }
+}
