@@ -27,6 +27,7 @@ pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod errors;
 pub mod hooks;
 pub mod metrics;
 pub mod preflight;

@@ -44,6 +44,7 @@ use crate::cert::inspect::CertSummary;
 use crate::cert::pair::{self, LoadedPair, PairError, PemPair};
 use crate::cert::store::StoreError;
 use crate::config::{AcmeConfig, CertificateConfig};
+use crate::errors::error_chain;
 use challenge::Solver;
 use http::{AcmeHttp, HttpSetupError};
 
@@ -155,21 +156,6 @@ fn describe_problem(p: &Problem) -> String {
             sub.detail.as_deref().unwrap_or("no detail given"),
             short(&sub.r#type)
         ));
-    }
-    out
-}
-
-/// An error and its sources, one line: "client error (Connect): tcp connect error: ...".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
     }
     out
 }

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::errors::error_chain;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -208,10 +209,7 @@ impl Etcd {
             endpoint: endpoint.to_string(),
             reason,
         };
-        let request = hyper::Request::post(format!("{endpoint}{path}"))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| unreachable(e.to_string()))?;
+        let request = post(endpoint, path, body).map_err(|e| unreachable(e.to_string()))?;
         let exchange = async {
             let response = self
                 .client
@@ -380,10 +378,8 @@ impl Etcd {
                 endpoint: endpoint.clone(),
                 reason,
             };
-            let request = hyper::Request::post(format!("{endpoint}/v3/watch"))
-                .header(hyper::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(body.to_string())))
-                .map_err(|e| unreachable(e.to_string()))?;
+            let request =
+                post(endpoint, "/v3/watch", &body).map_err(|e| unreachable(e.to_string()))?;
             match tokio::time::timeout(CALL_TIMEOUT, self.client.request(request)).await {
                 Ok(Ok(response)) if response.status().is_success() => {
                     return Ok(Watch {
@@ -481,6 +477,17 @@ fn parse_watch(message: &Value) -> Result<Option<WatchMessage>, EtcdError> {
     Ok(Some(WatchMessage::Events(out)))
 }
 
+/// A JSON request for `path` on `endpoint`.
+fn post(
+    endpoint: &str,
+    path: &str,
+    body: &Value,
+) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
+    hyper::Request::post(format!("{endpoint}{path}"))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+}
+
 fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
@@ -531,17 +538,6 @@ fn kv(v: &Value) -> Result<Kv, EtcdError> {
         mod_revision: int(&v["mod_revision"]).unwrap_or(0),
         lease: int(&v["lease"]).unwrap_or(0),
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

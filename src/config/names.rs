@@ -285,6 +285,22 @@ impl fmt::Display for OriginPattern {
     }
 }
 
+/// An engine URL: `http://` or `https://`, a host and a port, nothing after them.
+pub fn engine_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("{url:?} is not a URL; write it like \"http://127.0.0.1:2379\""))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let authority = uri.authority();
+    let path_ok = matches!(uri.path(), "" | "/") && uri.query().is_none();
+    if !scheme_ok || authority.is_none_or(|a| a.port_u16().is_none()) || !path_ok {
+        return Err(format!(
+            "{url:?}: an engine URL is http:// or https://, a host and a port, like \"http://127.0.0.1:2379\""
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,6 +544,27 @@ mod tests {
             "https://a.example.com?q",
         ] {
             assert!(OriginPattern::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn engine_urls_are_a_scheme_a_host_and_a_port() {
+        for good in [
+            "http://127.0.0.1:2379",
+            "https://etcd.example:2379",
+            "http://[::1]:2379/",
+        ] {
+            assert!(engine_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "127.0.0.1:2379",
+            "ftp://h:1",
+            "http://h",
+            "http://h:2379/v3",
+            "http://h:2379/?x",
+            "not a url",
+        ] {
+            assert!(engine_url(bad).is_err(), "{bad}");
         }
     }
 }

@@ -415,7 +415,7 @@ impl Reader<'_> {
         for (index, endpoint) in c.endpoints.into_iter().enumerate() {
             let at = self.line_of(endpoint.span().start);
             let url = endpoint.into_inner();
-            engine_url(&url)
+            names::engine_url(&url)
                 .map_err(|m| self.invalid(at, &format!("cluster.endpoints[{index}]"), m))?;
             endpoints.push(url);
         }
@@ -533,22 +533,6 @@ impl Reader<'_> {
         }
         Ok(())
     }
-}
-
-/// An engine URL: `http://` or `https://`, a host and a port, nothing after them.
-fn engine_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| format!("{url:?} is not a URL; write it like \"http://127.0.0.1:2379\""))?;
-    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
-    let authority = uri.authority();
-    let path_ok = matches!(uri.path(), "" | "/") && uri.query().is_none();
-    if !scheme_ok || authority.is_none_or(|a| a.port_u16().is_none()) || !path_ok {
-        return Err(format!(
-            "{url:?}: an engine URL is http:// or https://, a host and a port, like \"http://127.0.0.1:2379\""
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use super::http::{self, SecurityHeaders};
 use super::pool::{self, ConnectError};
 use super::routes::{Routes, Target};
 use crate::config::{ListenerConfig, Upstream};
+use crate::errors::error_chain;
 
 /// The listener's HTTP client for upstreams: per connection worker, a pool of keep-alive
 /// connections to each upstream ([`super::pool`]).
@@ -297,16 +298,4 @@ fn exceeded_body_limit(e: &hyper::Error) -> bool {
         source = err.source();
     }
     false
-}
-
-/// An error with its causes, for the log.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(err) = source {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        source = err.source();
-    }
-    text
 }
