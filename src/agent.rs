@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::acme::Acme;
-use crate::acme::challenge::{Http01Tokens, Solver, serve_http01};
+use crate::acme::challenge::{AlpnAnswers, Http01Tokens, Solver, serve_http01};
 use crate::admin::Admin;
 use crate::cert::pair::PairError;
 use crate::config::{Challenge, Config, Source, Upstream};
@@ -240,6 +240,12 @@ pub async fn run(
             fleet.clone(),
             config.certificates.clone(),
             reload.clone(),
+            reloader.resolver(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(crate::cluster::members::run(
+            fleet.clone(),
+            reloader.clone(),
             shutdown.clone(),
         ));
     }
@@ -359,6 +365,8 @@ async fn start_acme(
     if !config.certificates.iter().any(|c| c.source == Source::Acme) {
         return Ok(None);
     }
+    // In a fleet, any replica answers any replica's orders.
+    let shared = fleet.map(crate::cluster::challenges::shared_answers);
     let solver = match acme_config.challenge {
         Challenge::Http01 => {
             let bind = acme_config.http01_bind;
@@ -369,11 +377,8 @@ async fn start_acme(
                     addr: bind,
                     source,
                 })?;
-            // In a fleet, any replica answers any replica's orders.
-            let tokens = match fleet {
-                Some(fleet) => Http01Tokens::shared(Arc::new(
-                    crate::cluster::challenges::EngineTokens(fleet.clone()),
-                )),
+            let tokens = match &shared {
+                Some(shared) => Http01Tokens::shared(shared.tokens.clone()),
                 None => Http01Tokens::default(),
             };
             let bound = listener.local_addr().unwrap_or(bind);
@@ -386,7 +391,10 @@ async fn start_acme(
             ));
             Solver::Http01(tokens)
         }
-        Challenge::TlsAlpn01 => Solver::TlsAlpn01(reloader.resolver()),
+        Challenge::TlsAlpn01 => Solver::TlsAlpn01(AlpnAnswers::new(
+            reloader.resolver(),
+            shared.map(|s| s.alpn),
+        )),
         Challenge::Dns01 => match &acme_config.dns01_hook {
             Some(hook) => Solver::Dns01(hook.clone()),
             None => return Ok(None),

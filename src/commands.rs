@@ -444,10 +444,9 @@ pub async fn issue(path: &Path) -> Outcome {
         }),
         None => Box::new(LocalDir),
     };
-    let shared = fleet.as_ref().map(|f| {
-        std::sync::Arc::new(crate::cluster::challenges::EngineTokens(f.clone()))
-            as std::sync::Arc<dyn crate::acme::challenge::SharedTokens>
-    });
+    let shared = fleet
+        .as_ref()
+        .map(crate::cluster::challenges::shared_answers);
     let acme = Responders::new(&config, shared)
         .map_err(CommandError::runtime)?
         .map(|responders| Issuer::Acme {

@@ -275,7 +275,7 @@ async fn a_replica_starts_from_its_disk_while_the_engine_is_down() {
         .await;
 }
 
-/// Forwards each connection on `listen` (Pebble's http-01 port) to the http-01 port of a
+/// Forwards each connection on `listen` (the port Pebble validates on) to the port of a
 /// replica that does not hold the certificate's lock right now; records (the replica's
 /// pid, the holder's pid) for each.
 async fn forward_to_non_holders(
@@ -318,8 +318,21 @@ async fn forward_to_non_holders(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_acme_fleet_orders_once_and_every_validation_is_answered_by_a_replica_that_did_not_order()
+async fn an_acme_fleet_orders_once_and_every_http01_validation_is_answered_by_a_replica_that_did_not_order()
  {
+    acme_fleet_orders_once("http-01").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acme_fleet_orders_once_and_every_tls_alpn01_validation_is_answered_by_a_replica_that_did_not_order()
+ {
+    acme_fleet_orders_once("tls-alpn-01").await;
+}
+
+/// Three replicas of one ACME certificate validated by `challenge`: one order, and
+/// every validation Pebble makes reaches a replica that does not hold the lock.
+async fn acme_fleet_orders_once(challenge: &str) {
+    let alpn = challenge == "tls-alpn-01";
     let fleet = FleetSetup::new();
     let pebble = common::pebble::Pebble::start(fleet.dir.path(), Default::default());
     let names = ["a", "b", "c"];
@@ -327,20 +340,32 @@ async fn an_acme_fleet_orders_once_and_every_validation_is_answered_by_a_replica
     let config = |name: &str, port: u16| {
         let root = fleet.dir.path();
         format!(
-            "data_dir = \"{data}\"\n[listener]\nbind = \"127.0.0.1:0\"\n{acme}\
+            "data_dir = \"{data}\"\n[listener]\nbind = \"127.0.0.1:{listen}\"\n{acme}\
              [cluster]\nbackend = \"etcd\"\nendpoints = [\"{endpoint}\"]\nname = \"fleet\"\nlease_ttl = \"2s\"\nencryption_key_file = \"{key}\"\n\
              [[certificate]]\ndomains = [\"fleet.example.test\"]\nsource = \"acme\"\n",
             data = root.join(name).join("data").display(),
-            acme = pebble.acme_section("http-01", "").replace(
-                &format!("http01_bind = \"127.0.0.1:{}\"", pebble.http_port),
-                &format!("http01_bind = \"127.0.0.1:{port}\""),
-            ),
+            // The port Pebble's validations go to is the forwarder's: each replica
+            // answers on a port of its own.
+            listen = if alpn { port } else { 0 },
+            acme = if alpn {
+                pebble.acme_section(challenge, "")
+            } else {
+                pebble.acme_section(challenge, "").replace(
+                    &format!("http01_bind = \"127.0.0.1:{}\"", pebble.http_port),
+                    &format!("http01_bind = \"127.0.0.1:{port}\""),
+                )
+            },
             endpoint = fleet.etcd.endpoint(),
             key = root.join("fleet.key").display(),
         )
     };
-    // Pebble's http-01 requests go to the forwarder; it sends them past the holder.
-    let listen = std::net::TcpListener::bind(("127.0.0.1", pebble.http_port)).unwrap();
+    // Pebble's validations go to the forwarder; it sends them past the holder.
+    let validation_port = if alpn {
+        pebble.tls_port
+    } else {
+        pebble.http_port
+    };
+    let listen = std::net::TcpListener::bind(("127.0.0.1", validation_port)).unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let replicas: Vec<common::Wssd> = std::thread::scope(|s| {
         let handles: Vec<_> = names

@@ -525,20 +525,19 @@ fn cluster_mistakes_are_named_with_key_and_line() {
         assert!(err.contains(message), "{body}: {err}");
         assert!(err.contains("line "), "{body}: {err}");
     }
-    // Fleet mode does not share tls-alpn-01 answers yet: refused, not left to chance.
+    // Every challenge works in a fleet, tls-alpn-01 (the default) too.
     let acme = format!(
         "[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\n\n[[certificate]]\ndomains = [\"a.example.test\"]\nsource = \"acme\"\n\n[cluster]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nname = \"x\"\nencryption_key_file = \"{}\"\n",
         key.display()
     );
-    let (code, err) = check(dir.path(), &acme);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("does not share tls-alpn-01 answers"), "{err}");
-    let http01 = acme.replace("[acme]\n", "[acme]\nchallenge = \"http-01\"\n");
-    let (_, err) = check(dir.path(), &http01);
-    assert!(
-        !err.contains("does not share"),
-        "http-01 answers are shared: {err}"
-    );
+    for challenge in ["tls-alpn-01", "http-01"] {
+        let config = acme.replace(
+            "[acme]\n",
+            &format!("[acme]\nchallenge = \"{challenge}\"\n"),
+        );
+        let (_, err) = check(dir.path(), &config);
+        assert!(!err.contains("cluster"), "{challenge} in a fleet: {err}");
+    }
     // The key file: present, 32 bytes of base64, private.
     let (code, err) = check(dir.path(), &good.replace("fleet.key", "missing.key"));
     assert_eq!(code, Some(2), "{err}");

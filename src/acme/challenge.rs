@@ -10,9 +10,11 @@
 //! * `dns-01`: the user's hook publishes the TXT record (`HOOK set FQDN VALUE`) and
 //!   removes it afterwards (`HOOK clear FQDN VALUE`).
 //!
-//! In a fleet, http-01 answers are also kept where every replica finds them
-//! ([`SharedTokens`], the engine), so that the replica the CA's request reaches answers
-//! it, whichever replica placed the order.
+//! In a fleet, answers are also kept where every replica finds them (the engine), so
+//! that the replica the CA's request reaches answers it, whichever replica placed the
+//! order: http-01 answers are read from there ([`SharedTokens`]); tls-alpn-01 answers
+//! must be in every replica's resolver before the CA is told to validate, because a
+//! handshake cannot wait for the engine ([`SharedAlpn`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,6 +50,47 @@ pub trait SharedTokens: Send + Sync {
     fn clear<'a>(&'a self, token: &'a str) -> TokenFuture<'a, ()>;
 }
 
+/// Where a fleet puts the tls-alpn-01 answers of every replica's orders.
+pub trait SharedAlpn: Send + Sync {
+    /// Shares the answer for `identifier` (served under `sni`); returns once every live
+    /// replica serves it, so the CA may be told to validate.
+    fn put<'a>(
+        &'a self,
+        sni: &'a str,
+        identifier: &'a Identifier,
+        digest: &'a [u8],
+    ) -> TokenFuture<'a, Result<(), String>>;
+    fn clear<'a>(&'a self, sni: &'a str) -> TokenFuture<'a, ()>;
+}
+
+/// Where a fleet shares every replica's answers (its engine).
+#[derive(Clone)]
+pub struct SharedAnswers {
+    pub tokens: Arc<dyn SharedTokens>,
+    pub alpn: Arc<dyn SharedAlpn>,
+}
+
+/// The tls-alpn-01 answers: in the live listener's resolver; in a fleet, every replica's.
+#[derive(Clone)]
+pub struct AlpnAnswers {
+    resolver: Arc<Resolver>,
+    shared: Option<Arc<dyn SharedAlpn>>,
+}
+
+impl AlpnAnswers {
+    pub fn new(resolver: Arc<Resolver>, shared: Option<Arc<dyn SharedAlpn>>) -> AlpnAnswers {
+        AlpnAnswers { resolver, shared }
+    }
+
+    pub fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+}
+
 /// http-01 tokens being answered now: token → key authorization; in a fleet, the
 /// other replicas' too.
 #[derive(Clone, Default)]
@@ -63,6 +106,10 @@ impl Http01Tokens {
             own: Arc::default(),
             shared: Some(shared),
         }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     async fn get(&self, token: &str) -> Option<String> {
@@ -98,7 +145,7 @@ impl Http01Tokens {
 #[derive(Clone)]
 pub enum Solver {
     Http01(Http01Tokens),
-    TlsAlpn01(Arc<Resolver>),
+    TlsAlpn01(AlpnAnswers),
     Dns01(PathBuf),
 }
 
@@ -153,9 +200,18 @@ impl Solver {
                     .map_err(|e| format!("cannot share the http-01 answer with the fleet: {e}"))?;
                 Presentation::Token(token.to_string())
             }
-            Solver::TlsAlpn01(resolver) => {
-                let (sni, key) = alpn_certificate(identifier, key_authorization)?;
-                resolver.set_challenge(&sni, key.clone());
+            Solver::TlsAlpn01(answers) => {
+                let digest = key_authorization.digest();
+                let (sni, key) = alpn_certificate(identifier, digest.as_ref())?;
+                answers.resolver.set_challenge(&sni, key.clone());
+                if let Some(shared) = &answers.shared
+                    && let Err(e) = shared.put(&sni, identifier, digest.as_ref()).await
+                {
+                    answers.resolver.clear_challenge(&sni, &key);
+                    return Err(format!(
+                        "cannot share the tls-alpn-01 answer with the fleet: {e}"
+                    ));
+                }
                 Presentation::AlpnName(sni, key)
             }
             Solver::Dns01(hook) => {
@@ -182,8 +238,11 @@ impl Solver {
     pub async fn clean_up(&self, presented: Presented) {
         match (self, presented.kind) {
             (Solver::Http01(tokens), Presentation::Token(token)) => tokens.clear(&token).await,
-            (Solver::TlsAlpn01(resolver), Presentation::AlpnName(name, key)) => {
-                resolver.clear_challenge(&name, &key)
+            (Solver::TlsAlpn01(answers), Presentation::AlpnName(name, key)) => {
+                answers.resolver.clear_challenge(&name, &key);
+                if let Some(shared) = &answers.shared {
+                    shared.clear(&name).await;
+                }
             }
             (_, Presentation::Txt { hook, fqdn, value }) => {
                 if let Err(e) = run_hook(&hook, "clear", &fqdn, &value).await {
@@ -196,10 +255,11 @@ impl Solver {
 }
 
 /// The tls-alpn-01 certificate for `identifier` (RFC 8737 §3; RFC 8738 §6 for IPs, which
-/// are validated under their reverse-DNS name), and the SNI it is served under.
-fn alpn_certificate(
+/// are validated under their reverse-DNS name), carrying `digest` (the SHA-256 of the key
+/// authorization), and the SNI it is served under.
+pub fn alpn_certificate(
     identifier: &Identifier,
-    key_authorization: &KeyAuthorization,
+    digest: &[u8],
 ) -> Result<(String, Arc<CertifiedKey>), String> {
     let (san, sni) = match identifier {
         Identifier::Dns(name) => (
@@ -212,9 +272,7 @@ fn alpn_certificate(
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let mut params = rcgen::CertificateParams::default();
     params.subject_alt_names = vec![san];
-    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(
-        key_authorization.digest().as_ref(),
-    )];
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let signer = crate::tls::provider()
         .key_provider

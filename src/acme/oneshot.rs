@@ -3,7 +3,8 @@
 //! `[listener] bind` that answers validation handshakes and nothing else. They start
 //! only when a certificate is actually due ([`Responders::start`], before the first
 //! order), so a pass that finds everything fresh never needs the ports (which `wssd run`
-//! may be holding).
+//! may be holding). In a fleet, a port that is taken is no obstacle: the replicas
+//! running there answer from the engine.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::challenge::{Http01Tokens, SharedTokens, Solver, serve_http01};
+use super::challenge::{AlpnAnswers, Http01Tokens, SharedAnswers, Solver, serve_http01};
 use super::{Acme, AcmeError};
 use crate::config::{Challenge, Config, Source};
 use crate::metrics::Metrics;
@@ -39,7 +40,7 @@ impl Responders {
     /// `shared`: a fleet's store of http-01 answers, which its replicas answer from.
     pub fn new(
         config: &Config,
-        shared: Option<Arc<dyn SharedTokens>>,
+        shared: Option<SharedAnswers>,
     ) -> Result<Option<Responders>, AcmeError> {
         let Some(acme_config) = &config.acme else {
             return Ok(None);
@@ -49,10 +50,13 @@ impl Responders {
         }
         let solver = match acme_config.challenge {
             Challenge::Http01 => Solver::Http01(match shared {
-                Some(shared) => Http01Tokens::shared(shared),
+                Some(shared) => Http01Tokens::shared(shared.tokens),
                 None => Http01Tokens::default(),
             }),
-            Challenge::TlsAlpn01 => Solver::TlsAlpn01(Arc::new(Resolver::new(Vec::new()))),
+            Challenge::TlsAlpn01 => Solver::TlsAlpn01(AlpnAnswers::new(
+                Arc::new(Resolver::new(Vec::new())),
+                shared.map(|s| s.alpn),
+            )),
             Challenge::Dns01 => match &acme_config.dns01_hook {
                 Some(hook) => Solver::Dns01(hook.clone()),
                 None => return Err(AcmeError::Other("dns-01 needs [acme] dns01_hook".into())),
@@ -85,7 +89,15 @@ impl Responders {
                 match &self.solver {
                     Solver::Http01(tokens) => {
                         let addr = acme.config().http01_bind;
-                        let listener = TcpListener::bind(addr).await.map_err(|e| bind_error(addr, e, "http-01"))?;
+                        let listener = match TcpListener::bind(addr).await {
+                            Ok(listener) => listener,
+                            // In a fleet, the replicas running there answer.
+                            Err(e) if tokens.is_shared() => {
+                                tracing::info!(%addr, error = %e, "cannot listen for http-01 here; the fleet's replicas answer");
+                                return Ok(());
+                            }
+                            Err(e) => return Err(bind_error(addr, e, "http-01")),
+                        };
                         tokio::spawn(serve_http01(
                             listener,
                             tokens.clone(),
@@ -93,9 +105,18 @@ impl Responders {
                             self.stop.clone(),
                         ));
                     }
-                    Solver::TlsAlpn01(resolver) => {
+                    Solver::TlsAlpn01(answers) => {
                         let addr = self.config.listener.bind;
-                        let listener = TcpListener::bind(addr).await.map_err(|e| bind_error(addr, e, "tls-alpn-01"))?;
+                        let listener = match TcpListener::bind(addr).await {
+                            Ok(listener) => listener,
+                            // In a fleet, the replicas running there answer.
+                            Err(e) if answers.is_shared() => {
+                                tracing::info!(%addr, error = %e, "cannot listen for tls-alpn-01 here; the fleet's replicas answer");
+                                return Ok(());
+                            }
+                            Err(e) => return Err(bind_error(addr, e, "tls-alpn-01")),
+                        };
+                        let resolver = answers.resolver();
                         let tls = crate::tls::server_config(resolver.clone(), &self.config.tls, true, false)
                             .map_err(|e| AcmeError::Other(e.to_string()))?;
                         let server = Arc::new(crate::server::Server::new(

@@ -279,6 +279,16 @@ impl Etcd {
             .map(|_| ())
     }
 
+    /// Deletes every key under `prefix`.
+    pub async fn delete_prefix(&self, prefix: &[u8]) -> Result<(), EtcdError> {
+        self.call(
+            "/v3/kv/deleterange",
+            &json!({ "key": b64(prefix), "range_end": b64(&prefix_end(prefix)) }),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Runs `success` if every compare holds, `failure` otherwise, atomically.
     pub async fn txn(
         &self,

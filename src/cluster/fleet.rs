@@ -2,6 +2,7 @@
 //! key, the key names), and the record each certificate is kept as in the engine.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,8 @@ pub struct Fleet {
     /// This replica's name in the engine (host and process).
     pub replica: String,
     pub metrics: Arc<Metrics>,
+    /// The lease of this replica's member key ([`super::members`]); 0 while it has none.
+    pub member_lease: AtomicI64,
 }
 
 impl Fleet {

@@ -4,14 +4,15 @@
 //! [`fleet`] is what a replica's parts share; [`etcd`] the engine's client; [`key`] the fleet key that seals the private keys
 //! stored there; [`store`] the fleet's store for provisioning (the per-certificate lock,
 //! the fenced publish); [`sync`] follows the engine's records on every replica and swaps
-//! new pairs in; [`challenges`] shares http-01 answers, so any replica answers the CA.
-//! Not built yet: sharing tls-alpn-01 answers, so `[cluster]` with that challenge is
-//! refused.
+//! new pairs in and serves the fleet's tls-alpn-01 answers; [`challenges`] shares the
+//! challenge answers, so any replica answers the CA; [`members`] keeps the list of live
+//! replicas and what each serves.
 
 pub mod challenges;
 pub mod etcd;
 pub mod fleet;
 pub mod key;
+pub mod members;
 pub mod store;
 pub mod sync;
 
@@ -45,6 +46,7 @@ pub fn join(config: &ClusterConfig, metrics: Arc<Metrics>) -> Result<Arc<Fleet>,
         lease_ttl: config.lease_ttl,
         replica: replica_name(),
         metrics,
+        member_lease: Default::default(),
     }))
 }
 

@@ -1,7 +1,9 @@
 //! Every replica follows the engine's certificate records: a new pair published by any
 //! replica is checked, written to this replica's own directory, and swapped in through
 //! the reload task, the one path by which any certificate reaches the listener (so the
-//! reload metrics and log lines are the same as for a file change).
+//! reload metrics and log lines are the same as for a file change). It follows the
+//! fleet's tls-alpn-01 answers too ([`super::challenges`]): each is made into a challenge
+//! certificate in this replica's resolver, and acknowledged.
 //!
 //! The watch starts from the revision of a full read and resumes from the last revision
 //! seen; when that revision has been compacted away, or the engine went away, it reads
@@ -9,17 +11,23 @@
 //! names and expires later than the pair this replica has, so no replica ever goes back
 //! to an older certificate.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use rustls::sign::CertifiedKey;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::challenges::AlpnAnswer;
 use super::etcd::{Event, Kv, WatchMessage};
 use super::fleet::{Fleet, Record};
+use crate::acme::challenge::alpn_certificate;
 use crate::cert::pair::{self, LoadedPair, PemPair};
 use crate::config::CertificateConfig;
 use crate::provision::store::LocalDir;
+use crate::reload::resolver::Resolver;
 use crate::reload::watch::ReloadHandle;
 
 /// The wait before reading the engine again after it failed.
@@ -39,14 +47,25 @@ pub async fn sync_once(
     Ok(revision)
 }
 
-/// Follows the records until shutdown.
+/// Follows the records and the tls-alpn-01 answers until shutdown.
 pub async fn run(
     fleet: Arc<Fleet>,
     certificates: Vec<CertificateConfig>,
     reload: ReloadHandle,
+    resolver: Arc<Resolver>,
     shutdown: CancellationToken,
 ) {
-    let prefix = format!("{}certs/", fleet.prefix);
+    let mut follower = Follower {
+        certs: format!("{}certs/", fleet.prefix),
+        alpn: format!("{}challenges/alpn/", fleet.prefix),
+        fleet,
+        certificates,
+        reload,
+        resolver,
+        answers: HashMap::new(),
+    };
+    let prefix = follower.fleet.prefix.clone();
+    let fleet = follower.fleet.clone();
     let mut from: Option<i64> = None;
     let mut down = false;
     loop {
@@ -55,7 +74,7 @@ pub async fn run(
         }
         let start = match from {
             Some(revision) => revision,
-            None => match sync_once(&fleet, &certificates, Some(&reload)).await {
+            None => match follower.read_all().await {
                 Ok(revision) => revision + 1,
                 Err(e) => {
                     if !down {
@@ -96,10 +115,12 @@ pub async fn run(
             match message {
                 Ok(Some(WatchMessage::Events(events))) => {
                     for event in events {
-                        if let Event::Put(kv) = event {
-                            from = Some(kv.mod_revision + 1);
-                            apply(&fleet, &certificates, &kv, Some(&reload));
-                        }
+                        let revision = match &event {
+                            Event::Put(kv) => kv.mod_revision,
+                            Event::Delete { mod_revision, .. } => *mod_revision,
+                        };
+                        from = Some(revision + 1);
+                        follower.event(event).await;
                     }
                 }
                 Ok(Some(WatchMessage::Compacted(_))) => {
@@ -114,6 +135,103 @@ pub async fn run(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// What follows the engine on this replica.
+struct Follower {
+    fleet: Arc<Fleet>,
+    certificates: Vec<CertificateConfig>,
+    reload: ReloadHandle,
+    resolver: Arc<Resolver>,
+    /// `<fleet>/certs/` and `<fleet>/challenges/alpn/`.
+    certs: String,
+    alpn: String,
+    /// The tls-alpn-01 answers this replica serves for the fleet: SNI → (the revision of
+    /// the answer, its certificate).
+    answers: HashMap<String, (i64, Arc<CertifiedKey>)>,
+}
+
+impl Follower {
+    /// Brings everything up to the engine once: the records, and the tls-alpn-01 answers
+    /// (those gone while the watch was away are taken away); the revision read at.
+    async fn read_all(&mut self) -> Result<i64, super::etcd::EtcdError> {
+        let fleet = self.fleet.clone();
+        let (kvs, revision) = fleet.engine(fleet.etcd.get_prefix(fleet.prefix.as_bytes()).await)?;
+        let mut present = Vec::new();
+        for kv in kvs {
+            if let Some(sni) = String::from_utf8_lossy(&kv.key).strip_prefix(&self.alpn) {
+                present.push(sni.to_string());
+            }
+            self.event(Event::Put(kv)).await;
+        }
+        let gone: Vec<String> = self
+            .answers
+            .keys()
+            .filter(|sni| !present.contains(sni))
+            .cloned()
+            .collect();
+        for sni in gone {
+            self.clear_answer(&sni);
+        }
+        Ok(revision)
+    }
+
+    async fn event(&mut self, event: Event) {
+        match event {
+            Event::Put(kv) => {
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                if key.starts_with(&self.certs) {
+                    apply(&self.fleet, &self.certificates, &kv, Some(&self.reload));
+                } else if let Some(sni) = key.strip_prefix(&self.alpn) {
+                    self.serve_answer(sni, &kv).await;
+                }
+            }
+            Event::Delete { key, .. } => {
+                let key = String::from_utf8_lossy(&key).into_owned();
+                if let Some(sni) = key.strip_prefix(&self.alpn) {
+                    self.clear_answer(sni);
+                }
+            }
+        }
+    }
+
+    /// Serves a tls-alpn-01 answer from the engine and acknowledges it.
+    async fn serve_answer(&mut self, sni: &str, kv: &Kv) {
+        if self
+            .answers
+            .get(sni)
+            .is_some_and(|(revision, _)| *revision == kv.mod_revision)
+        {
+            return;
+        }
+        let made = serde_json::from_slice::<AlpnAnswer>(&kv.value)
+            .ok()
+            .and_then(|answer| answer.parts())
+            .ok_or_else(|| "the answer cannot be read".to_string())
+            .and_then(|(identifier, digest)| alpn_certificate(&identifier, &digest));
+        let (served_as, key) = match made {
+            Ok(made) => made,
+            Err(reason) => {
+                warn!(%sni, %reason, "the fleet's tls-alpn-01 answer is refused");
+                return;
+            }
+        };
+        if served_as != sni {
+            warn!(%sni, %served_as, "the fleet's tls-alpn-01 answer is for another name; refused");
+            return;
+        }
+        self.clear_answer(sni);
+        self.resolver.set_challenge(sni, key.clone());
+        self.answers.insert(sni.to_string(), (kv.mod_revision, key));
+        let acks = super::challenges::alpn_acks(&self.fleet, sni);
+        super::members::acknowledge(&self.fleet, &acks, kv.mod_revision).await;
+    }
+
+    fn clear_answer(&mut self, sni: &str) {
+        if let Some((_, key)) = self.answers.remove(sni) {
+            self.resolver.clear_challenge(sni, &key);
         }
     }
 }

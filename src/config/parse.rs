@@ -41,7 +41,7 @@ impl Config {
         let tls = reader.tls(raw.tls)?;
         let acme = reader.acme(raw.acme)?;
         let certificates = reader.certificates(raw.certificate, &data_dir, acme.as_ref())?;
-        let cluster = reader.cluster(raw.cluster, &certificates, acme.as_ref())?;
+        let cluster = reader.cluster(raw.cluster)?;
         Ok(Config {
             file: Some(file.to_path_buf()),
             data_dir,
@@ -396,8 +396,6 @@ impl Reader<'_> {
     fn cluster(
         &mut self,
         raw: Option<Spanned<RawCluster>>,
-        certificates: &[CertificateConfig],
-        acme: Option<&AcmeConfig>,
     ) -> Result<Option<ClusterConfig>, ConfigError> {
         let Some(spanned) = raw else {
             return Ok(None);
@@ -446,17 +444,6 @@ impl Reader<'_> {
                 line,
                 "cluster.cert_file",
                 "a client certificate for the engine needs both cert_file and key_file".into(),
-            ));
-        }
-        // tls-alpn-01 answers are not shared yet: an order would be validated by whichever
-        // replica the CA reaches, so it is refused rather than left to fail at random.
-        if let Some(index) = certificates.iter().position(|c| c.source == Source::Acme)
-            && acme.is_some_and(|a| a.challenge == Challenge::TlsAlpn01)
-        {
-            return Err(self.invalid(
-                line,
-                "cluster",
-                format!("certificate[{index}] is validated with tls-alpn-01 (the default challenge), and fleet mode does not share tls-alpn-01 answers between replicas yet; set [acme] challenge = \"http-01\" or \"dns-01\""),
             ));
         }
         Ok(Some(ClusterConfig {
