@@ -307,14 +307,34 @@ struct StatusEntry {
     failures: u32,
     last_error: Option<String>,
     error: Option<String>,
+    /// In fleet mode: the lock holder, the engine's pair, every replica's serial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet: Option<crate::cluster::view::CertView>,
 }
 
 /// `wssd status`
-pub fn status(path: &Path, json: bool) -> Outcome {
+pub async fn status(path: &Path, json: bool) -> Outcome {
     crate::tls::install_default_provider();
     // A missing file is what status is for: report it rather than refuse.
     let config = Config::parse_file(path)?;
     let now = SystemTime::now();
+    // The fleet, as the engine sees it now.
+    let mut fleet_views = match &config.cluster {
+        Some(cluster) => {
+            let fleet = crate::cluster::join(
+                cluster,
+                std::sync::Arc::new(crate::metrics::Metrics::default()),
+            )
+            .map_err(CommandError::runtime)?;
+            crate::cluster::view::view(&fleet, &config.certificates)
+                .await
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+        None => Vec::new(),
+    }
+    .into_iter();
     let mut entries = Vec::new();
     for (index, cert) in config.certificates.iter().enumerate() {
         let loaded = pair::load_pair(
@@ -378,6 +398,7 @@ pub fn status(path: &Path, json: bool) -> Outcome {
             failures: recorded.as_ref().map_or(0, |r| r.failures),
             last_error: recorded.and_then(|r| r.last_error),
             error: loaded.as_ref().err().map(ToString::to_string),
+            fleet: fleet_views.next().flatten(),
         });
     }
     if json {
@@ -412,8 +433,39 @@ pub fn status(path: &Path, json: bool) -> Outcome {
         } else if let Some(reason) = &e.renewal_reason {
             println!("  {reason}");
         }
+        if let Some(fleet) = &e.fleet {
+            print_fleet(fleet);
+        }
     }
     Ok(0)
+}
+
+fn print_fleet(fleet: &crate::cluster::view::CertView) {
+    if fleet.engine != "up" {
+        println!("  fleet: engine {}", fleet.engine);
+        return;
+    }
+    let published = match (&fleet.published_serial, &fleet.published_by) {
+        (Some(serial), Some(by)) => format!("serial {serial} (published by {by})"),
+        _ => "nothing yet".into(),
+    };
+    println!(
+        "  fleet: engine up; lock {}; in the engine: {published}",
+        fleet
+            .holder
+            .as_deref()
+            .map_or("free".to_string(), |h| format!("held by {h}"))
+    );
+    for r in &fleet.replicas {
+        let serving = if r.serial.is_empty() {
+            "nothing".to_string()
+        } else if Some(&r.serial) == fleet.published_serial.as_ref() {
+            format!("serial {} (the fleet's)", r.serial)
+        } else {
+            format!("serial {} (not the fleet's)", r.serial)
+        };
+        println!("    replica {} serves {serving}", r.replica);
+    }
 }
 
 /// `wssd issue`

@@ -52,7 +52,9 @@ fn main() -> ExitCode {
         } => commands::selfsigned(&out_dir, domains, days, ca_dir),
         Command::Issue { config } => runtime().and_then(|rt| rt.block_on(commands::issue(&config))),
         Command::Check { config } => commands::check(&config),
-        Command::Status { config, json } => commands::status(&config, json),
+        Command::Status { config, json } => {
+            runtime().and_then(|rt| rt.block_on(commands::status(&config, json)))
+        }
         Command::Probe {
             url,
             ca,

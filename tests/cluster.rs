@@ -138,6 +138,70 @@ async fn replicas_started_together_issue_one_certificate_and_all_serve_it() {
         "every replica serves the fleet's certificate: {serials:?}"
     );
     assert_eq!(count(&all, "the fleet's new certificate is stored here"), 2);
+    // `wssd status` shows the fleet: every replica serving the engine's pair, the lock
+    // free again (members bring their entry up to date within moments).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fleet_view = status_json(&fleet, "a")[0]["fleet"].clone();
+        let replicas = fleet_view["replicas"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let serving: Vec<&str> = replicas
+            .iter()
+            .filter_map(|r| r["serial"].as_str())
+            .collect();
+        if fleet_view["engine"] == "up"
+            && fleet_view["published_serial"] == serials[0].as_str()
+            && fleet_view["holder"].is_null()
+            && serving.len() == 3
+            && serving.iter().all(|s| *s == serials[0])
+        {
+            let pids: Vec<String> = replicas
+                .iter()
+                .map(|r| {
+                    r["replica"]
+                        .as_str()
+                        .unwrap()
+                        .rsplit('-')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            for r in &replicas_pids(&all) {
+                assert!(pids.contains(r), "{pids:?} lacks {r}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "status: {fleet_view}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = common::wssd_cmd(
+        &fleet.dir.path().join("a"),
+        &["status", "--config", "wssd.toml"],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.matches("(the fleet's)").count(), 3, "{text}");
+    assert!(text.contains("lock free"), "{text}");
+}
+
+fn replicas_pids(replicas: &[&common::Wssd]) -> Vec<String> {
+    replicas.iter().map(|r| r.pid().to_string()).collect()
+}
+
+/// `wssd status --json` with replica `name`'s config.
+fn status_json(fleet: &FleetSetup, name: &str) -> serde_json::Value {
+    let out = common::wssd_cmd(
+        &fleet.dir.path().join(name),
+        &["status", "--config", "wssd.toml", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,6 +321,18 @@ async fn a_replica_starts_from_its_disk_while_the_engine_is_down() {
     fleet.etcd.stop();
     let again = fleet.start("a");
     assert_eq!(common::served_serial(again.addr, &client).await, serial);
+    let view = status_json(&fleet, "a");
+    assert!(
+        view[0]["fleet"]["engine"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("unreachable")),
+        "{view}"
+    );
+    assert_eq!(
+        view[0]["serial"],
+        serial.as_str(),
+        "the local pair is still shown"
+    );
     assert!(
         again
             .logs()

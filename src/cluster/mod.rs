@@ -6,7 +6,7 @@
 //! the fenced publish); [`sync`] follows the engine's records on every replica and swaps
 //! new pairs in and serves the fleet's tls-alpn-01 answers; [`challenges`] shares the
 //! challenge answers, so any replica answers the CA; [`members`] keeps the list of live
-//! replicas and what each serves.
+//! replicas and what each serves; [`view`] is what `wssd status` shows of the fleet.
 
 pub mod challenges;
 pub mod etcd;
@@ -15,6 +15,7 @@ pub mod key;
 pub mod members;
 pub mod store;
 pub mod sync;
+pub mod view;
 
 use std::sync::Arc;
 
