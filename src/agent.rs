@@ -240,7 +240,7 @@ pub async fn run(
             fleet.clone(),
             config.certificates.clone(),
             reload.clone(),
-            reloader.resolver(),
+            reloader.clone(),
             shutdown.clone(),
         ));
         tokio::spawn(crate::cluster::members::run(

@@ -49,6 +49,10 @@ pub struct Metrics {
     /// Fleet mode only (registered by [`Metrics::enable_cluster`]): 1 while the engine
     /// answers.
     cluster_engine_up: Gauge,
+    /// 1 while this replica holds the certificate's lock (is obtaining it for the fleet).
+    cluster_lock_held: Family<Labels, Gauge>,
+    /// From a pair's publish by any replica to this replica serving it.
+    cluster_publish_to_swap: Histogram,
     /// (certificate index, domains, not_after) of what is served, for `days_left`.
     served: Mutex<Vec<(usize, String, SystemTime)>>,
 }
@@ -124,6 +128,8 @@ impl Metrics {
             days_left: Family::default(),
             next_renewal: Family::default(),
             cluster_engine_up: Gauge::default(),
+            cluster_lock_held: Family::default(),
+            cluster_publish_to_swap: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             served: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
@@ -208,10 +214,33 @@ impl Metrics {
             "Whether the fleet's engine (etcd) answered the last call: 1 or 0",
             self.cluster_engine_up.clone(),
         );
+        self.registry.register(
+            "cluster_lock_held",
+            "1 while this replica holds the certificate's lock in the fleet (it is obtaining the certificate), else 0",
+            self.cluster_lock_held.clone(),
+        );
+        self.registry.register(
+            "cluster_publish_to_swap_seconds",
+            "Time from a certificate's publish to the fleet (by any replica, by its clock) to this replica serving it",
+            self.cluster_publish_to_swap.clone(),
+        );
     }
 
     pub fn cluster_engine_up(&self, up: bool) {
         self.cluster_engine_up.set(i64::from(up));
+    }
+
+    pub fn cluster_lock_held(&self, index: usize, config: &CertificateConfig, held: bool) {
+        self.cluster_lock_held
+            .get_or_create(&labels(&[
+                ("certificate", &index.to_string()),
+                ("domains", &config.domain_list()),
+            ]))
+            .set(i64::from(held));
+    }
+
+    pub fn cluster_publish_to_swap(&self, seconds: f64) {
+        self.cluster_publish_to_swap.observe(seconds);
     }
 
     pub fn connection_opened(&self) -> ActiveConnection<'_> {

@@ -55,7 +55,7 @@ impl FleetSetup {
         let root = self.dir.path();
         let watch = if name == "c" { "watch = false\n" } else { "" };
         format!(
-            "{watch}data_dir = \"{data}\"\nca_dir = \"{ca}\"\n[listener]\nbind = \"127.0.0.1:0\"\n\
+            "{watch}data_dir = \"{data}\"\nca_dir = \"{ca}\"\n[listener]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n\
              [cluster]\nbackend = \"etcd\"\nendpoints = [\"{endpoint}\"]\nname = \"fleet\"\nlease_ttl = \"2s\"\nencryption_key_file = \"{key}\"\n\
              [[certificate]]\ndomains = [\"localhost\"]\nsource = \"selfsigned\"\n",
             data = root.join(name).join("data").display(),
@@ -138,6 +138,24 @@ async fn replicas_started_together_issue_one_certificate_and_all_serve_it() {
         "every replica serves the fleet's certificate: {serials:?}"
     );
     assert_eq!(count(&all, "the fleet's new certificate is stored here"), 2);
+    // The one replica that held the lock says so in its metrics, and that it holds it no
+    // longer; the others never held it.
+    let mut held = Vec::new();
+    for r in &replicas {
+        let admin = r.logged_addr("admin server listening");
+        let (_, metrics) = common::http_get(admin, "/metrics").await;
+        held.extend(
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("wssd_cluster_lock_held{"))
+                .map(str::to_string),
+        );
+    }
+    assert_eq!(
+        held,
+        ["wssd_cluster_lock_held{certificate=\"0\",domains=\"localhost\"} 0"],
+        "{held:?}"
+    );
     // `wssd status` shows the fleet: every replica serving the engine's pair, the lock
     // free again (members bring their entry up to date within moments).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -243,6 +261,28 @@ async fn a_pair_one_replica_publishes_reaches_every_other_without_a_dropped_conn
     }
     let all: Vec<&common::Wssd> = replicas.iter().collect();
     assert_eq!(count(&all, "issued a certificate from the dev CA"), 1);
+    // Each replica timed the swap from the publish: one observation, under the 20 s the
+    // test allowed.
+    for r in &replicas {
+        let admin = r.logged_addr("admin server listening");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, metrics) = common::http_get(admin, "/metrics").await;
+            let metric = |name: &str| {
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            };
+            if metric("wssd_cluster_publish_to_swap_seconds_count ") == Some(1.0) {
+                let sum = metric("wssd_cluster_publish_to_swap_seconds_sum ").unwrap();
+                assert!(sum > 0.0 && sum < 20.0, "{metrics}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{metrics}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,9 @@ pub struct Record {
     pub not_after: String,
     /// The replica that published it.
     pub publisher: String,
+    /// When, by the publisher's clock (milliseconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at_ms: Option<u64>,
 }
 
 /// What every part of a replica's fleet mode shares.

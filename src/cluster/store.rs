@@ -98,6 +98,23 @@ impl Store for FleetStore {
                 lost.clone(),
                 done.clone(),
             ));
+            if let Some(index) = self
+                .certificates
+                .iter()
+                .position(|c| c.domain_list() == cert.domain_list())
+            {
+                // Held until released or lost, whichever comes first.
+                fleet.metrics.cluster_lock_held(index, cert, true);
+                let (fleet, cert, lost, done) =
+                    (fleet.clone(), cert.clone(), lost.clone(), done.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = lost.cancelled() => {}
+                        _ = done.cancelled() => {}
+                    }
+                    fleet.metrics.cluster_lock_held(index, &cert, false);
+                });
+            }
             let release: Box<dyn FnOnce() + Send + Sync> = {
                 let fleet = fleet.clone();
                 Box::new(move || {
@@ -141,6 +158,10 @@ impl Store for FleetStore {
                 serial: summary.serial.clone(),
                 not_after: rfc3339(summary.not_after),
                 publisher: fleet.replica.clone(),
+                published_at_ms: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_millis() as u64),
             };
             let value =
                 serde_json::to_vec(&record).map_err(|e| StoreError::Engine(e.to_string()))?;

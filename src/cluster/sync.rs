@@ -27,6 +27,7 @@ use crate::acme::challenge::alpn_certificate;
 use crate::cert::pair::{self, LoadedPair, PemPair};
 use crate::config::CertificateConfig;
 use crate::provision::store::LocalDir;
+use crate::reload::reloader::Reloader;
 use crate::reload::resolver::Resolver;
 use crate::reload::watch::ReloadHandle;
 
@@ -52,16 +53,17 @@ pub async fn run(
     fleet: Arc<Fleet>,
     certificates: Vec<CertificateConfig>,
     reload: ReloadHandle,
-    resolver: Arc<Resolver>,
+    reloader: Arc<Reloader>,
     shutdown: CancellationToken,
 ) {
     let mut follower = Follower {
+        resolver: reloader.resolver(),
+        reloader,
         certs: format!("{}certs/", fleet.prefix),
         alpn: format!("{}challenges/alpn/", fleet.prefix),
         fleet,
         certificates,
         reload,
-        resolver,
         answers: HashMap::new(),
     };
     let prefix = follower.fleet.prefix.clone();
@@ -144,6 +146,7 @@ struct Follower {
     fleet: Arc<Fleet>,
     certificates: Vec<CertificateConfig>,
     reload: ReloadHandle,
+    reloader: Arc<Reloader>,
     resolver: Arc<Resolver>,
     /// `<fleet>/certs/` and `<fleet>/challenges/alpn/`.
     certs: String,
@@ -183,7 +186,11 @@ impl Follower {
             Event::Put(kv) => {
                 let key = String::from_utf8_lossy(&kv.key).into_owned();
                 if key.starts_with(&self.certs) {
-                    apply(&self.fleet, &self.certificates, &kv, Some(&self.reload));
+                    if let Some(installed) =
+                        apply(&self.fleet, &self.certificates, &kv, Some(&self.reload))
+                    {
+                        tokio::spawn(time_the_swap(self.reloader.clone(), installed));
+                    }
                 } else if let Some(sni) = key.strip_prefix(&self.alpn) {
                     self.serve_answer(sni, &kv).await;
                 }
@@ -236,25 +243,63 @@ impl Follower {
     }
 }
 
+/// How long a swap is waited for, to time it.
+const SWAP_WAIT: Duration = Duration::from_secs(60);
+
+/// Notes in the metrics how long after its publish `installed` was served here.
+async fn time_the_swap(reloader: Arc<Reloader>, installed: Installed) {
+    let Some(published) = installed.published_at_ms else {
+        return;
+    };
+    let published = SystemTime::UNIX_EPOCH + Duration::from_millis(published);
+    let deadline = tokio::time::Instant::now() + SWAP_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let served = reloader.served();
+        if served
+            .get(installed.index)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.serial == installed.serial)
+        {
+            // A publisher's clock ahead of this one's counts as no time.
+            let took = SystemTime::now()
+                .duration_since(published)
+                .unwrap_or_default();
+            reloader
+                .metrics()
+                .cluster_publish_to_swap(took.as_secs_f64());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A record [`apply`] wrote here, for the reload task to swap in.
+pub struct Installed {
+    pub index: usize,
+    pub serial: String,
+    pub published_at_ms: Option<u64>,
+}
+
 /// Installs one record if it is for a certificate of this replica, valid, and newer
-/// than what this replica has.
+/// than what this replica has; what it installed.
 pub fn apply(
     fleet: &Fleet,
     certificates: &[CertificateConfig],
     kv: &Kv,
     reload: Option<&ReloadHandle>,
-) {
+) -> Option<Installed> {
     let key = String::from_utf8_lossy(&kv.key);
     let Some((index, cert)) = certificates
         .iter()
         .enumerate()
         .find(|(_, c)| fleet.cert_key(c) == key)
     else {
-        return;
+        return None;
     };
     let domains = cert.domain_list();
     let refused = |reason: String| {
         warn!(certificate = index, %domains, %reason, "the fleet's certificate is refused; this replica keeps what it has");
+        None
     };
     let record: Record = match serde_json::from_slice(&kv.value) {
         Ok(r) => r,
@@ -286,11 +331,16 @@ pub fn apply(
     };
     match LocalDir::write_unless(cert, &pem, keep) {
         Ok(true) => {}
-        Ok(false) => return,
+        Ok(false) => return None,
         Err(e) => return refused(format!("cannot write it here: {e}")),
     }
     info!(event = "certificate_from_fleet", certificate = index, %domains, serial = %checked.summary.serial, publisher = %record.publisher, "the fleet's new certificate is stored here");
     if let Some(reload) = reload {
         reload.reload_slot(index, "fleet");
     }
+    Some(Installed {
+        index,
+        serial: checked.summary.serial,
+        published_at_ms: record.published_at_ms,
+    })
 }
