@@ -289,13 +289,10 @@ pub fn apply(
     reload: Option<&ReloadHandle>,
 ) -> Option<Installed> {
     let key = String::from_utf8_lossy(&kv.key);
-    let Some((index, cert)) = certificates
+    let (index, cert) = certificates
         .iter()
         .enumerate()
-        .find(|(_, c)| fleet.cert_key(c) == key)
-    else {
-        return None;
-    };
+        .find(|(_, c)| fleet.cert_key(c) == key)?;
     let domains = cert.domain_list();
     let refused = |reason: String| {
         warn!(certificate = index, %domains, %reason, "the fleet's certificate is refused; this replica keeps what it has");
