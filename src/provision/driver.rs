@@ -414,13 +414,7 @@ pub async fn run(s: Slot) {
         let current = s.store.current(&s.cert);
         state.serial = current.as_ref().map(|p| p.summary.serial.clone());
         let (mut at, mut reason, recheck) = if state.failures > 0 {
-            let (at, reason) = schedule::retry_plan(
-                state.failures,
-                state.rate_limited_until(),
-                initial,
-                backoff_jitter,
-                SystemTime::now(),
-            );
+            let (at, reason) = retry_moment(&state, initial, backoff_jitter, SystemTime::now());
             (at, reason, None)
         } else {
             let plan = s.issuer.plan(current.as_ref()).await;
@@ -527,6 +521,7 @@ pub async fn run(s: Slot) {
             }
             Err(e) => {
                 state.record_failure(&e);
+                state.schedule_retry(initial, backoff_jitter, SystemTime::now());
                 let failures = state.failures;
                 // An expired pair on disk is still served (wssd keeps the last one).
                 if current.is_some() || s.cert.cert_file.exists() {
@@ -550,5 +545,55 @@ pub async fn run(s: Slot) {
                 }
             }
         }
+    }
+}
+
+/// When the loop tries again after `state`'s failures: the moment fixed when the last
+/// one happened, however often the loop wakes up before it.
+fn retry_moment(
+    state: &CertState,
+    initial: Duration,
+    jitter: f64,
+    now: SystemTime,
+) -> (SystemTime, Reason) {
+    let limited = state.rate_limited_until();
+    match state.retry_at() {
+        Some(at) if limited == Some(at) => (at, Reason::RateLimited),
+        Some(at) => (
+            at,
+            Reason::Backoff {
+                failures: state.failures,
+            },
+        ),
+        None => schedule::retry_plan(state.failures, limited, initial, jitter, now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_stays_where_the_failure_put_it_however_often_the_loop_looks() {
+        // Backoffs of hours are longer than the loop's nap: every wake-up must find the
+        // same moment, not one pushed a backoff past the wake-up.
+        let failed_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let initial = Duration::from_secs(30 * 60);
+        let mut state = CertState::default();
+        for _ in 0..4 {
+            state.record_failure(&failure("the CA is down".into()));
+        }
+        state.schedule_retry(initial, 0.5, failed_at);
+        let (first, _) = retry_moment(&state, initial, 0.5, failed_at);
+        assert_eq!(first, failed_at + schedule::backoff(4, initial, 0.5));
+        for naps in 1..=3 {
+            let (again, _) = retry_moment(&state, initial, 0.5, failed_at + NAP * naps);
+            assert_eq!(again, first, "after {naps} naps");
+        }
+        let (now, _) = retry_moment(&state, initial, 0.5, first + Duration::from_secs(1));
+        assert_eq!(
+            now, first,
+            "a moment passed is still the moment: the loop tries at once"
+        );
     }
 }

@@ -58,6 +58,16 @@ pub struct CertState {
     /// about another serial is out of date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// After a failure: when the next attempt may be made (milliseconds since the Unix
+    /// epoch), fixed when the failure happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 impl CertState {
@@ -83,12 +93,32 @@ impl CertState {
         }
     }
 
+    /// Fixes when the next attempt after the failures so far may be made: the backoff
+    /// from `failed_at`, or the CA's rate limit when that is later.
+    pub fn schedule_retry(&mut self, initial: Duration, jitter: f64, failed_at: SystemTime) {
+        let (at, _) = super::schedule::retry_plan(
+            self.failures,
+            self.rate_limited_until(),
+            initial,
+            jitter,
+            failed_at,
+        );
+        self.retry_at_ms = Some(unix_ms(at));
+    }
+
+    /// When the next attempt may be made, as [`CertState::schedule_retry`] fixed it.
+    pub fn retry_at(&self) -> Option<SystemTime> {
+        self.retry_at_ms
+            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
     /// A success: no failures, no rate limit.
     pub fn record_success(&mut self) {
         self.failures = 0;
         self.failure = None;
         self.last_error = None;
         self.retry_not_before = None;
+        self.retry_at_ms = None;
     }
 
     /// Until when the CA's rate limit holds, when the last failure was one.
