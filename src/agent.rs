@@ -366,7 +366,8 @@ async fn start_acme(
         return Ok(None);
     }
     // In a fleet, any replica answers any replica's orders.
-    let shared = fleet.map(crate::cluster::challenges::shared_answers);
+    let shared = fleet.map(crate::cluster::acme_shares);
+    let accounts = shared.as_ref().map(|s| s.accounts.clone());
     let solver = match acme_config.challenge {
         Challenge::Http01 => {
             let bind = acme_config.http01_bind;
@@ -404,5 +405,6 @@ async fn start_acme(
         acme_config.clone(),
         config.data_dir.clone(),
         solver,
+        accounts,
     )?))
 }

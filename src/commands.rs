@@ -496,9 +496,7 @@ pub async fn issue(path: &Path) -> Outcome {
         }),
         None => Box::new(LocalDir),
     };
-    let shared = fleet
-        .as_ref()
-        .map(crate::cluster::challenges::shared_answers);
+    let shared = fleet.as_ref().map(crate::cluster::acme_shares);
     let acme = Responders::new(&config, shared)
         .map_err(CommandError::runtime)?
         .map(|responders| Issuer::Acme {

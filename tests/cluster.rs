@@ -391,6 +391,17 @@ async fn a_replica_starts_from_its_disk_while_the_engine_is_down() {
         .await;
 }
 
+/// What the test tells the forwarder of validations.
+#[derive(Default)]
+struct Forwarding {
+    /// While set, a validation waits (the order stays pending) before it is forwarded.
+    hold: std::sync::atomic::AtomicBool,
+    /// How many validations have waited so far.
+    held: std::sync::atomic::AtomicUsize,
+    /// Replicas (pids) not to forward to: killed or stopped.
+    gone: std::sync::Mutex<Vec<u32>>,
+}
+
 /// Forwards each connection on `listen` (the port Pebble validates on) to the port of a
 /// replica that does not hold the certificate's lock right now; records (the replica's
 /// pid, the holder's pid) for each.
@@ -400,7 +411,9 @@ async fn forward_to_non_holders(
     lock: &'static [u8],
     replicas: Vec<(u32, u16)>,
     seen: std::sync::Arc<std::sync::Mutex<Vec<(u32, u32)>>>,
+    control: std::sync::Arc<Forwarding>,
 ) {
+    use std::sync::atomic::Ordering;
     listen.set_nonblocking(true).unwrap();
     let listener = tokio::net::TcpListener::from_std(listen).unwrap();
     let etcd = std::sync::Arc::new(etcd);
@@ -408,8 +421,19 @@ async fn forward_to_non_holders(
         let Ok((mut inbound, _)) = listener.accept().await else {
             return;
         };
-        let (etcd, replicas, seen) = (etcd.clone(), replicas.clone(), seen.clone());
+        let (etcd, replicas, seen, control) = (
+            etcd.clone(),
+            replicas.clone(),
+            seen.clone(),
+            control.clone(),
+        );
         tokio::spawn(async move {
+            if control.hold.load(Ordering::SeqCst) {
+                control.held.fetch_add(1, Ordering::SeqCst);
+                while control.hold.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             let holder: u32 = match etcd.get(lock).await {
                 Ok((Some(kv), _)) => String::from_utf8_lossy(&kv.value)
                     .rsplit('-')
@@ -419,7 +443,11 @@ async fn forward_to_non_holders(
                 _ => 0,
             };
             for _ in 0..200 {
-                for (pid, port) in replicas.iter().filter(|(pid, _)| *pid != holder) {
+                let gone = control.gone.lock().unwrap().clone();
+                for (pid, port) in replicas
+                    .iter()
+                    .filter(|(pid, _)| *pid != holder && !gone.contains(pid))
+                {
                     if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await
                     {
                         seen.lock().unwrap().push((*pid, holder));
@@ -509,6 +537,7 @@ async fn acme_fleet_orders_once(challenge: &str) {
         b"wssd/fleet/locks/fleet.example.test",
         targets,
         seen.clone(),
+        Default::default(),
     ));
     let all: Vec<&common::Wssd> = replicas.iter().collect();
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -606,4 +635,432 @@ async fn replicas_ride_out_an_engine_outage_and_follow_it_again_when_it_returns(
     for ws in &mut live {
         common::echo(ws, "after the outage").await.unwrap();
     }
+}
+
+/// The config of ACME replica `name` of `fleet` (data under `dir/name`) for the
+/// certificates `domains` (one certificate each), with `acme` as its `[acme]` section.
+fn acme_replica_config(fleet: &FleetSetup, name: &str, acme: &str, domains: &[&str]) -> String {
+    let root = fleet.dir.path();
+    let certs: String = domains
+        .iter()
+        .map(|d| format!("[[certificate]]\ndomains = [\"{d}\"]\nsource = \"acme\"\n"))
+        .collect();
+    format!(
+        "data_dir = \"{data}\"\n[listener]\nbind = \"127.0.0.1:0\"\n{acme}\
+         [cluster]\nbackend = \"etcd\"\nendpoints = [\"{endpoint}\"]\nname = \"fleet\"\nlease_ttl = \"2s\"\nencryption_key_file = \"{key}\"\n{certs}",
+        data = root.join(name).join("data").display(),
+        endpoint = fleet.etcd.endpoint(),
+        key = root.join("fleet.key").display(),
+    )
+}
+
+fn start_replica(fleet: &FleetSetup, name: &str, config: &str) -> common::Wssd {
+    let home = fleet.dir.path().join(name);
+    std::fs::create_dir_all(&home).unwrap();
+    common::Wssd::start(&home, config)
+}
+
+/// The one ACME account file in replica `name`'s data directory.
+fn account_file(fleet: &FleetSetup, name: &str) -> Vec<u8> {
+    let dir = fleet.dir.path().join(name).join("data/acme");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("account-"))
+        .collect();
+    assert_eq!(files.len(), 1, "one account file in {}", dir.display());
+    std::fs::read(files[0].path()).unwrap()
+}
+
+async fn wait_for_certificate(
+    replica: &common::Wssd,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    name: &str,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let served = common::served_serial_for(replica.addr, client, name).await;
+        if let Ok(serial) = served {
+            return serial;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no certificate for {name} ({served:?}):\n{}",
+            replica.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_orders_with_the_fleets_one_acme_account() {
+    let fleet = FleetSetup::new();
+    let pebble = common::pebble::Pebble::start(fleet.dir.path(), Default::default());
+    let acme = pebble.acme_section("http-01", "");
+    let client = common::pebble::pebble_client(&pebble);
+    let first = start_replica(
+        &fleet,
+        "a",
+        &acme_replica_config(&fleet, "a", &acme, &["one.example.test"]),
+    );
+    wait_for_certificate(&first, &client, "one.example.test").await;
+    assert!(
+        first.logs().contains("created an ACME account"),
+        "{}",
+        first.logs()
+    );
+    drop(first);
+    // Another replica, with nothing on its disk, orders a certificate of its own: with
+    // the account the first one made, not a new one.
+    let second = start_replica(
+        &fleet,
+        "b",
+        &acme_replica_config(
+            &fleet,
+            "b",
+            &acme,
+            &["one.example.test", "two.example.test"],
+        ),
+    );
+    wait_for_certificate(&second, &client, "two.example.test").await;
+    let logs = second.logs();
+    assert!(logs.contains("using the fleet's ACME account"), "{logs}");
+    assert!(!logs.contains("created an ACME account"), "{logs}");
+    assert_eq!(
+        account_file(&fleet, "b"),
+        account_file(&fleet, "a"),
+        "the same account on both machines"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let dir = fleet.dir.path().join("b/data/acme");
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("account-") {
+            assert_eq!(
+                entry.metadata().unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+    // The engine holds it sealed: no private key in the clear.
+    let (accounts, _) = client_for(&fleet.etcd)
+        .get_prefix(b"wssd/fleet/accounts/")
+        .await
+        .unwrap();
+    assert_eq!(accounts.len(), 1);
+    let value = String::from_utf8_lossy(&accounts[0].value).to_string();
+    assert!(
+        !value.contains("key_pkcs8") && !value.contains("PRIVATE"),
+        "{value}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_order_backs_off_for_the_whole_fleet() {
+    let fleet = FleetSetup::new();
+    let pebble = common::pebble::Pebble::start(fleet.dir.path(), Default::default());
+    // Nobody answers on Pebble's http-01 port: every order fails at validation.
+    let replicas: Vec<common::Wssd> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let acme = pebble
+                .acme_section("http-01", "retry_backoff = \"5s\"")
+                .replace(
+                    &format!("http01_bind = \"127.0.0.1:{}\"", pebble.http_port),
+                    &format!(
+                        "http01_bind = \"127.0.0.1:{}\"",
+                        common::pebble::free_port()
+                    ),
+                );
+            start_replica(
+                &fleet,
+                name,
+                &acme_replica_config(&fleet, name, &acme, &["nobody.example.test"]),
+            )
+        })
+        .collect();
+    let all: Vec<&common::Wssd> = replicas.iter().collect();
+    let logs = || {
+        all.iter()
+            .map(|r| r.logs())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&all, "order failed") == 0 {
+        assert!(Instant::now() < deadline, "no failure:\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The backoff (5 s ±10%) holds for every replica, not just the one that failed: the
+    // others take the lock meanwhile (every 2 s) and find the fleet's record.
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    assert_eq!(
+        count(&all, "ordered a certificate"),
+        1,
+        "another replica ordered during the backoff:\n{}",
+        logs()
+    );
+    while count(&all, "order failed") < 2 {
+        assert!(Instant::now() < deadline, "no second attempt:\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&all, "ordered a certificate"), 2, "{}", logs());
+    assert_eq!(
+        count(&all, "failures=2"),
+        1,
+        "the second attempt counts the fleet's first failure:\n{}",
+        logs()
+    );
+}
+
+/// Three http-01 replicas of `fleet.example.test` behind the forwarder of validations,
+/// which holds every validation while `control.hold` is set.
+struct HeldFleet {
+    fleet: FleetSetup,
+    pebble: common::pebble::Pebble,
+    replicas: Vec<common::Wssd>,
+    control: std::sync::Arc<Forwarding>,
+}
+
+impl HeldFleet {
+    async fn start() -> HeldFleet {
+        let fleet = FleetSetup::new();
+        let pebble = common::pebble::Pebble::start(fleet.dir.path(), Default::default());
+        let listen = std::net::TcpListener::bind(("127.0.0.1", pebble.http_port)).unwrap();
+        let control = std::sync::Arc::new(Forwarding::default());
+        control
+            .hold
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut replicas = Vec::new();
+        let mut targets = Vec::new();
+        for name in ["a", "b", "c"] {
+            let port = common::pebble::free_port();
+            let acme = pebble
+                .acme_section("http-01", "retry_backoff = \"1s\"")
+                .replace(
+                    &format!("http01_bind = \"127.0.0.1:{}\"", pebble.http_port),
+                    &format!("http01_bind = \"127.0.0.1:{port}\""),
+                );
+            let replica = start_replica(
+                &fleet,
+                name,
+                &acme_replica_config(&fleet, name, &acme, &["fleet.example.test"]),
+            );
+            targets.push((replica.pid(), port));
+            replicas.push(replica);
+        }
+        tokio::spawn(forward_to_non_holders(
+            listen,
+            client(&fleet.etcd),
+            b"wssd/fleet/locks/fleet.example.test",
+            targets,
+            Default::default(),
+            control.clone(),
+        ));
+        HeldFleet {
+            fleet,
+            pebble,
+            replicas,
+            control,
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.replicas
+            .iter()
+            .map(|r| r.logs())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        count(&self.replicas.iter().collect::<Vec<_>>(), needle)
+    }
+
+    /// Waits until an order is pending on a held validation; the replica that placed it.
+    async fn holder_mid_order(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.control.held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no validation:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (kv, _) = client(&self.fleet.etcd)
+            .get(b"wssd/fleet/locks/fleet.example.test")
+            .await
+            .unwrap();
+        let holder = String::from_utf8(kv.expect("the lock is held").value).unwrap();
+        self.replicas
+            .iter()
+            .position(|r| holder.ends_with(&format!("-{}", r.pid())))
+            .expect("the holder is a replica")
+    }
+
+    fn gone(&self, index: usize) {
+        let pid = self.replicas[index].pid();
+        self.control.gone.lock().unwrap().push(pid);
+    }
+
+    fn release(&self) {
+        self.control
+            .hold
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The serial replica `r` serves to a handshake that verifies against Pebble's root,
+/// if it answers within a second.
+async fn pebble_serial(
+    r: &common::Wssd,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+) -> Option<String> {
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        common::served_serial_for(r.addr, client, "fleet.example.test"),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holder_killed_mid_order_is_replaced_within_a_lease_and_the_survivors_converge() {
+    let held = HeldFleet::start().await;
+    let holder = held.holder_mid_order().await;
+    held.replicas[holder].signal("KILL");
+    let killed = Instant::now();
+    held.gone(holder);
+    held.release();
+    let client = common::pebble::pebble_client(&held.pebble);
+    let survivors: Vec<&common::Wssd> = held
+        .replicas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != holder)
+        .map(|(_, r)| r)
+        .collect();
+    // Lease TTL (2 s) + 5 s.
+    let bound = Duration::from_secs(7);
+    let mut serials = Vec::new();
+    for r in &survivors {
+        loop {
+            if let Some(serial) = pebble_serial(r, &client).await {
+                serials.push(serial);
+                break;
+            }
+            assert!(
+                killed.elapsed() < bound,
+                "the survivors did not converge within {bound:?}:\n{}",
+                held.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let converged = killed.elapsed();
+    eprintln!("survivors converged {converged:?} after the holder was killed");
+    assert_eq!(
+        serials[0], serials[1],
+        "both survivors serve the same certificate"
+    );
+    assert!(
+        held.count("ordered a certificate") <= 2,
+        "at most two orders:\n{}",
+        held.logs()
+    );
+    assert_eq!(held.count("certificate issued by the CA and stored"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_paused_past_its_lease_publishes_nothing_and_nobody_goes_back() {
+    let held = HeldFleet::start().await;
+    let holder = held.holder_mid_order().await;
+    held.replicas[holder].signal("STOP");
+    held.gone(holder);
+    let client = common::pebble::pebble_client(&held.pebble);
+    // Every replica's serials as handshakes see them, every 50 ms, from now on.
+    let seen: Vec<std::sync::Arc<std::sync::Mutex<Vec<String>>>> =
+        held.replicas.iter().map(|_| Default::default()).collect();
+    let watching = tokio_util::sync::CancellationToken::new();
+    let mut monitors = Vec::new();
+    for (r, log) in held.replicas.iter().zip(&seen) {
+        let (addr, log, client, stop) = (r.addr, log.clone(), client.clone(), watching.clone());
+        monitors.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let answer = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    common::served_serial_for(addr, &client, "fleet.example.test"),
+                )
+                .await;
+                if let Ok(Ok(serial)) = answer {
+                    let mut log = log.lock().unwrap();
+                    if log.last() != Some(&serial) {
+                        log.push(serial);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    // Its held validation goes through now (to a live replica, which has the answer from
+    // the engine): its order could complete the moment it runs again.
+    held.release();
+    // Paused for 2 × the lease TTL: another replica takes the lock and obtains it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    held.replicas[holder].signal("CONT");
+    held.control.gone.lock().unwrap().clear();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all_have = seen.iter().all(|s| !s.lock().unwrap().is_empty());
+        if all_have {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence:\n{}",
+            held.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for a late publish from the paused holder to show, if it could.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watching.cancel();
+    for m in monitors {
+        m.await.unwrap();
+    }
+    let paused_logs = held.replicas[holder].logs();
+    assert!(
+        !paused_logs.contains("certificate issued by the CA and stored"),
+        "the paused holder published:\n{paused_logs}"
+    );
+    assert!(
+        paused_logs.contains("giving the lock up")
+            || paused_logs.contains("lock lapsed")
+            || paused_logs.contains("lock was lost"),
+        "the paused holder did not notice it lost the lock:\n{paused_logs}"
+    );
+    assert_eq!(
+        held.count("certificate issued by the CA and stored"),
+        1,
+        "{}",
+        held.logs()
+    );
+    let (record, _) = client_for(&held.fleet.etcd)
+        .get(b"wssd/fleet/certs/fleet.example.test")
+        .await
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&record.unwrap().value).unwrap();
+    let published = record["serial"].as_str().unwrap().to_string();
+    for (i, log) in seen.iter().enumerate() {
+        let log = log.lock().unwrap().clone();
+        assert_eq!(
+            log,
+            vec![published.clone()],
+            "replica {i} served only the fleet's one certificate, never another"
+        );
+    }
+    assert!(
+        !record["publisher"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("-{}", held.replicas[holder].pid())),
+        "{record}"
+    );
 }

@@ -3,7 +3,9 @@
 //! piles up accounts at the CA. One account per directory URL: pointing wssd at another
 //! CA makes another account rather than sending this one's key there.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 use serde::{Deserialize, Serialize};
@@ -45,63 +47,148 @@ pub fn account_files(data_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Loads the stored account for the configured CA, or creates and stores one.
+/// Where a fleet keeps the one ACME account all its replicas use, per directory URL:
+/// `offer` stores one unless the fleet has one already.
+pub trait SharedAccounts: Send + Sync {
+    /// The fleet's account for `directory` (as stored), if it has one.
+    fn get<'a>(&'a self, directory: &'a str) -> AccountFuture<'a, Result<Option<Vec<u8>>, String>>;
+    /// Stores `account` for `directory` unless the fleet has one; returns the fleet's
+    /// account afterwards (this one, or the one another replica stored first).
+    fn offer<'a>(
+        &'a self,
+        directory: &'a str,
+        account: &'a [u8],
+    ) -> AccountFuture<'a, Result<Vec<u8>, String>>;
+}
+
+pub type AccountFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Loads the stored account for the configured CA, or creates and stores one. In a
+/// fleet (`shared`), the fleet's account wins over this machine's: one account for every
+/// replica, so rate limits and the CA's records count the fleet once.
 pub async fn load_or_create(
     config: &AcmeConfig,
     data_dir: &Path,
     http: &AcmeHttp,
+    shared: Option<&dyn SharedAccounts>,
 ) -> Result<Account, AcmeError> {
     let path = account_path(data_dir, &config.directory);
-    let unreachable = |e| AcmeError::from_acme(e, &config.directory, None);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let stored: StoredAccount =
-                serde_json::from_str(&text).map_err(|e| AcmeError::AccountFile {
-                    path: path.clone(),
-                    reason: format!(
-                        "not a wssd account file ({e}); move it away to create a new account"
-                    ),
-                })?;
-            if stored.directory != config.directory {
-                return Err(AcmeError::AccountFile {
-                    path: path.clone(),
-                    reason: format!(
-                        "it belongs to {}, not {}",
-                        stored.directory, config.directory
-                    ),
-                });
-            }
-            let account = Account::builder_with_http(Box::new(http.clone()))
-                .from_credentials(stored.credentials)
-                .await
-                .map_err(|e| match e {
-                    instant_acme::Error::KeyRejected | instant_acme::Error::Crypto => {
-                        AcmeError::AccountFile {
-                            path: path.clone(),
-                            reason:
-                                "its account key is unusable; move it away to create a new account"
-                                    .into(),
-                        }
-                    }
-                    other => unreachable(other),
-                })?;
-            info!(account = account.id(), directory = %config.directory, "using the stored ACME account");
-            return Ok(account);
-        }
-        // Only a missing file means "no account yet": anything else must not be replaced.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(AcmeError::AccountFile {
-                path: path.clone(),
-                reason: e.to_string(),
-            });
+    let engine = |reason: String| AcmeError::Account {
+        reason: format!("the fleet's account in the engine: {reason}"),
+    };
+    if let Some(shared) = shared
+        && let Some(json) = shared.get(&config.directory).await.map_err(engine)?
+    {
+        return adopt_fleet_account(config, &path, http, &json).await;
+    }
+    let (stored, created) = match read_local(config, &path)? {
+        Some(stored) => (stored, false),
+        None => (create(config, &path, http).await?, true),
+    };
+    let json = serde_json::to_vec_pretty(&stored).map_err(|e| AcmeError::AccountFile {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if created {
+        store::write_atomic(&path, &json, KEY_MODE)?;
+    }
+    if let Some(shared) = shared {
+        let fleet = shared
+            .offer(&config.directory, &json)
+            .await
+            .map_err(engine)?;
+        if fleet != json {
+            // Another replica stored its account first (both were new): use that one.
+            return adopt_fleet_account(config, &path, http, &fleet).await;
         }
     }
+    let account = open(stored, &path, http, &config.directory).await?;
+    if created {
+        info!(account = account.id(), directory = %config.directory, file = %path.display(), "created an ACME account");
+    } else {
+        info!(account = account.id(), directory = %config.directory, "using the stored ACME account");
+    }
+    Ok(account)
+}
+
+/// Uses the fleet's account, and keeps a copy in this machine's account file.
+async fn adopt_fleet_account(
+    config: &AcmeConfig,
+    path: &Path,
+    http: &AcmeHttp,
+    json: &[u8],
+) -> Result<Account, AcmeError> {
+    let stored = parse(json, path, &config.directory)?;
+    if std::fs::read(path).ok().as_deref() != Some(json) {
+        if let Some(dir) = path.parent() {
+            store::ensure_dir(dir, PRIVATE_DIR_MODE)?;
+        }
+        store::write_atomic(path, json, KEY_MODE)?;
+    }
+    let account = open(stored, path, http, &config.directory).await?;
+    info!(account = account.id(), directory = %config.directory, "using the fleet's ACME account");
+    Ok(account)
+}
+
+fn parse(json: &[u8], path: &Path, directory: &str) -> Result<StoredAccount, AcmeError> {
+    let stored: StoredAccount =
+        serde_json::from_slice(json).map_err(|e| AcmeError::AccountFile {
+            path: path.to_path_buf(),
+            reason: format!("not a wssd account file ({e}); move it away to create a new account"),
+        })?;
+    if stored.directory != directory {
+        return Err(AcmeError::AccountFile {
+            path: path.to_path_buf(),
+            reason: format!("it belongs to {}, not {}", stored.directory, directory),
+        });
+    }
+    Ok(stored)
+}
+
+/// This machine's account for the configured CA; `None` when there is none yet.
+fn read_local(config: &AcmeConfig, path: &Path) -> Result<Option<StoredAccount>, AcmeError> {
+    match std::fs::read(path) {
+        Ok(json) => parse(&json, path, &config.directory).map(Some),
+        // Only a missing file means "no account yet": anything else must not be replaced.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AcmeError::AccountFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+async fn open(
+    stored: StoredAccount,
+    path: &Path,
+    http: &AcmeHttp,
+    directory: &str,
+) -> Result<Account, AcmeError> {
+    Account::builder_with_http(Box::new(http.clone()))
+        .from_credentials(stored.credentials)
+        .await
+        .map_err(|e| match e {
+            instant_acme::Error::KeyRejected | instant_acme::Error::Crypto => {
+                AcmeError::AccountFile {
+                    path: path.to_path_buf(),
+                    reason: "its account key is unusable; move it away to create a new account"
+                        .into(),
+                }
+            }
+            other => AcmeError::from_acme(other, directory, None),
+        })
+}
+
+/// A new account at the CA (not stored yet).
+async fn create(
+    config: &AcmeConfig,
+    path: &Path,
+    http: &AcmeHttp,
+) -> Result<StoredAccount, AcmeError> {
     // Make sure the account can be stored before creating it at the CA.
     if let Some(dir) = path.parent() {
         store::ensure_dir(dir, PRIVATE_DIR_MODE)?;
     }
-
     let eab = match (&config.eab_kid, &config.eab_hmac_key) {
         (Some(kid), Some(hmac)) => {
             Some(ExternalAccountKey::new(kid.clone(), &decode_hmac(&hmac.0)?))
@@ -114,7 +201,7 @@ pub async fn load_or_create(
         terms_of_service_agreed: true,
         only_return_existing: false,
     };
-    let (account, credentials) = retry_bad_nonce!(
+    let (_, credentials) = retry_bad_nonce!(
         Account::builder_with_http(Box::new(http.clone()))
             .create(&new, config.directory.clone(), eab.as_ref())
             .await
@@ -128,17 +215,10 @@ pub async fn load_or_create(
             _ => e,
         }
     })?;
-    let stored = StoredAccount {
+    Ok(StoredAccount {
         directory: config.directory.clone(),
         credentials,
-    };
-    let json = serde_json::to_vec_pretty(&stored).map_err(|e| AcmeError::AccountFile {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    store::write_atomic(&path, &json, KEY_MODE)?;
-    info!(account = account.id(), directory = %config.directory, file = %path.display(), "created an ACME account");
-    Ok(account)
+    })
 }
 
 /// EAB HMAC keys are handed out base64url-encoded (some CAs pad, some use the standard

@@ -63,13 +63,6 @@ pub trait SharedAlpn: Send + Sync {
     fn clear<'a>(&'a self, sni: &'a str) -> TokenFuture<'a, ()>;
 }
 
-/// Where a fleet shares every replica's answers (its engine).
-#[derive(Clone)]
-pub struct SharedAnswers {
-    pub tokens: Arc<dyn SharedTokens>,
-    pub alpn: Arc<dyn SharedAlpn>,
-}
-
 /// The tls-alpn-01 answers: in the live listener's resolver; in a fleet, every replica's.
 #[derive(Clone)]
 pub struct AlpnAnswers {

@@ -160,6 +160,15 @@ fn describe_problem(p: &Problem) -> String {
     out
 }
 
+/// What a fleet shares with each replica's ACME client (kept in its engine): the
+/// challenge answers, so any replica answers the CA, and the one account.
+#[derive(Clone)]
+pub struct FleetShares {
+    pub tokens: Arc<dyn challenge::SharedTokens>,
+    pub alpn: Arc<dyn challenge::SharedAlpn>,
+    pub accounts: Arc<dyn account::SharedAccounts>,
+}
+
 /// The ACME client of one wssd process: its account (made on first use), HTTP client and
 /// challenge solver.
 pub struct Acme {
@@ -168,6 +177,8 @@ pub struct Acme {
     http: AcmeHttp,
     account: OnceCell<Account>,
     solver: Solver,
+    /// A fleet's one account (every replica's client uses it).
+    accounts: Option<Arc<dyn account::SharedAccounts>>,
 }
 
 impl Acme {
@@ -175,6 +186,7 @@ impl Acme {
         config: AcmeConfig,
         data_dir: PathBuf,
         solver: Solver,
+        accounts: Option<Arc<dyn account::SharedAccounts>>,
     ) -> Result<Arc<Acme>, AcmeError> {
         let http = AcmeHttp::new(config.ca_file.as_deref())?;
         Ok(Arc::new(Acme {
@@ -183,6 +195,7 @@ impl Acme {
             http,
             account: OnceCell::new(),
             solver,
+            accounts,
         }))
     }
 
@@ -201,7 +214,14 @@ impl Acme {
 
     async fn account(&self) -> Result<&Account, AcmeError> {
         self.account
-            .get_or_try_init(|| account::load_or_create(&self.config, &self.data_dir, &self.http))
+            .get_or_try_init(|| {
+                account::load_or_create(
+                    &self.config,
+                    &self.data_dir,
+                    &self.http,
+                    self.accounts.as_deref(),
+                )
+            })
             .await
     }
 

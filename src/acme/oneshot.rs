@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::challenge::{AlpnAnswers, Http01Tokens, SharedAnswers, Solver, serve_http01};
+use super::FleetShares;
+use super::challenge::{AlpnAnswers, Http01Tokens, Solver, serve_http01};
 use super::{Acme, AcmeError};
 use crate::config::{Challenge, Config, Source};
 use crate::metrics::Metrics;
@@ -37,10 +38,11 @@ impl Drop for Responders {
 impl Responders {
     /// The ACME client of a pass for `config`, and its responders; `None` when no
     /// certificate comes from ACME.
-    /// `shared`: a fleet's store of http-01 answers, which its replicas answer from.
+    /// `shared`: what a fleet shares (the challenge answers its replicas answer from, the
+    /// account).
     pub fn new(
         config: &Config,
-        shared: Option<SharedAnswers>,
+        shared: Option<FleetShares>,
     ) -> Result<Option<Responders>, AcmeError> {
         let Some(acme_config) = &config.acme else {
             return Ok(None);
@@ -48,6 +50,7 @@ impl Responders {
         if !config.certificates.iter().any(|c| c.source == Source::Acme) {
             return Ok(None);
         }
+        let accounts = shared.as_ref().map(|s| s.accounts.clone());
         let solver = match acme_config.challenge {
             Challenge::Http01 => Solver::Http01(match shared {
                 Some(shared) => Http01Tokens::shared(shared.tokens),
@@ -62,7 +65,12 @@ impl Responders {
                 None => return Err(AcmeError::Other("dns-01 needs [acme] dns01_hook".into())),
             },
         };
-        let acme = Acme::new(acme_config.clone(), config.data_dir.clone(), solver.clone())?;
+        let acme = Acme::new(
+            acme_config.clone(),
+            config.data_dir.clone(),
+            solver.clone(),
+            accounts,
+        )?;
         Ok(Some(Responders {
             acme,
             config: config.clone(),

@@ -1,5 +1,5 @@
 //! The fleet's shared challenge answers, so that any replica answers the CA whichever
-//! replica placed the order ([`shared_answers`]).
+//! replica placed the order ([`EngineTokens`], [`EngineAlpn`]).
 //!
 //! - http-01 ([`EngineTokens`]): the answer is stored under
 //!   `wssd/<name>/challenges/http01/<token>` before the CA is told to validate, and any
@@ -26,18 +26,10 @@ use instant_acme::Identifier;
 use serde::{Deserialize, Serialize};
 
 use super::fleet::Fleet;
-use crate::acme::challenge::{SharedAlpn, SharedAnswers, SharedTokens, TokenFuture};
+use crate::acme::challenge::{SharedAlpn, SharedTokens, TokenFuture};
 
 /// How long a stored answer lives at most (an order's validation takes seconds).
 const ANSWER_TTL: Duration = Duration::from_secs(600);
-
-/// Both kinds of answer, kept in `fleet`'s engine.
-pub fn shared_answers(fleet: &Arc<Fleet>) -> SharedAnswers {
-    SharedAnswers {
-        tokens: Arc::new(EngineTokens(fleet.clone())),
-        alpn: Arc::new(EngineAlpn(fleet.clone())),
-    }
-}
 
 /// Writes `value` under `key` on a lease of [`ANSWER_TTL`]; the revision of the write.
 async fn put_answer(fleet: &Fleet, key: &str, value: &[u8]) -> Result<i64, String> {

@@ -52,6 +52,11 @@ impl Fleet {
         format!("{}locks/{}", self.prefix, cert.domain_list())
     }
 
+    /// The key of `cert`'s renewal state: the outcome of the fleet's last attempt.
+    pub fn state_key(&self, cert: &CertificateConfig) -> String {
+        format!("{}state/{}", self.prefix, cert.domain_list())
+    }
+
     /// Notes whether the engine answered.
     pub fn engine<T, E>(&self, result: Result<T, E>) -> Result<T, E> {
         self.metrics.cluster_engine_up(result.is_ok());

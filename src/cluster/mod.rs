@@ -6,8 +6,9 @@
 //! the fenced publish); [`sync`] follows the engine's records on every replica and swaps
 //! new pairs in and serves the fleet's tls-alpn-01 answers; [`challenges`] shares the
 //! challenge answers, so any replica answers the CA; [`members`] keeps the list of live
-//! replicas and what each serves; [`view`] is what `wssd status` shows of the fleet.
+//! replicas and what each serves; [`accounts`] keeps the fleet's one ACME account; [`view`] is what `wssd status` shows of the fleet.
 
+pub mod accounts;
 pub mod challenges;
 pub mod etcd;
 pub mod fleet;
@@ -29,6 +30,16 @@ pub enum ClusterError {
     Key(#[from] key::KeyError),
     #[error("[cluster]: {0}")]
     Engine(#[from] etcd::EtcdError),
+}
+
+/// What `fleet` shares with this replica's ACME client: both kinds of challenge answer,
+/// and the account.
+pub fn acme_shares(fleet: &Arc<Fleet>) -> crate::acme::FleetShares {
+    crate::acme::FleetShares {
+        tokens: Arc::new(challenges::EngineTokens(fleet.clone())),
+        alpn: Arc::new(challenges::EngineAlpn(fleet.clone())),
+        accounts: Arc::new(accounts::EngineAccounts(fleet.clone())),
+    }
 }
 
 /// This replica's part of the fleet that `config` describes.

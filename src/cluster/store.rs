@@ -6,6 +6,9 @@
 //! - `certs/<domains>`: the record: the chain, the private key sealed with the fleet key
 //!   ([`super::key`], bound to this key's name), serial, expiry, and who published it.
 //!   One key holds the whole pair, so a reader never sees half of one.
+//! - `state/<domains>`: the outcome of the last attempt (failures in a row, when the
+//!   next may be made, the CA's rate limit), written under the lock like a publish, so
+//!   a backoff or a `Retry-After` holds for the whole fleet, not just the one replica.
 //! - `locks/<domains>`: the lock, created only if absent and attached to a lease of its
 //!   own that the holder keeps alive. Its creation revision is the fencing token: a
 //!   publish is a transaction that succeeds only while the lock key still has it, so a
@@ -18,6 +21,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -26,7 +30,16 @@ use super::fleet::{Fleet, Record};
 use crate::cert::inspect::rfc3339;
 use crate::cert::pair::{LoadedPair, PemPair};
 use crate::config::CertificateConfig;
+use crate::provision::state::CertState;
 use crate::provision::store::{Claim, LocalDir, Store, StoreError, StoreFuture};
+
+/// `state/<domains>`: the outcome of the fleet's last attempt, and who made it.
+#[derive(Serialize, Deserialize)]
+struct SharedState {
+    by: String,
+    #[serde(flatten)]
+    state: CertState,
+}
 
 /// The fleet's store (see the module docs) for this replica's `certificates`.
 pub struct FleetStore {
@@ -123,6 +136,68 @@ impl Store for FleetStore {
                 })
             };
             Ok(Some(Claim::lock(txn.revision, lost, release)))
+        })
+    }
+
+    fn shared_state<'a>(
+        &'a self,
+        cert: &'a CertificateConfig,
+    ) -> StoreFuture<'a, Option<CertState>> {
+        Box::pin(async move {
+            let fleet = &self.fleet;
+            let key = fleet.state_key(cert);
+            let (kv, _) = fleet.engine(fleet.etcd.get(key.as_bytes()).await).ok()?;
+            match serde_json::from_slice::<SharedState>(&kv?.value) {
+                Ok(shared) => Some(shared.state),
+                Err(e) => {
+                    warn!(key, error = %e, "the fleet's renewal state is unreadable; ignoring it");
+                    None
+                }
+            }
+        })
+    }
+
+    fn share_state<'a>(
+        &'a self,
+        cert: &'a CertificateConfig,
+        claim: &'a Claim,
+        state: &'a CertState,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let fleet = &self.fleet;
+            let shared = SharedState {
+                by: fleet.replica.clone(),
+                state: state.clone(),
+            };
+            let Ok(value) = serde_json::to_vec(&shared) else {
+                return;
+            };
+            // Fenced like a publish: a holder past its lease must not overwrite the
+            // outcome of the replica that took over.
+            let written = fleet
+                .etcd
+                .txn(
+                    &[Compare::Created(
+                        fleet.lock_key(cert).into_bytes(),
+                        claim.fence,
+                    )],
+                    &[Op::Put {
+                        key: fleet.state_key(cert).into_bytes(),
+                        value,
+                        lease: 0,
+                    }],
+                    &[],
+                )
+                .await;
+            match fleet.engine(written) {
+                Ok(txn) if txn.succeeded => {}
+                Ok(_) => {
+                    debug!(certificate = %cert.domain_list(), "the lock was lost; the attempt's outcome is not shared")
+                }
+                Err(e) => {
+                    warn!(certificate = %cert.domain_list(), error = %e, "cannot share the attempt's outcome with the fleet")
+                }
+            }
         })
     }
 

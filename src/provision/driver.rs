@@ -330,6 +330,20 @@ pub async fn ensure(
     // Still due under the lock? A replica that held it before may have published.
     store.fetch(cert).await;
     let current = store.current(cert);
+    // A rate limit that the fleet's last attempt met holds for this pass too.
+    if let Some(shared) = store.shared_state(cert).await
+        && let Some(until) = shared.retry_not_before()
+        && SystemTime::now() < until
+    {
+        return Err(Failure {
+            kind: FailureKind::RateLimited,
+            message: format!(
+                "the CA asked the fleet to wait until {} before ordering again (rate limited)",
+                rfc3339(until)
+            ),
+            retry_after: Some(until),
+        });
+    }
     if let Some(pair) = &current {
         let plan = issuer.plan(Some(pair)).await;
         if SystemTime::now() < plan.at {
@@ -342,6 +356,16 @@ pub async fn ensure(
     }
     state.last_attempt = Some(rfc3339(now));
     let result = obtain_and_store(index, cert, issuer, store, current.as_ref(), &claim).await;
+    let mut shared = state.clone();
+    match &result {
+        Ok(_) => shared.record_success(),
+        Err(f) => {
+            shared.record_failure(f);
+            let jitter = schedule::random_unit();
+            shared.schedule_retry(issuer.initial_backoff(), jitter, SystemTime::now());
+        }
+    }
+    store.share_state(cert, &claim, &shared).await;
     drop(claim);
     match &result {
         Ok(summary) => {
@@ -476,6 +500,17 @@ pub async fn run(s: Slot) {
         // fetched first, as this replica's own copy may not have caught up yet.
         s.store.fetch(&s.cert).await;
         let current = s.store.current(&s.cert);
+        // The fleet's last attempt counts as this replica's: its failures, backoff and the
+        // CA's rate limit hold for every replica, or N replicas would each try in turn.
+        if let Some(shared) = s.store.shared_state(&s.cert).await {
+            state.adopt(shared);
+            let now = SystemTime::now();
+            let waits = state.failures > 0 && state.retry_at().is_some_and(|at| now < at)
+                || state.retry_not_before().is_some_and(|until| now < until);
+            if waits {
+                continue;
+            }
+        }
         if state.failures == 0 {
             // (The plan first: a "now" it returns must not be later than the clock read.)
             let due = s.issuer.plan(current.as_ref()).await.at;
@@ -488,6 +523,14 @@ pub async fn run(s: Slot) {
             _ = s.shutdown.cancelled() => return,
             result = obtain_and_store(s.index, &s.cert, &s.issuer, &*s.store, current.as_ref(), &claim) => result,
         };
+        match &attempt {
+            Ok(_) => state.record_success(),
+            Err(e) => {
+                state.record_failure(e);
+                state.schedule_retry(initial, backoff_jitter, SystemTime::now());
+            }
+        }
+        s.store.share_state(&s.cert, &claim, &state).await;
         drop(claim);
         let ok = attempt.is_ok();
         if matches!(s.issuer, Issuer::Acme { .. }) {
@@ -496,7 +539,6 @@ pub async fn run(s: Slot) {
         s.metrics.renewal(s.issuer.source(), ok);
         match attempt {
             Ok(summary) => {
-                state.record_success();
                 announced = None;
                 last_issued = Some((SystemTime::now(), summary.lifetime()));
                 // (A first certificate was already logged as issued.)
@@ -520,8 +562,6 @@ pub async fn run(s: Slot) {
                 hooks::spawn_deploy_hook(s.index, &s.cert);
             }
             Err(e) => {
-                state.record_failure(&e);
-                state.schedule_retry(initial, backoff_jitter, SystemTime::now());
                 let failures = state.failures;
                 // An expired pair on disk is still served (wssd keeps the last one).
                 if current.is_some() || s.cert.cert_file.exists() {

@@ -112,6 +112,18 @@ impl CertState {
             .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
     }
 
+    /// Takes over the outcome of the fleet's last attempt (`shared`, made by whichever
+    /// replica held the lock): its failures and when the next attempt may be made; a rate
+    /// limit either of them met still holds.
+    pub fn adopt(&mut self, shared: CertState) {
+        self.failures = shared.failures;
+        self.failure = shared.failure;
+        self.last_error = shared.last_error;
+        self.last_attempt = shared.last_attempt.or(self.last_attempt.take());
+        self.retry_at_ms = shared.retry_at_ms;
+        self.retry_not_before = self.retry_not_before.max(shared.retry_not_before);
+    }
+
     /// A success: no failures, no rate limit.
     pub fn record_success(&mut self) {
         self.failures = 0;

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
+use super::state::CertState;
 use crate::cert::pair::{self, LoadedPair, PemPair};
 use crate::cert::store;
 use crate::config::CertificateConfig;
@@ -90,6 +91,26 @@ pub trait Store: Send + Sync {
         &'a self,
         cert: &'a CertificateConfig,
     ) -> StoreFuture<'a, Result<Option<Claim>, StoreError>>;
+
+    /// The outcome of the last attempt anywhere in the fleet for `cert` (failures, when
+    /// the next attempt may be made, the CA's rate limit), read under a claim; none on a
+    /// single machine, where the loop's own record is the whole story.
+    fn shared_state<'a>(
+        &'a self,
+        _cert: &'a CertificateConfig,
+    ) -> StoreFuture<'a, Option<CertState>> {
+        Box::pin(async { None })
+    }
+
+    /// Shares the outcome of an attempt made under `claim` with the fleet.
+    fn share_state<'a>(
+        &'a self,
+        _cert: &'a CertificateConfig,
+        _claim: &'a Claim,
+        _state: &'a CertState,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async {})
+    }
 
     /// Stores a new pair for `cert`, obtained under `claim`, replacing the old one whole.
     fn save<'a>(
