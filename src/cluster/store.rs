@@ -33,6 +33,9 @@ use crate::config::CertificateConfig;
 use crate::provision::state::CertState;
 use crate::provision::store::{Claim, LocalDir, Store, StoreError, StoreFuture};
 
+/// How often a publish is tried again while the engine does not answer.
+const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// `state/<domains>`: the outcome of the fleet's last attempt, and who made it.
 #[derive(Serialize, Deserialize)]
 struct SharedState {
@@ -240,25 +243,32 @@ impl Store for FleetStore {
             };
             let value =
                 serde_json::to_vec(&record).map_err(|e| StoreError::Engine(e.to_string()))?;
-            let txn = fleet
-                .engine(
-                    fleet
-                        .etcd
-                        .txn(
-                            &[Compare::Created(
-                                fleet.lock_key(cert).into_bytes(),
-                                claim.fence,
-                            )],
-                            &[Op::Put {
-                                key: key.into_bytes(),
-                                value,
-                                lease: 0,
-                            }],
-                            &[],
-                        )
-                        .await,
-                )
-                .map_err(|e| StoreError::Engine(e.to_string()))?;
+            let lock = fleet.lock_key(cert).into_bytes();
+            let mut told = false;
+            // An engine away for less than the lease does not cost the pair: the publish
+            // goes out once it answers, as long as this replica still holds the lock.
+            let txn = loop {
+                let put = Op::Put {
+                    key: key.clone().into_bytes(),
+                    value: value.clone(),
+                    lease: 0,
+                };
+                let fence = [Compare::Created(lock.clone(), claim.fence)];
+                let answer = fleet.etcd.txn(&fence, &[put], &[]).await;
+                match fleet.engine(answer) {
+                    Ok(txn) => break txn,
+                    Err(e) => {
+                        if !told {
+                            warn!(certificate = %cert.domain_list(), error = %e, "the fleet's engine does not answer; the new pair is published once it does, while this replica still holds the lock");
+                            told = true;
+                        }
+                        tokio::select! {
+                            _ = claim.lost.cancelled() => return Err(StoreError::LockLost),
+                            _ = tokio::time::sleep(PUBLISH_RETRY) => {}
+                        }
+                    }
+                }
+            };
             if !txn.succeeded {
                 return Err(StoreError::LockLost);
             }
