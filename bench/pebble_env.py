@@ -11,10 +11,12 @@ from ports import free_port, wait_port
 
 
 class Pebble:
-    def __init__(self, work, wssd):
-        """`wssd`: the binary that makes Pebble's TLS certificate."""
+    def __init__(self, work, wssd, validity=None):
+        """`wssd`: the binary that makes Pebble's TLS certificate; `validity`: the
+        certificates' lifetime in seconds (Pebble's default: five years)."""
         self.work = work
         self.wssd = wssd
+        self.validity = validity
         work.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self):
@@ -27,7 +29,8 @@ class Pebble:
             "listenAddress": f"127.0.0.1:{listen}", "managementListenAddress": f"127.0.0.1:{mgmt}",
             "certificate": str(self.work / "tls/cert.pem"), "privateKey": str(self.work / "tls/key.pem"),
             "httpPort": self.http_port, "tlsPort": tls_port, "ocspResponderURL": "",
-            "externalAccountBindingRequired": False}}))
+            "externalAccountBindingRequired": False,
+            **({"certificateValidityPeriod": self.validity} if self.validity else {})}}))
         log = open(self.work / "pebble.log", "w")
         self.dns = subprocess.Popen(["pebble-challtestsrv", "-management", f"127.0.0.1:{dns_mgmt}", "-dns01", f"127.0.0.1:{dns}",
                                      "-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""],

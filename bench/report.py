@@ -63,7 +63,7 @@ def cell(stat):
 
 
 # Not peers: the ACME figures, and wssd built from an earlier commit (--baseline).
-NOT_PEERS = ("wssd", "acme", "wssd-base")
+NOT_PEERS = ("wssd", "acme", "wssd-base", "fleet")
 
 # The WebSocket figures a change must not make worse (--baseline): by more than 5 %.
 BASELINE_FIGURES = ["msg_per_s_64B", "p99_ms_64B", "mb_per_s_16KiB", "p99_ms_16KiB", "cpu_us_per_msg_64B",
@@ -124,7 +124,7 @@ def baseline_table(report):
 
 def table(report):
     summary = report["summary"]
-    servers = [s for s in summary if s not in ("acme", "wssd-base")]
+    servers = [s for s in summary if s not in ("acme", "wssd-base", "fleet")]
     lines = [
         f"Run of {report['date']}, commit `{report['commit']}`, {report['machine']}; "
         f"{report['threads']} worker threads/processes per server; "
@@ -150,6 +150,18 @@ def table(report):
                 continue
             lines.append(f"| {name} | {cell(stats['wssd_s'])} | {cell(stats['lego_s'])} | "
                          f"{ratio:.2f} | ≤ 0.2 | {'yes' if ratio <= 0.2 else '**no**'} |")
+    if "fleet" in summary:
+        f = summary["fleet"]
+        n = int((f.get("replicas") or {}).get("median") or 0)
+        certs = int((f.get("certificates") or {}).get("median") or 0)
+        lines += ["", f"| Fleet: {n} replicas sharing one ACME certificate through etcd, "
+                      f"{certs} certificates a run (9 s lifetime) | median (min–max) |",
+                  "| --- | ---: |",
+                  f"| publish to swap, p50 (ms) | {cell(f.get('convergence_p50_ms'))} |",
+                  f"| publish to swap, p99 (ms) | {cell(f.get('convergence_p99_ms'))} |",
+                  f"| orders per certificate (Pebble's log) | {cell(f.get('orders_per_renewal'))} |"]
+        if f.get("failed_runs"):
+            lines.append(f"| run(s) failed, see latest.json | {f['failed_runs']} |")
     lines += baseline_table(report)
     lines += ["", "Raw data: [`results/latest.json`](results/latest.json). Plot: [`results/latest.svg`](results/latest.svg).",
               "", "![throughput, latency and CPU per operation](results/latest.svg)"]
@@ -158,7 +170,7 @@ def table(report):
 
 def svg(report):
     summary = report["summary"]
-    servers = [s for s in summary if s not in ("acme", "wssd-base")]
+    servers = [s for s in summary if s not in ("acme", "wssd-base", "fleet")]
     colors = {"wssd": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728"}
     panels = [("msg_per_s_64B", "64 B msg/s"), ("mb_per_s_16KiB", "16 KiB MB/s"), ("p99_ms_64B", "64 B p99 ms"),
               ("cpu_us_per_msg_64B", "CPU µs / 64 B msg"), ("cpu_ms_per_mb_16KiB", "CPU ms / MB"),

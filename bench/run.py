@@ -571,6 +571,16 @@ def acme_case(work, pebble, case, certs):
     return {"wssd_s": wssd_s, "lego_s": lego_s, "ratio": wssd_s / lego_s}
 
 
+def fleet_row(work, args):
+    """5 replicas sharing one ACME certificate through etcd (bench/fleet.py)."""
+    from fleet import fleet_bench
+    try:
+        return fleet_bench(work / "fleet", WSSD, replicas=5, renewals=args.fleet_renewals)
+    except Exception as e:  # reported; the rest of the run stands
+        print(f"fleet: {e}", file=sys.stderr, flush=True)
+        return {"error": str(e)[-2000:]}
+
+
 def build_baseline(rev):
     """wssd's release binary at commit `rev`, built once in a worktree of its own (with
     its own target directory, kept under target/bench-baseline for the next run)."""
@@ -643,6 +653,11 @@ def summarize(runs):
         out["acme"] = {case: {**{k: median_spread([run["acme"][case].get(k) for run in runs]) for k in ("wssd_s", "lego_s", "ratio")},
                               "failed_runs": sum("error" in run["acme"][case] for run in runs)}
                        for case in runs[0]["acme"]}
+    if all("fleet" in run for run in runs):
+        keys = ("replicas", "certificates", "orders_per_renewal", "convergence_p50_ms", "convergence_p99_ms",
+                "convergence_max_ms")
+        out["fleet"] = {**{k: median_spread([run["fleet"].get(k) for run in runs]) for k in keys},
+                        "failed_runs": sum("error" in run["fleet"] for run in runs)}
     return out
 
 
@@ -656,6 +671,8 @@ def main():
     parser.add_argument("--swaps", type=int, default=50)
     parser.add_argument("--servers", default="wssd,nginx,haproxy")
     parser.add_argument("--no-acme", action="store_true")
+    parser.add_argument("--no-fleet", action="store_true", help="skip the fleet row (5 replicas on etcd)")
+    parser.add_argument("--fleet-renewals", type=int, default=10)
     parser.add_argument("--phases", help="only these load phases, comma-separated (e.g. http1_get,http2_get)")
     parser.add_argument("--quick", action="store_true", help="the load phases only: no idle memory, swap or start-up")
     parser.add_argument("--out", default=str(ROOT / "bench/results"))
@@ -690,6 +707,9 @@ def main():
             if not args.no_acme:
                 print(f"run {n + 1}/{args.repeat}: acme", file=sys.stderr, flush=True)
                 run["acme"] = acme_bench(work, args)
+            if not args.no_fleet:
+                print(f"run {n + 1}/{args.repeat}: fleet", file=sys.stderr, flush=True)
+                run["fleet"] = fleet_row(work, args)
             runs.append(run)
             pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
             (pathlib.Path(args.out) / "partial.json").write_text(json.dumps(runs, indent=2))
