@@ -466,6 +466,15 @@ fn print_fleet(fleet: &crate::cluster::view::CertView) {
         };
         println!("    replica {} serves {serving}", r.replica);
     }
+    if let Some(f) = &fleet.failing {
+        println!(
+            "    the fleet's last attempt (by {}) failed, {} in a row: {}; next attempt {}",
+            f.by,
+            f.failures,
+            f.last_error.as_deref().unwrap_or("no detail"),
+            f.next_attempt.as_deref().unwrap_or("when due")
+        );
+    }
 }
 
 /// `wssd issue`

@@ -38,10 +38,10 @@ const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_millis(200)
 
 /// `state/<domains>`: the outcome of the fleet's last attempt, and who made it.
 #[derive(Serialize, Deserialize)]
-struct SharedState {
-    by: String,
+pub struct SharedState {
+    pub by: String,
     #[serde(flatten)]
-    state: CertState,
+    pub state: CertState,
 }
 
 /// The fleet's store (see the module docs) for this replica's `certificates`.

@@ -1,12 +1,14 @@
 //! What `wssd status` shows of the fleet: for each certificate, the engine's state, the
-//! replica holding its lock, the pair published in the engine, and what every live
-//! replica serves ([`super::members`]).
+//! replica holding its lock, the pair published in the engine, what every live replica
+//! serves ([`super::members`]), and the fleet's failures in a row, if any.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::fleet::{Fleet, Record};
+use super::store::SharedState;
+use crate::cert::inspect::rfc3339;
 use crate::config::CertificateConfig;
 
 /// How long `wssd status` waits for the engine.
@@ -23,6 +25,19 @@ pub struct CertView {
     pub published_serial: Option<String>,
     pub published_by: Option<String>,
     pub replicas: Vec<ReplicaView>,
+    /// The outcome of the fleet's last attempt, while it was a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing: Option<FailingView>,
+}
+
+/// The fleet's failures in a row for one certificate, and when the next attempt may be made.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailingView {
+    /// The replica that made the last attempt.
+    pub by: String,
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub next_attempt: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +70,7 @@ fn unreachable(certificates: &[CertificateConfig], reason: String) -> Vec<CertVi
             published_serial: None,
             published_by: None,
             replicas: Vec::new(),
+            failing: None,
         })
         .collect()
 }
@@ -69,12 +85,23 @@ async fn read(
         let (lock, _) = fleet.etcd.get(fleet.lock_key(cert).as_bytes()).await?;
         let (record, _) = fleet.etcd.get(fleet.cert_key(cert).as_bytes()).await?;
         let record: Option<Record> = record.and_then(|kv| serde_json::from_slice(&kv.value).ok());
+        let (state, _) = fleet.etcd.get(fleet.state_key(cert).as_bytes()).await?;
+        let failing = state
+            .and_then(|kv| serde_json::from_slice::<SharedState>(&kv.value).ok())
+            .filter(|s| s.state.failures > 0)
+            .map(|s| FailingView {
+                next_attempt: s.state.retry_at().map(rfc3339),
+                by: s.by,
+                failures: s.state.failures,
+                last_error: s.state.last_error,
+            });
         let domains = cert.domain_list();
         views.push(CertView {
             engine: "up".into(),
             holder: lock.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
             published_serial: record.as_ref().map(|r| r.serial.clone()),
             published_by: record.map(|r| r.publisher),
+            failing,
             replicas: members
                 .values()
                 .map(|m| {
