@@ -31,8 +31,9 @@ use crate::reload::reloader::Reloader;
 use crate::reload::resolver::Resolver;
 use crate::reload::watch::ReloadHandle;
 
-/// The wait before reading the engine again after it failed.
-const RETRY: Duration = Duration::from_millis(500);
+/// The wait before reading the engine again after it failed: short, as a replica that
+/// has not caught up misses pairs published meanwhile (a failed connect costs little).
+const RETRY: Duration = Duration::from_millis(250);
 
 /// Brings this replica's files up to the engine's records once; the revision read at.
 pub async fn sync_once(
