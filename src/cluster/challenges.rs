@@ -41,12 +41,36 @@ async fn put_answer(fleet: &Fleet, key: &str, value: &[u8]) -> Result<i64, Strin
         .map_err(|e| e.to_string())
 }
 
-pub struct EngineTokens(pub Arc<Fleet>);
+/// The most engine reads the http-01 responder makes at once for tokens it does not
+/// hold: the CA makes a few requests per order, and anyone can send requests for made-up
+/// tokens, which must not turn into a flood of engine reads.
+const LOOKUPS: usize = 8;
+
+pub struct EngineTokens {
+    fleet: Arc<Fleet>,
+    lookups: tokio::sync::Semaphore,
+}
 
 impl EngineTokens {
-    fn key(&self, token: &str) -> String {
-        format!("{}challenges/http01/{token}", self.0.prefix)
+    pub fn new(fleet: Arc<Fleet>) -> EngineTokens {
+        EngineTokens {
+            fleet,
+            lookups: tokio::sync::Semaphore::new(LOOKUPS),
+        }
     }
+
+    fn key(&self, token: &str) -> String {
+        format!("{}challenges/http01/{token}", self.fleet.prefix)
+    }
+}
+
+/// Whether `token` can be an ACME token (RFC 8555 §8.1: base64url, 128 bits or more; CAs
+/// use 43 characters): anything else is not worth an engine read.
+fn plausible_token(token: &str) -> bool {
+    (16..=128).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl SharedTokens for EngineTokens {
@@ -56,7 +80,7 @@ impl SharedTokens for EngineTokens {
         key_authorization: &'a str,
     ) -> TokenFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            put_answer(&self.0, &self.key(token), key_authorization.as_bytes())
+            put_answer(&self.fleet, &self.key(token), key_authorization.as_bytes())
                 .await
                 .map(|_| ())
         })
@@ -64,7 +88,12 @@ impl SharedTokens for EngineTokens {
 
     fn get<'a>(&'a self, token: &'a str) -> TokenFuture<'a, Option<String>> {
         Box::pin(async move {
-            let fleet = &self.0;
+            if !plausible_token(token) {
+                return None;
+            }
+            // Busy with others: this one is answered 404, and the CA retries.
+            let _permit = self.lookups.try_acquire().ok()?;
+            let fleet = &self.fleet;
             let (kv, _) = fleet
                 .engine(fleet.etcd.get(self.key(token).as_bytes()).await)
                 .ok()?;
@@ -74,7 +103,7 @@ impl SharedTokens for EngineTokens {
 
     fn clear<'a>(&'a self, token: &'a str) -> TokenFuture<'a, ()> {
         Box::pin(async move {
-            let fleet = &self.0;
+            let fleet = &self.fleet;
             let _ = fleet.engine(fleet.etcd.delete(self.key(token).as_bytes()).await);
         })
     }
@@ -170,6 +199,23 @@ impl SharedAlpn for EngineAlpn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_token_shaped_names_are_looked_up() {
+        assert!(plausible_token(
+            "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
+        ));
+        for made_up in [
+            "",
+            "abc",
+            "../../etc/passwd",
+            "a%2Fb-long-enough-token",
+            &"a".repeat(129),
+            "token with spaces in it",
+        ] {
+            assert!(!plausible_token(made_up), "{made_up:?}");
+        }
+    }
 
     #[test]
     fn an_alpn_answer_reads_back_as_written() {

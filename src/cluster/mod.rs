@@ -36,7 +36,7 @@ pub enum ClusterError {
 /// and the account.
 pub fn acme_shares(fleet: &Arc<Fleet>) -> crate::acme::FleetShares {
     crate::acme::FleetShares {
-        tokens: Arc::new(challenges::EngineTokens(fleet.clone())),
+        tokens: Arc::new(challenges::EngineTokens::new(fleet.clone())),
         alpn: Arc::new(challenges::EngineAlpn(fleet.clone())),
         accounts: Arc::new(accounts::EngineAccounts(fleet.clone())),
     }
