@@ -66,8 +66,9 @@ pub enum Command {
     },
     /// One provisioning pass: obtain or renew what is missing or due, then exit.
     Issue {
+        /// Config file [default: ./wssd.toml].
         #[arg(long, short = 'c', value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Connect to a wss:// (or ws://) URL and report TLS, certificate, upgrade and echo.
     Probe {
@@ -95,8 +96,9 @@ pub enum Command {
     },
     /// Validate a config and the files it names; print what would run.
     Check {
+        /// Config file [default: ./wssd.toml].
         #[arg(long, short = 'c', value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Print shell completions for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -107,8 +109,9 @@ pub enum Command {
     Man,
     /// Inventory: each certificate, its source, domains, serial, expiry, next renewal.
     Status {
+        /// Config file [default: ./wssd.toml].
         #[arg(long, short = 'c', value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

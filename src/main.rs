@@ -39,8 +39,10 @@ fn main() -> ExitCode {
             .flatten_event(true)
             .with_current_span(false)
             .init(),
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // https://no-color.org: set and not empty, no colour whatever the terminal.
+        LogFormat::Text => logs.with_ansi(colour()).init(),
     }
+    let json = cli.log_format == LogFormat::Json;
 
     let outcome = match cli.command {
         Command::Run { config } => run(config.as_deref()),
@@ -50,11 +52,14 @@ fn main() -> ExitCode {
             days,
             ca_dir,
         } => commands::selfsigned(&out_dir, domains, days, ca_dir),
-        Command::Issue { config } => runtime().and_then(|rt| rt.block_on(commands::issue(&config))),
-        Command::Check { config } => commands::check(&config),
-        Command::Status { config, json } => {
-            runtime().and_then(|rt| rt.block_on(commands::status(&config, json)))
+        Command::Issue { config } => config_file(config)
+            .and_then(|config| runtime().and_then(|rt| rt.block_on(commands::issue(&config)))),
+        Command::Check { config } => {
+            config_file(config).and_then(|config| commands::check(&config))
         }
+        Command::Status { config, json } => config_file(config).and_then(|config| {
+            runtime().and_then(|rt| rt.block_on(commands::status(&config, json)))
+        }),
         Command::Probe {
             url,
             ca,
@@ -88,7 +93,19 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code as u8),
         Err(CommandError { code, error }) => {
-            eprintln!("wssd: error: {}", describe(&error));
+            if json {
+                // Like every other line a collector reads from wssd: one JSON object.
+                let line = serde_json::json!({
+                    "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                    "level": "ERROR",
+                    "message": describe(&error),
+                    "exit_code": code,
+                    "target": "wssd",
+                });
+                eprintln!("{line}");
+            } else {
+                eprintln!("wssd: error: {}", describe(&error));
+            }
             ExitCode::from(code as u8)
         }
     }
@@ -110,6 +127,32 @@ fn describe(error: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out
+}
+
+fn colour() -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
+
+/// The config file a command reads: `--config`, else ./wssd.toml, which must then exist.
+fn config_file(given: Option<std::path::PathBuf>) -> Result<std::path::PathBuf, CommandError> {
+    match given {
+        Some(path) => Ok(path),
+        None => {
+            let default_file = Path::new(config::DEFAULT_CONFIG_FILE);
+            if default_file.exists() {
+                Ok(default_file.to_path_buf())
+            } else {
+                Err(CommandError::usage(anyhow::anyhow!(
+                    "no --config given and no ./{} in {}; pass --config FILE",
+                    config::DEFAULT_CONFIG_FILE,
+                    std::env::current_dir()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_else(|_| "this directory".into())
+                )))
+            }
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
