@@ -97,7 +97,7 @@ pub fn check(config: &Config) -> Vec<PreflightError> {
 pub fn check_private_files(config: &Config) -> Result<(), StoreError> {
     check_private(&config.data_dir)?;
     if let Some(cluster) = &config.cluster {
-        check_private(&cluster.encryption_key_file)?;
+        crate::cert::store::check_secret_file(&cluster.encryption_key_file)?;
     }
     for account in crate::acme::account::account_files(&config.data_dir) {
         check_private(&account)?;

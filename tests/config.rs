@@ -481,6 +481,28 @@ fn cluster_mistakes_are_named_with_key_and_line() {
     let good = cluster("endpoints = [\"http://127.0.0.1:2379\"]\nname = \"chat-prod\"\n");
     let (code, err) = check(dir.path(), &good);
     assert_eq!(code, Some(0), "{err}");
+    // The key's mode: its owner's alone, or (owned by root) also its group's, as
+    // Kubernetes mounts a Secret with fsGroup; never anyone else's.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let set_mode =
+        |mode| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+    set_mode(0o644);
+    let (code, err) = check(dir.path(), &good);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("chmod 600") && err.contains("fleet.key"),
+        "{err}"
+    );
+    if std::fs::metadata(&key).unwrap().uid() == 0 {
+        set_mode(0o440);
+        let (code, err) = check(dir.path(), &good);
+        assert_eq!(
+            code,
+            Some(0),
+            "root:group 0440 (a Kubernetes Secret with fsGroup): {err}"
+        );
+    }
+    set_mode(0o600);
     let cases = [
         (
             "endpoints = []\nname = \"x\"\n",

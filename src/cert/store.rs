@@ -69,6 +69,32 @@ pub fn check_private(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Refuses a secret file that wssd reads but does not write (the fleet key) when it is
+/// open to more than its owner, with one exception, PostgreSQL's for its key file: a
+/// root-owned file may also be readable by its group (mode 0640 or stricter). That is
+/// how an operator shares a key with a service's group, and how Kubernetes mounts a
+/// Secret for a pod with `fsGroup` (root:fsGroup, 0440).
+pub fn check_secret_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if secret_mode_ok(mode, meta.uid()) {
+        return Ok(());
+    }
+    Err(StoreError::TooOpen {
+        path: path.to_path_buf(),
+        mode,
+        dir: false,
+    })
+}
+
+fn secret_mode_ok(mode: u32, owner: u32) -> bool {
+    let open = if owner == 0 { 0o037 } else { 0o077 };
+    mode & open == 0
+}
+
 /// Creates `dir` (and parents) if missing; a directory this creates gets `mode`.
 pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), StoreError> {
     if dir.is_dir() {
@@ -270,6 +296,26 @@ fn pair_names(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_is_its_owners_or_roots_and_its_groups() {
+        for (mode, owner, ok) in [
+            (0o600, 1000, true),
+            (0o400, 1000, true),
+            (0o640, 1000, false),
+            (0o440, 0, true),
+            (0o640, 0, true),
+            (0o660, 0, false),
+            (0o644, 0, false),
+            (0o604, 1000, false),
+        ] {
+            assert_eq!(
+                secret_mode_ok(mode, owner),
+                ok,
+                "{mode:03o} owned by {owner}"
+            );
+        }
+    }
 
     #[test]
     fn atomic_write_sets_mode_and_replaces() {
