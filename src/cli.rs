@@ -93,6 +93,17 @@ pub enum Command {
         /// monitoring check for cron or Nagios.
         #[arg(long, value_name = "N")]
         expect_days: Option<u32>,
+        /// Send this Origin with the upgrade, as a browser on that page would (servers with
+        /// allowed_origins refuse a missing or unknown one with 403).
+        #[arg(long, value_name = "ORIGIN")]
+        origin: Option<String>,
+        /// Add a request header to the upgrade, e.g. 'Authorization: Bearer x'; repeat for more.
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = crate::probe::parse_header)]
+        headers: Vec<(String, String)>,
+        /// Connect to HOST:PORT instead of the URL's host and port; the TLS name and Host
+        /// stay the URL's (test a name before its DNS points here).
+        #[arg(long, value_name = "HOST:PORT", value_parser = crate::probe::parse_connect_to)]
+        connect_to: Option<(String, u16)>,
     },
     /// Validate a config and the files it names; print what would run.
     Check {

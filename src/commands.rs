@@ -581,6 +581,7 @@ pub async fn issue(path: &Path) -> Outcome {
 /// `wssd probe`
 pub async fn probe(opts: ProbeOptions, json: bool) -> Outcome {
     crate::tls::install_default_provider();
+    probe::check_options(&opts).map_err(|e| CommandError::usage(anyhow::anyhow!(e)))?;
     let report = probe::probe(&opts).await;
     if json {
         println!(

@@ -68,6 +68,9 @@ fn main() -> ExitCode {
             timeout,
             json,
             expect_days,
+            origin,
+            headers,
+            connect_to,
         } => runtime().and_then(|rt| {
             rt.block_on(commands::probe(
                 ProbeOptions {
@@ -77,6 +80,9 @@ fn main() -> ExitCode {
                     send,
                     timeout,
                     expect_days,
+                    origin,
+                    headers,
+                    connect_to,
                 },
                 json,
             ))

@@ -35,6 +35,60 @@ pub struct ProbeOptions {
     pub timeout: Duration,
     /// Fail when the served certificate expires within this many days.
     pub expect_days: Option<u32>,
+    /// The `Origin` to send with the upgrade (none by default, like a non-browser client).
+    pub origin: Option<String>,
+    /// More request headers for the upgrade, as (name, value).
+    pub headers: Vec<(String, String)>,
+    /// Connect here instead of the URL's host and port (TLS name and `Host` stay the
+    /// URL's), like curl's `--connect-to`.
+    pub connect_to: Option<(String, u16)>,
+}
+
+/// What can be told wrong before connecting: the URL, the CA file, the headers. A probe
+/// with bad arguments makes no connection.
+pub fn check_options(opts: &ProbeOptions) -> Result<(), String> {
+    parse_url(&opts.url)?;
+    if let Some(ca) = &opts.ca {
+        std::fs::metadata(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+    }
+    for (name, value) in &opts.headers {
+        http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("--header {name:?}: not a header name"))?;
+        http::HeaderValue::from_str(value)
+            .map_err(|_| format!("--header {name}: not a valid header value"))?;
+    }
+    if let Some(origin) = &opts.origin {
+        http::HeaderValue::from_str(origin)
+            .map_err(|_| format!("--origin {origin:?}: not a valid header value"))?;
+    }
+    Ok(())
+}
+
+/// `NAME: VALUE`, for `--header`.
+pub fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected NAME: VALUE"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("{text:?}: no header name before the colon"));
+    }
+    Ok((name.to_string(), value.trim().to_string()))
+}
+
+/// `HOST:PORT` (or `[IPV6]:PORT`), for `--connect-to`.
+pub fn parse_connect_to(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?}: expected HOST:PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{text:?}: {port:?} is not a port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{text:?}: no host"));
+    }
+    Ok((host.to_string(), port))
 }
 
 /// One certificate of the peer's chain, as reported.
@@ -210,14 +264,24 @@ async fn run(opts: &ProbeOptions, report: &mut ProbeReport) -> Result<(), String
         None => opts.url.clone(),
     };
     let started = Instant::now();
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+    let (host, port) = match &opts.connect_to {
+        Some((host, port)) => (host.as_str(), *port),
+        None => (target.host.as_str(), target.port),
+    };
+    let tcp = TcpStream::connect((host, port))
         .await
-        .map_err(|e| format!("cannot connect to {}:{}: {e}", target.host, target.port))?;
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
     report.connect_ms = Some(millis(started.elapsed()));
     report.address = tcp.peer_addr().ok().map(|a: SocketAddr| a.to_string());
     let _ = tcp.set_nodelay(true);
     if !target.tls {
-        return upgrade(tcp, &url, opts, report).await;
+        return upgrade(tcp, &url, opts, report).await.map_err(|e| {
+            if report.upgrade_status.is_none() {
+                format!("{e} (if {host}:{port} is a TLS port, use wss://)")
+            } else {
+                e
+            }
+        });
     }
 
     let verifier = Arc::new(RecordingVerifier::new(opts)?);
@@ -257,15 +321,35 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio_tungstenite::tungstenite::Error as WsError;
-    let request = url
+    let mut request = url
         .into_client_request()
         .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let headers = request.headers_mut();
+    for (name, value) in opts
+        .origin
+        .iter()
+        .map(|o| ("origin", o.as_str()))
+        .chain(opts.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    {
+        // (Checked before connecting: check_options.)
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
     let (mut ws, response) = match tokio_tungstenite::client_async(request, stream).await {
         Ok(ok) => ok,
         Err(WsError::Http(response)) => {
             report.upgrade_status = Some(response.status().as_u16());
+            let hint = match (response.status().as_u16(), &opts.origin) {
+                (403, None) => " (wssd answers 403 to a WebSocket whose Origin is not in allowed_origins; probe sends none unless told: pass --origin with the page's origin, e.g. --origin https://app.example.com)".to_string(),
+                (403, Some(origin)) => format!(" (is {origin} in the server's allowed_origins?)"),
+                _ => String::new(),
+            };
             return Err(format!(
-                "the server refused the WebSocket upgrade with HTTP {}",
+                "the server refused the WebSocket upgrade with HTTP {}{hint}",
                 response.status()
             ));
         }
@@ -329,6 +413,11 @@ fn describe_tls_error(e: &std::io::Error, opts: &ProbeOptions, host: &str) -> St
         Some(ca) => format!("the CA in {}", ca.display()),
         None => "the system's trusted CAs".to_string(),
     };
+    if let rustls::Error::InvalidMessage(_) = rustls_error {
+        return format!(
+            "TLS handshake failed: {rustls_error} (the server did not answer in TLS: if this is a plain port, use ws://)"
+        );
+    }
     let hint = match rustls_error {
         rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => format!(
             " (the server's certificate is not signed by {roots}; pass its CA with --ca FILE, or --insecure to skip verification)"

@@ -168,3 +168,206 @@ async fn probe_of_a_closed_port_fails_naming_the_connect_error() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
+
+/// A wssd with a files certificate for localhost whose listener admits only `origin`;
+/// with the CA file for --ca.
+fn origin_checking_wssd(dir: &std::path::Path, origin: &str) -> (Wssd, std::path::PathBuf) {
+    let ca = TestCa::new();
+    write_pair(dir, &ca.leaf(&["localhost"]));
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let listener = format!("allowed_origins = [\"{origin}\"]");
+    (Wssd::start(dir, &files_config(dir, &listener, "")), ca_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_names_allowed_origins_and_origin_passes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wssd, ca_file) = origin_checking_wssd(dir.path(), "https://app.example.test");
+    let url = format!("wss://localhost:{}/", wssd.addr.port());
+    let ca = ca_file.to_str().unwrap();
+    let out = wssd_cmd(dir.path(), &["probe", &url, "--ca", ca]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("403") && text.contains("allowed_origins") && text.contains("--origin"),
+        "{text}"
+    );
+    let out = wssd_cmd(
+        dir.path(),
+        &[
+            "probe",
+            &url,
+            "--ca",
+            ca,
+            "--origin",
+            "https://app.example.test",
+            "--send",
+            "hi",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = wssd_cmd(
+        dir.path(),
+        &[
+            "probe",
+            &url,
+            "--ca",
+            ca,
+            "--origin",
+            "https://other.example.test",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("is https://other.example.test in the server's allowed_origins?")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_reaches_the_server_under_the_urls_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wssd, ca_file) = origin_checking_wssd(dir.path(), "https://app.example.test");
+    // Port 1 in the URL: nothing listens there; --connect-to goes to wssd, while the TLS
+    // name (and Host) stay "localhost".
+    let to = format!("127.0.0.1:{}", wssd.addr.port());
+    let out = wssd_cmd(
+        dir.path(),
+        &[
+            "probe",
+            "wss://localhost:1/",
+            "--ca",
+            ca_file.to_str().unwrap(),
+            "--connect-to",
+            &to,
+            "--origin",
+            "https://app.example.test",
+            "--json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["address"], to.as_str());
+    assert_eq!(report["upgrade_status"], 101);
+}
+
+/// A one-shot plain TCP server: records what the client sent, answers `reply`.
+fn plain_server(reply: &'static [u8]) -> (u16, std::thread::JoinHandle<Vec<u8>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = vec![0u8; 4096];
+        let n = s.read(&mut got).unwrap_or(0);
+        got.truncate(n);
+        let _ = s.write_all(reply);
+        got
+    });
+    (port, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_sent_with_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, server) = plain_server(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n");
+    let url = format!("ws://127.0.0.1:{port}/chat");
+    let out = wssd_cmd(
+        dir.path(),
+        &[
+            "probe",
+            &url,
+            "-H",
+            "Authorization: Bearer t0ken",
+            "--header",
+            "X-Trace: 7",
+            "--origin",
+            "https://a.example.test",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let request = String::from_utf8(server.join().unwrap())
+        .unwrap()
+        .to_ascii_lowercase();
+    for line in [
+        "authorization: bearer t0ken",
+        "x-trace: 7",
+        "origin: https://a.example.test",
+        "upgrade: websocket",
+    ] {
+        assert!(request.contains(line), "{line:?} not in {request}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wrong_scheme_for_the_port_gets_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    // ws:// at wssd's TLS port.
+    let (wssd, _) = origin_checking_wssd(dir.path(), "https://app.example.test");
+    let out = wssd_cmd(
+        dir.path(),
+        &[
+            "probe",
+            &format!("ws://127.0.0.1:{}/", wssd.addr.port()),
+            "--timeout",
+            "5s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("is a TLS port, use wss://"), "{text}");
+    // wss:// at a plain HTTP port.
+    let (port, _server) =
+        plain_server(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let out = wssd_cmd(
+        dir.path(),
+        &[
+            "probe",
+            &format!("wss://127.0.0.1:{port}/"),
+            "--insecure",
+            "--timeout",
+            "5s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("did not answer in TLS") && text.contains("use ws://"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_arguments_exit_2_before_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    // A listener that would see any connection attempt.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("wss://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["probe", &url, "--ca", "missing-ca.pem"],
+            "--ca missing-ca.pem",
+        ),
+        (&["probe", "localhost:8443"], "wss:// or ws://"),
+        (&["probe", &url, "--header", "no colon here"], "NAME: VALUE"),
+        (&["probe", &url, "--connect-to", "127.0.0.1"], "HOST:PORT"),
+    ];
+    for (args, says) in cases {
+        let out = wssd_cmd(dir.path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "a probe with bad arguments connected"
+    );
+}
