@@ -136,3 +136,58 @@ fn parse_domain(text: &str) -> Result<Domain, String> {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::units::parse_duration(text)
 }
+
+/// `wssd man`: one page, wssd(1), with every command's synopsis, description and flags
+/// in a section of its own (there are no wssd-COMMAND(1) pages to point at).
+pub fn manual(w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    // Sets the subcommands' bin names ("wssd run"), which their synopses show.
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    man.render_options_section(w)?;
+    let commands: Vec<&clap::Command> = cmd
+        .get_subcommands()
+        .filter(|c| c.get_name() != "help")
+        .collect();
+    writeln!(w, ".SH COMMANDS")?;
+    for sub in &commands {
+        writeln!(
+            w,
+            ".TP\n\\fBwssd {}\\fR\n{}",
+            sub.get_name(),
+            roff_text(&sub.get_about().map(|a| a.to_string()).unwrap_or_default())
+        )?;
+    }
+    for sub in commands {
+        writeln!(w, ".SH \"WSSD {}\"", sub.get_name().to_uppercase())?;
+        let page = clap_mangen::Man::new(sub.clone());
+        let mut body = Vec::new();
+        page.render_synopsis_section(&mut body)?;
+        page.render_description_section(&mut body)?;
+        if sub.get_arguments().any(|a| !a.is_hide_set()) {
+            page.render_options_section(&mut body)?;
+        }
+        // The command's own sections become subsections of its section here.
+        let body = String::from_utf8_lossy(&body).replace("\n.SH ", "\n.SS ");
+        let body = body
+            .strip_prefix(".SH ")
+            .map_or(body.clone(), |b| format!(".SS {b}"));
+        w.write_all(body.as_bytes())?;
+    }
+    man.render_version_section(w)
+}
+
+/// `text` safe as a roff text line (a leading dot or quote would be a request).
+fn roff_text(text: &str) -> String {
+    let text = text.replace('\\', "\\e").replace('-', "\\-");
+    if text.starts_with('.') || text.starts_with('\'') {
+        format!("\\&{text}")
+    } else {
+        text
+    }
+}

@@ -91,8 +91,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "wssd", &mut std::io::stdout());
             Ok(0)
         }
-        Command::Man => clap_mangen::Man::new(Cli::command())
-            .render(&mut std::io::stdout())
+        Command::Man => wssd::cli::manual(&mut std::io::stdout())
             .map(|()| 0)
             .map_err(CommandError::runtime),
     };

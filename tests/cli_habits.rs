@@ -108,3 +108,55 @@ fn no_color_turns_the_colours_of_the_log_off_on_a_terminal() {
     let empty = run_on_a_terminal(dir.path(), Some(""));
     assert!(empty.contains("\x1b["), "{empty:?}");
 }
+
+#[test]
+fn the_man_page_covers_every_command_and_points_at_no_missing_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = wssd_cmd(dir.path(), &["man"]);
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    for command in [
+        "RUN",
+        "SELFSIGNED",
+        "ISSUE",
+        "PROBE",
+        "CHECK",
+        "COMPLETIONS",
+        "MAN",
+        "STATUS",
+    ] {
+        assert!(
+            page.contains(&format!(".SH \"WSSD {command}\"")),
+            "no section for {command}"
+        );
+    }
+    // A flag of each command that has flags.
+    for flag in [
+        "\\-\\-out\\-dir",
+        "\\-\\-expect\\-days",
+        "\\-\\-connect\\-to",
+        "\\-\\-json",
+        "\\-\\-config",
+        "\\-\\-log\\-format",
+    ] {
+        assert!(page.contains(flag), "{flag} is not in the page");
+    }
+    assert!(
+        !page.contains("wssd\\-run(1)"),
+        "names a page that does not exist"
+    );
+    // man(1) renders it without warnings.
+    let path = dir.path().join("wssd.1");
+    std::fs::write(&path, page.as_bytes()).unwrap();
+    if let Ok(out) = std::process::Command::new("man")
+        .args(["--warnings", "-l"])
+        .arg(&path)
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output()
+    {
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(warnings.trim().is_empty(), "{warnings}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("WSSD PROBE"));
+    }
+}
