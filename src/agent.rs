@@ -48,7 +48,7 @@ pub enum AgentError {
     Acme(#[from] crate::acme::AcmeError),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
-    #[error("{key} = {addr}: cannot listen: {source}{}", bind_hint(source))]
+    #[error("{key} = {addr}: cannot listen: {source}{}", bind_hint(key, source))]
     Bind {
         key: &'static str,
         addr: SocketAddr,
@@ -66,8 +66,11 @@ pub enum AgentError {
     Signals(std::io::Error),
 }
 
-fn bind_hint(e: &std::io::Error) -> &'static str {
+fn bind_hint(key: &str, e: &std::io::Error) -> &'static str {
     match e.kind() {
+        std::io::ErrorKind::AddrInUse if key == "[listener] bind" => {
+            " (another process, perhaps another wssd, is using that address; `wssd run --listen ADDR` or [listener] bind picks another)"
+        }
         std::io::ErrorKind::AddrInUse => {
             " (another process, perhaps another wssd, is using that address)"
         }
@@ -272,6 +275,30 @@ pub async fn run(
         addr: config.listener.bind,
         source,
     })?;
+    let mut listeners = vec![listener];
+    for also in &config.listener.also_bind {
+        let also = SocketAddr::new(also.ip(), addr.port());
+        match TcpListener::bind(also).await {
+            Ok(listener) => {
+                info!(addr = %also, "also listening");
+                listeners.push(listener);
+            }
+            // EAFNOSUPPORT and EADDRNOTAVAIL: no IPv6 (or no such address) on this host.
+            Err(e)
+                if e.raw_os_error() == Some(97)
+                    || e.kind() == std::io::ErrorKind::AddrNotAvailable =>
+            {
+                info!(addr = %also, error = %e, "skipped: this host has no such address");
+            }
+            Err(source) => {
+                return Err(AgentError::Bind {
+                    key: "[listener] bind",
+                    addr: also,
+                    source,
+                });
+            }
+        }
+    }
     if let Some(admin) = &admin {
         admin.listening.store(true, Ordering::Relaxed);
     }
@@ -336,7 +363,7 @@ pub async fn run(
         }
     };
     tokio::spawn(signals);
-    server::serve(listener, server, shutdown)
+    server::serve_all(listeners, server, shutdown)
         .await
         .map_err(AgentError::Serve)?;
     info!("stopped");

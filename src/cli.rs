@@ -43,10 +43,13 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The agent: provision, watch, serve. With no config and no ./wssd.toml: dev mode.
+    #[command(after_help = RUN_EXAMPLES)]
     Run {
         /// Config file (default: ./wssd.toml when present, else the zero-config dev mode).
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        sidecar: SidecarFlags,
     },
     /// Issue a certificate from the local dev CA (made on first use, then reused).
     Selfsigned {
@@ -128,6 +131,51 @@ pub enum Command {
         json: bool,
     },
 }
+
+/// `wssd run`'s flags for a sidecar without a config file; with one, they override it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SidecarFlags {
+    /// Listen on ADDR instead of [listener] bind: IP:PORT, or localhost:PORT for both
+    /// loopbacks [default: localhost:8443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<crate::config::Listen>,
+    /// Proxy every request (pages, API, WebSocket upgrades) to this plain upstream,
+    /// http://HOST:PORT or ws://HOST:PORT, instead of the built-in echo.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<crate::config::Upstream>,
+    /// Serve a dev-CA certificate for this DNS name or IP address; repeat for more
+    /// [default: localhost, 127.0.0.1, ::1].
+    #[arg(long = "domain", value_name = "NAME", value_parser = parse_domain)]
+    pub domains: Vec<Domain>,
+    /// Serve this certificate chain (PEM, leaf first) instead of a dev-CA one; watched
+    /// and hot-swapped when it changes. Needs --key-file.
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM) for --cert-file.
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl SidecarFlags {
+    pub fn overrides(self) -> crate::config::Overrides {
+        crate::config::Overrides {
+            listen: self.listen,
+            upstream: self.upstream,
+            domains: self.domains,
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+        }
+    }
+}
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  wssd run                                          dev mode: echo at wss://localhost:8443/
+  wssd run --upstream http://127.0.0.1:3000         a sidecar for the app on port 3000
+  wssd run --listen 0.0.0.0:443 --upstream http://127.0.0.1:3000 \\
+           --cert-file /etc/tls/fullchain.pem --key-file /etc/tls/privkey.pem
+  wssd run --domain app.test --domain 192.168.1.20  dev-CA certificate for these names
+  wssd run -c /etc/wssd/wssd.toml                   everything from a config file";
 
 fn parse_domain(text: &str) -> Result<Domain, String> {
     Domain::parse(text)

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let json = cli.log_format == LogFormat::Json;
 
     let outcome = match cli.command {
-        Command::Run { config } => run(config.as_deref()),
+        Command::Run { config, sidecar } => run(config.as_deref(), sidecar.overrides()),
         Command::Selfsigned {
             out_dir,
             domains,
@@ -167,13 +167,28 @@ fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
         .map_err(CommandError::runtime)
 }
 
-fn run(config_path: Option<&Path>) -> Outcome {
+fn run(config_path: Option<&Path>, flags: config::Overrides) -> Outcome {
     let default_file = Path::new(config::DEFAULT_CONFIG_FILE);
+    // A flag naming a file that is not there is a usage error, before anything starts.
+    for (flag, path) in [
+        ("--cert-file", &flags.cert_file),
+        ("--key-file", &flags.key_file),
+    ] {
+        if let Some(path) = path
+            && let Err(e) = std::fs::metadata(path)
+        {
+            return Err(CommandError::usage(anyhow::anyhow!(
+                "{flag} {}: {e}",
+                path.display()
+            )));
+        }
+    }
     let config = match config_path {
         Some(path) => Config::load(path)?,
         None if default_file.exists() => Config::load(default_file)?,
         None => Config::dev_mode(),
-    };
+    }
+    .with_overrides(flags);
     let rt = runtime()?;
     let result = rt.block_on(wssd::agent::run(config, announce));
     // Blocking work still running (a slow deploy hook) must not delay the exit.
@@ -182,19 +197,60 @@ fn run(config_path: Option<&Path>) -> Outcome {
     Ok(0)
 }
 
-/// In the zero-config dev mode, tell the user what to do next.
+/// Without a config file (dev mode, or a sidecar from flags), tell the user what to do
+/// next: the URL, the CA to trust, and a probe command that works as printed.
 fn announce(addr: std::net::SocketAddr, config: &Config) {
+    use wssd::config::{Domain, Source};
     if config.file.is_some() {
         return;
     }
-    let ca = config.ca_dir.join("ca.pem");
-    let ca = std::fs::canonicalize(&ca).unwrap_or(ca);
-    let url = format!("wss://localhost:{}/", addr.port());
-    println!("wssd dev mode: built-in echo at {url}");
-    println!("  CA to trust:  {}", ca.display());
-    println!(
-        "  try it:       wssd probe --ca {} --send hi {url}",
-        ca.display()
-    );
+    let Some(cert) = config.certificates.first() else {
+        return;
+    };
+    let host = match cert.domains.first() {
+        Some(Domain::Ip(std::net::IpAddr::V6(ip))) => format!("[{ip}]"),
+        Some(Domain::Ip(ip)) => ip.to_string(),
+        Some(Domain::Dns(name)) => name.replacen("*.", "www.", 1),
+        None => "localhost".into(),
+    };
+    let url = format!("wss://{host}:{}/", addr.port());
+    match &config.listener.upstream {
+        None => println!("wssd dev mode: built-in echo at {url}"),
+        Some(upstream) => println!(
+            "wssd sidecar: https://{host}:{}/ and {url} proxied to {upstream}",
+            addr.port()
+        ),
+    }
+    // A name without DNS yet is reached through the address wssd listens on.
+    let connect_to = match cert.domains.first() {
+        Some(Domain::Dns(name)) if name != "localhost" => {
+            let ip = if addr.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                addr.ip()
+            };
+            format!(
+                " --connect-to {}",
+                std::net::SocketAddr::new(ip, addr.port())
+            )
+        }
+        _ => String::new(),
+    };
+    let send = if config.listener.upstream.is_none() {
+        " --send hi"
+    } else {
+        ""
+    };
+    if cert.source == Source::Selfsigned {
+        let ca = config.ca_dir.join("ca.pem");
+        let ca = std::fs::canonicalize(&ca).unwrap_or(ca);
+        println!("  CA to trust:  {}", ca.display());
+        println!(
+            "  try it:       wssd probe --ca {}{send}{connect_to} {url}",
+            ca.display()
+        );
+    } else {
+        println!("  try it:       wssd probe{send}{connect_to} {url}");
+    }
     println!("  stop with Ctrl-C; configure with ./wssd.toml (see README.md)");
 }

@@ -53,6 +53,19 @@ async fn zero_config_serves_localhost_8443_and_probe_succeeds() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("echo       ok"), "{text}");
 
+    // The certificate covers ::1, and so does the listener.
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let out = wssd_cmd(
+            dir.path(),
+            &["probe", "--ca", &ca, "--send", "hi", "wss://[::1]:8443/"],
+        );
+        assert!(
+            out.status.success(),
+            "[::1]:8443: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
     // The printed probe line works as printed.
     let line = stdout.lines().find(|l| l.contains("wssd probe")).unwrap();
     let args: Vec<&str> = line

@@ -17,10 +17,12 @@ use serde::Deserialize;
 
 mod http_names;
 mod names;
+mod overrides;
 mod parse;
 mod raw;
 
 pub use names::{Domain, Origin, OriginPattern, Upstream, UpstreamScheme};
+pub use overrides::{Listen, Overrides};
 
 /// Where the zero-config dev mode listens, and the default `[listener] bind`.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8443";
@@ -68,6 +70,10 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub bind: SocketAddr,
+    /// More addresses on `bind`'s port, served alike: the dev mode's `[::1]` beside
+    /// 127.0.0.1, as its certificate covers both. One whose address family the host
+    /// lacks (no IPv6) is skipped with a log line.
+    pub also_bind: Vec<SocketAddr>,
     /// `None`: the built-in echo service.
     pub upstream: Option<Upstream>,
     /// Empty: any Origin.
@@ -118,6 +124,7 @@ impl Default for ListenerConfig {
             bind: DEFAULT_BIND
                 .parse()
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            also_bind: Vec::new(),
             upstream: None,
             allowed_origins: Vec::new(),
             max_connections: 10_000,
@@ -296,7 +303,10 @@ impl Config {
             file: None,
             ca_dir: default_ca_dir(),
             watch: true,
-            listener: ListenerConfig::default(),
+            listener: ListenerConfig {
+                also_bind: vec![SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 8443))],
+                ..ListenerConfig::default()
+            },
             tls: TlsConfig::default(),
             admin: None,
             certificates: vec![CertificateConfig {

@@ -38,24 +38,39 @@ pub async fn serve(
     server: Arc<Server>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_all(vec![listener], server, shutdown).await
+}
+
+/// [`serve`] on several listening sockets at once (the dev mode's 127.0.0.1 and ::1),
+/// one accept loop each, sharing the workers, limits and drain.
+pub async fn serve_all(
+    listeners: Vec<TcpListener>,
+    server: Arc<Server>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let workers = Arc::new(Workers::start(server.settings.workers)?);
-    // The accept loop runs on the first worker: a connection it keeps costs no hand-over,
-    // and one it hands to another worker costs that worker's wake-up and moving the
-    // socket's registration (two epoll_ctl calls).
-    let listener = listener.into_std()?;
     let tasks = TaskTracker::new();
-    // Should this future be dropped rather than shut down, the accept loop stops too, and
-    // with it the workers (it holds them).
+    // Should this future be dropped rather than shut down, the accept loops stop too, and
+    // with them the workers (they hold them).
     let stop_accepting = shutdown.child_token();
     let _stop_accepting_on_drop = stop_accepting.clone().drop_guard();
-    let accepting = workers.first().spawn(accept_loop(
-        listener,
-        server.clone(),
-        (stop_accepting, shutdown),
-        workers.clone(),
-        tasks.clone(),
-    ));
-    accepting.await.map_err(std::io::Error::other)??;
+    let mut accepting = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        // The accept loop runs on the first worker: a connection it keeps costs no
+        // hand-over, and one it hands to another worker costs that worker's wake-up and
+        // moving the socket's registration (two epoll_ctl calls).
+        let listener = listener.into_std()?;
+        accepting.push(workers.first().spawn(accept_loop(
+            listener,
+            server.clone(),
+            (stop_accepting.clone(), shutdown.clone()),
+            workers.clone(),
+            tasks.clone(),
+        )));
+    }
+    for loop_ in accepting {
+        loop_.await.map_err(std::io::Error::other)??;
+    }
     tasks.close();
     let open = tasks.len();
     info!(connections = open, timeout = ?server.settings.drain_timeout, "draining");

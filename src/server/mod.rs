@@ -31,5 +31,5 @@ pub mod upgrade;
 pub mod websocket;
 pub mod workers;
 
-pub use listener::serve;
+pub use listener::{serve, serve_all};
 pub use state::Server;
