@@ -64,6 +64,7 @@ pub fn selfsigned(
     };
     let ca_dir = ca_dir.unwrap_or_else(config::default_ca_dir);
     let (ca, created) = DevCa::load_or_create(&ca_dir).map_err(|e| match e {
+        crate::cert::devca::DevCaError::DefaultDir { .. } => CommandError::usage(e),
         crate::cert::devca::DevCaError::Store(_) | crate::cert::devca::DevCaError::Read { .. } => {
             CommandError::usage(
                 anyhow::Error::new(e).context(format!("--ca-dir {}", ca_dir.display())),
@@ -129,7 +130,7 @@ pub fn print_trust_instructions(ca: &Path) {
         "  Debian/Ubuntu:  sudo cp {ca} /usr/local/share/ca-certificates/wssd-dev-ca.crt && sudo update-ca-certificates"
     );
     println!(
-        "  Chrome/Chromium (Linux):  certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"wssd dev CA\" -i {ca}"
+        "  Chrome/Chromium (Linux, certutil is in libnss3-tools):  mkdir -p $HOME/.pki/nssdb && {{ [ -e $HOME/.pki/nssdb/cert9.db ] || certutil -d sql:$HOME/.pki/nssdb -N --empty-password; }} && certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"wssd dev CA\" -i {ca}"
     );
     println!(
         "  Firefox:  Settings > Privacy & Security > Certificates > View Certificates > Authorities > Import {ca}"

@@ -261,3 +261,96 @@ fn days_out_of_range_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!home.path().join("x").exists());
 }
+
+/// A dev CA directory the user cannot write, when it is the default they never chose:
+/// the error says it is the default and how to pick another. Needs root to drop to
+/// `nobody` (root writes anywhere); skipped otherwise.
+#[test]
+fn an_unwritable_default_ca_dir_says_it_is_the_default_and_how_to_choose() {
+    // The effective uid, from /proc/self/status.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"));
+    if !root
+        || std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("skipped: needs root and setpriv(1) to run as nobody");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_wssd"))
+        .args(["selfsigned", "--out-dir"])
+        .arg(dir.path().join("out"))
+        .env("XDG_DATA_HOME", &xdg)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("Permission denied")
+            && err.contains("is the default dev CA directory")
+            && err.contains("--ca-dir DIR"),
+        "{err}"
+    );
+}
+
+/// The printed Chrome/Chromium (NSS) command works as printed on a fresh HOME, where
+/// ~/.pki/nssdb does not exist yet (it used to fail with SEC_ERROR_BAD_DATABASE), and
+/// again on the second run. Skipped without certutil (libnss3-tools).
+#[test]
+fn the_printed_nss_trust_command_works_on_a_fresh_home() {
+    if std::process::Command::new("certutil")
+        .arg("-H")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no certutil (libnss3-tools)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::wssd_cmd(
+        dir.path(),
+        &[
+            "selfsigned",
+            "--out-dir",
+            dir.path().join("out").to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("Chrome/Chromium"))
+        .expect("an NSS line");
+    let command = line.split_once("):").map(|(_, c)| c.trim()).unwrap();
+    for run in 1..=2 {
+        let out = std::process::Command::new("sh")
+            .args(["-c", command])
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "run {run}: {command}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let list = std::process::Command::new("certutil")
+        .args(["-L", "-d"])
+        .arg(format!("sql:{}/.pki/nssdb", dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains("wssd dev CA"));
+}

@@ -44,6 +44,11 @@ pub enum DevCaError {
     Expired { dir: PathBuf, not_after: String },
     #[error("cannot make the certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("{source} ({} is the default dev CA directory, under $XDG_DATA_HOME or ~/.local/share; choose another with `wssd selfsigned --ca-dir DIR` or ca_dir = \"DIR\" in wssd.toml)", dir.display())]
+    DefaultDir {
+        dir: PathBuf,
+        source: Box<DevCaError>,
+    },
 }
 
 /// The dev CA, loaded and ready to sign.
@@ -67,6 +72,21 @@ impl DevCa {
     /// Loads the CA from `dir`, or creates it there if the directory has none.
     /// Returns the CA and whether it was just created.
     pub fn load_or_create(dir: &Path) -> Result<(DevCa, bool), DevCaError> {
+        // The user may not know where the default is, nor that it can be chosen.
+        DevCa::open(dir).map_err(|e| match e {
+            DevCaError::Store(_) | DevCaError::Read { .. }
+                if dir == crate::config::default_ca_dir() =>
+            {
+                DevCaError::DefaultDir {
+                    dir: dir.to_path_buf(),
+                    source: Box::new(e),
+                }
+            }
+            e => e,
+        })
+    }
+
+    fn open(dir: &Path) -> Result<(DevCa, bool), DevCaError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         if cert_path.exists() || key_path.exists() {

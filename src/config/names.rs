@@ -99,18 +99,49 @@ impl Domain {
         }
         let name = text.trim_end_matches('.').to_ascii_lowercase();
         let labels = name.strip_prefix("*.").unwrap_or(&name);
-        let valid_label = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        let invalid = |why: String| {
+            Err(format!(
+                "{text:?} is not a valid DNS name or IP address: {why}"
+            ))
         };
-        if name.is_empty() || name.len() > 253 || !labels.split('.').all(valid_label) {
-            return Err(format!(
-                "{text:?} is not a valid DNS name or IP address (letters, digits, '-' and '.' only; a wildcard only as a leading \"*.\")"
+        if name.is_empty() {
+            return invalid("it is empty".into());
+        }
+        if name.len() > 253 {
+            return invalid(format!(
+                "{} characters, over the 253 a DNS name may have",
+                name.len()
             ));
+        }
+        for label in labels.split('.') {
+            if label.is_empty() {
+                return invalid("an empty label (two dots in a row, or a leading dot)".into());
+            }
+            if label.len() > 63 {
+                return invalid(format!(
+                    "the label {label:?} has {} characters, over the 63 a label may have",
+                    label.len()
+                ));
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return invalid(format!("the label {label:?} starts or ends with '-'"));
+            }
+            if let Some(c) = label
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+            {
+                let why = if c == '*' {
+                    "a wildcard may only be the whole first label, as in \"*.example.com\""
+                        .to_string()
+                } else if !c.is_ascii() {
+                    format!(
+                        "{c:?} is not ASCII; write an internationalized name in its xn-- (punycode) form"
+                    )
+                } else {
+                    format!("{c:?} is not allowed; labels take letters, digits, '-' and '_'")
+                };
+                return invalid(why);
+            }
         }
         Ok(Domain::Dns(name))
     }
@@ -304,6 +335,25 @@ pub fn engine_url(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_name_says_which_rule_it_broke() {
+        for (name, rule) in [
+            ("a..b", "empty label"),
+            ("", "empty"),
+            ("-a.test", "starts or ends with '-'"),
+            ("*.*.test", "wildcard may only be the whole first label"),
+            ("a*.test", "wildcard"),
+            ("bad name!", "' ' is not allowed"),
+            ("münchen.de", "xn--"),
+        ] {
+            let e = Domain::parse(name).unwrap_err();
+            assert!(e.contains(rule), "{name}: {e}");
+        }
+        let long = format!("{}.test", "a".repeat(64));
+        assert!(Domain::parse(&long).unwrap_err().contains("64 characters"));
+        assert!(Domain::parse("under_score.test").is_ok());
+    }
 
     #[test]
     fn domains_dns_wildcard_and_ip() {
