@@ -204,6 +204,19 @@ impl Metrics {
             "File system events seen in watched certificate directories",
             m.watcher_events.clone(),
         );
+        // The Prometheus convention: a constant 1 whose labels say what is running.
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&labels(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("WSSD_GIT_COMMIT")),
+            ]))
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running build: 1, with its version and git commit as labels",
+            build_info,
+        );
         Metrics { registry, ..m }
     }
 
@@ -375,6 +388,7 @@ mod tests {
                 "wssd_certificate_reloads_total{result=\"error\"} 1",
                 "wssd_acme_orders_total{result=\"error\"} 1",
                 "wssd_tls_handshake_failures_total 0",
+                "wssd_build_info{version=\"",
             ] {
                 assert!(text.contains(needle), "{needle} missing:\n{text}");
             }

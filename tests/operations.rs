@@ -352,3 +352,56 @@ fn version_completions_and_man_page_come_from_the_cli_definition() {
         "{text}"
     );
 }
+
+/// `wssd_relay_messages_total` and `wssd_relay_bytes_total` count what a proxied
+/// WebSocket carried, by direction, once it has closed (they were always 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_counters_count_a_proxied_connection_by_direction() {
+    use futures_util::{SinkExt, StreamExt};
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    write_pair(dir.path(), &ca.leaf(&["localhost"]));
+    let config = files_config(dir.path(), &format!("upstream = \"ws://{up_addr}\""), "")
+        + "\n[admin]\nbind = \"127.0.0.1:0\"\n";
+    let wssd = Wssd::start(dir.path(), &config);
+    let admin = wssd.logged_addr("admin server listening");
+    let (mut ws, _) = ws_connect(wssd.addr, &client_config(&ca.cert_pem), "/").await;
+    for _ in 0..3 {
+        echo(&mut ws, "hello").await.unwrap();
+    }
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (_, metrics) = http_get(admin, "/metrics").await;
+        if sample(&metrics, "wssd_relay_messages_total{direction=\"down\"}") == Some(3.0) {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        sample(&metrics, "wssd_relay_messages_total{direction=\"up\"}"),
+        Some(3.0)
+    );
+    // Three 5-byte texts each way (masked frames of 11 bytes up, 7 down) plus the closes.
+    let up = sample(&metrics, "wssd_relay_bytes_total{direction=\"up\"}").unwrap();
+    let down = sample(&metrics, "wssd_relay_bytes_total{direction=\"down\"}").unwrap();
+    assert!(up >= 33.0 && down >= 21.0, "up {up}, down {down}");
+}

@@ -41,8 +41,7 @@ pub async fn serve(tls: Tls, conn: Arc<Connection>) {
     let Some((tls, read_ahead, next)) = Box::pin(http(tls, conn.clone())).await else {
         return;
     };
-    let settings = &conn.server.settings;
-    websocket::run(tls, read_ahead, next, conn.peer, settings, &conn.drain).await;
+    websocket::run(tls, read_ahead, next, &conn).await;
 }
 
 /// An HTTP/2 connection: requests and WebSockets as streams, until the client goes or

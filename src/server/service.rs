@@ -228,8 +228,7 @@ async fn websocket_over_h2(
             return;
         };
         let stream = hyper_util::rt::TokioIo::new(upgraded);
-        let settings = &conn.server.settings;
-        super::websocket::run(stream, Vec::new(), next, conn.peer, settings, &conn.drain).await;
+        super::websocket::run(stream, Vec::new(), next, &conn).await;
     });
     // No accept key over HTTP/2: the stream itself is the handshake.
     headers.remove(hyper::header::SEC_WEBSOCKET_ACCEPT);

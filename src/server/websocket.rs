@@ -1,16 +1,13 @@
 //! What runs on a connection (an HTTP/1.1 connection, or one HTTP/2 stream) once its
 //! WebSocket handshake is done: the built-in echo, or the frame relay to the upstream.
 
-use std::net::SocketAddr;
-
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::echo;
 use super::proxy::Connected;
 use super::relay::{self, Limits};
-use crate::config::ListenerConfig;
+use super::service::Connection;
 
 /// What runs on a connection once it is upgraded.
 pub enum Next {
@@ -20,16 +17,11 @@ pub enum Next {
 
 /// Runs the echo or the relay on an upgraded connection (an HTTP/1.1 connection, or one
 /// HTTP/2 stream), starting with the bytes read past the upgrade.
-pub async fn run<S>(
-    stream: S,
-    read_ahead: Vec<u8>,
-    next: Next,
-    peer: SocketAddr,
-    settings: &ListenerConfig,
-    drain: &CancellationToken,
-) where
+pub async fn run<S>(stream: S, read_ahead: Vec<u8>, next: Next, conn: &Connection)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (peer, settings, drain) = (conn.peer, &conn.server.settings, &conn.drain);
     match next {
         Next::Echo => match echo::serve(stream, &read_ahead, settings, drain).await {
             Ok((ended, messages)) => debug!(%peer, ?ended, messages, "echo connection closed"),
@@ -45,6 +37,14 @@ pub async fn run<S>(
                 drain,
             )
             .await;
+            // Counted once, when the connection ends: the relay loops stay free of
+            // shared counters (a cache line every core would write per chunk).
+            conn.server.metrics.relayed(
+                stats.bytes_up,
+                stats.bytes_down,
+                stats.messages_up,
+                stats.messages_down,
+            );
             debug!(%peer, ?stats, "connection closed");
         }
     }
