@@ -75,7 +75,7 @@ fn bind_hint(key: &str, e: &std::io::Error) -> &'static str {
             " (another process, perhaps another wssd, is using that address)"
         }
         std::io::ErrorKind::PermissionDenied => {
-            " (ports below 1024 need CAP_NET_BIND_SERVICE; see the README)"
+            " (ports below 1024 need CAP_NET_BIND_SERVICE; see docs/sidecar.md#ports-below-1024)"
         }
         _ => "",
     }

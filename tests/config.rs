@@ -233,14 +233,24 @@ fn example_configs_load() {
     assert_eq!(code, Some(0), "{err}");
 }
 
-/// Every TOML example in the README and the config reference parses with the real parser
-/// (fragments are completed with a minimal certificate), so the docs cannot drift from
-/// the code: a renamed or removed key fails here.
+/// Every TOML example in the README and in docs/ (the config reference and the guides)
+/// parses with the real parser (fragments are completed with a minimal certificate), so
+/// the docs cannot drift from the code: a renamed or removed key fails here.
 #[test]
 fn every_toml_example_in_the_docs_parses() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
-    for doc in ["README.md", "docs/config.md"] {
+    let mut docs: Vec<String> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!("docs/{name}"))
+        .collect();
+    docs.sort();
+    docs.insert(0, "README.md".into());
+    assert!(docs.contains(&"docs/config.md".to_string()));
+    for doc in &docs {
+        let doc = doc.as_str();
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         for (i, block) in text.split("```toml\n").skip(1).enumerate() {
             let block = block.split("```").next().unwrap();
