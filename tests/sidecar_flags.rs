@@ -126,7 +126,7 @@ fn one_command_sidecar_with_a_dev_ca_certificate_proxies_over_both_loopbacks() {
     // http.server does not speak WebSocket: the probe reaches it through wssd (TLS ok,
     // upgrade refused by the upstream), which is what the line promises.
     assert!(
-        text.contains("app.test"),
+        text.contains("app.test") && text.contains("  tls        TLS"),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );

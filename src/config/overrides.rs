@@ -54,15 +54,6 @@ pub struct Overrides {
     pub key_file: Option<PathBuf>,
 }
 
-impl Overrides {
-    pub fn is_empty(&self) -> bool {
-        self.listen.is_none()
-            && self.upstream.is_none()
-            && self.domains.is_empty()
-            && self.cert_file.is_none()
-    }
-}
-
 impl Config {
     /// The config with `flags` applied: `--listen` sets `[listener] bind`, `--upstream`
     /// `[listener] upstream`, and `--cert-file`/`--key-file` or `--domain` replace the
