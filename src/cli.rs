@@ -114,6 +114,19 @@ pub enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Install the dev CA into the system store, NSS (Chrome, Chromium) and every Firefox
+    /// profile, so that browsers and clients accept dev certificates.
+    #[command(after_help = TRUST_EXAMPLES)]
+    Trust {
+        #[command(flatten)]
+        stores: TrustFlags,
+    },
+    /// Remove the dev CA from the stores `wssd trust` installs it into.
+    #[command(after_help = UNTRUST_EXAMPLES)]
+    Untrust {
+        #[command(flatten)]
+        stores: TrustFlags,
+    },
     /// Print shell completions for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -130,6 +143,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The flags of `wssd trust` and `wssd untrust`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrustFlags {
+    /// Say what would change in each store, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The dev CA's directory [default: the platform data dir, e.g. ~/.local/share/wssd/ca].
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Change the system store's files under DIR instead of / (an image being built, a
+    /// test); the NSS databases are the home directory's ($HOME) either way.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub system_root: PathBuf,
 }
 
 /// `wssd run`'s flags for a sidecar without a config file; with one, they override it.
@@ -176,6 +204,22 @@ Examples:
            --cert-file /etc/tls/fullchain.pem --key-file /etc/tls/privkey.pem
   wssd run --domain app.test --domain 192.168.1.20  dev-CA certificate for these names
   wssd run -c /etc/wssd/wssd.toml                   everything from a config file";
+
+const TRUST_EXAMPLES: &str = "\
+Examples:
+  wssd trust --dry-run          what would change, store by store
+  wssd trust                    as yourself: sudo is asked for the system store only
+  wssd trust --ca-dir ./ca      the CA made by `wssd selfsigned --ca-dir ./ca`
+
+Stores: the system store (update-ca-certificates, update-ca-trust, or the macOS System
+keychain), ~/.pki/nssdb (Chrome, Chromium; created when missing) and every profile in
+Firefox's profiles.ini. Running it again changes nothing. Exit 1 when a store could not
+be changed; a store whose tool is missing is skipped, and the package named.";
+
+const UNTRUST_EXAMPLES: &str = "\
+Examples:
+  wssd untrust --dry-run        what would be removed
+  wssd untrust                  remove the dev CA everywhere `wssd trust` put it";
 
 fn parse_domain(text: &str) -> Result<Domain, String> {
     Domain::parse(text)

@@ -16,6 +16,7 @@ use crate::config::{self, Config, Domain, KeyType, Source};
 use crate::probe::{self, ProbeOptions};
 use crate::provision::driver::{self, Ensured, HookRun, Issuer};
 use crate::provision::store::{LocalDir, Store};
+use crate::trust;
 use crate::units::format_duration;
 
 /// An error with the exit code it should produce.
@@ -122,10 +123,96 @@ pub fn selfsigned(
     Ok(0)
 }
 
+/// `wssd trust` and `wssd untrust`: every store in turn, one line each.
+pub fn trust(direction: trust::Direction, flags: crate::cli::TrustFlags) -> Outcome {
+    crate::tls::install_default_provider();
+    let ca_dir = flags.ca_dir.unwrap_or_else(config::default_ca_dir);
+    let home = dirs::home_dir().ok_or_else(|| {
+        CommandError::usage(anyhow::anyhow!(
+            "no home directory (set HOME): the NSS databases live there"
+        ))
+    })?;
+    let ca = match direction {
+        trust::Direction::Trust => {
+            let (ca, created) = DevCa::load_or_create(&ca_dir).map_err(|e| {
+                CommandError::usage(
+                    anyhow::Error::new(e).context(format!("--ca-dir {}", ca_dir.display())),
+                )
+            })?;
+            println!(
+                "Trusting the dev CA {} ({}; SHA-256 {})",
+                ca.cert_path().display(),
+                if created { "created now" } else { "reused" },
+                ca.fingerprint()
+            );
+            Some(trust::CaCert {
+                path: ca.cert_path(),
+                pem: ca.cert_pem().to_string(),
+                der: ca.cert_der().to_vec(),
+            })
+        }
+        trust::Direction::Untrust => {
+            // No CA is made to be removed: wssd's entries are found by their names.
+            let path = ca_dir.join("ca.pem");
+            println!(
+                "Removing the wssd dev CA ({}) from the trust stores",
+                trust::NICKNAME
+            );
+            std::fs::read(&path).ok().and_then(|pem| {
+                Some(trust::CaCert {
+                    der: trust::pem_to_der(&pem)?,
+                    pem: String::from_utf8(pem).ok()?,
+                    path,
+                })
+            })
+        }
+    };
+    if flags.dry_run {
+        println!("Dry run: nothing is changed.");
+    }
+    let reports = trust::apply(&trust::Options {
+        direction,
+        ca,
+        home,
+        system_root: flags.system_root,
+        dry_run: flags.dry_run,
+    });
+    let mut failed = 0;
+    for report in &reports {
+        let (label, detail) = match &report.outcome {
+            trust::Outcome::Changed(d) if flags.dry_run => ("to change", d),
+            trust::Outcome::Changed(d) => ("changed", d),
+            trust::Outcome::Unchanged(d) => ("no change", d),
+            trust::Outcome::Skipped(d) => ("skipped", d),
+            trust::Outcome::Failed(d) => {
+                failed += 1;
+                ("FAILED", d)
+            }
+        };
+        println!("  {label:<9}  {}: {detail}", report.store);
+    }
+    let changed = reports
+        .iter()
+        .filter(|r| matches!(r.outcome, trust::Outcome::Changed(_)))
+        .count();
+    if failed > 0 {
+        println!("{failed} store(s) could not be changed; the lines above say why.");
+        return Ok(1);
+    }
+    if direction == trust::Direction::Trust && changed > 0 && !flags.dry_run {
+        println!("Restart the browsers that were open; new ones accept wssd dev certificates now.");
+    }
+    Ok(0)
+}
+
 /// How to trust the dev CA on the common platforms.
 pub fn print_trust_instructions(ca: &Path) {
     let ca = ca.display();
     println!("Trust the CA once, and every wssd dev certificate is accepted:");
+    println!(
+        "  wssd trust  (the system store, NSS for Chrome and Chromium, every Firefox profile; --dry-run shows what changes)"
+    );
+    println!("Or by hand:");
     println!(
         "  Debian/Ubuntu:  sudo cp {ca} /usr/local/share/ca-certificates/wssd-dev-ca.crt && sudo update-ca-certificates"
     );
@@ -133,7 +220,7 @@ pub fn print_trust_instructions(ca: &Path) {
         "  Chrome/Chromium (Linux, certutil is in libnss3-tools):  mkdir -p $HOME/.pki/nssdb && {{ [ -e $HOME/.pki/nssdb/cert9.db ] || certutil -d sql:$HOME/.pki/nssdb -N --empty-password; }} && certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"wssd dev CA\" -i {ca}"
     );
     println!(
-        "  Firefox:  Settings > Privacy & Security > Certificates > View Certificates > Authorities > Import {ca}"
+        "  Firefox:  Settings > Privacy & Security > Certificates > View Certificates > Authorities > Import {ca} (or the certutil command above with -d sql:PROFILE_DIR)"
     );
     println!(
         "  macOS:  sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}"

@@ -36,4 +36,5 @@ pub mod provision;
 pub mod reload;
 pub mod server;
 pub mod tls;
+pub mod trust;
 pub mod units;

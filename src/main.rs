@@ -87,6 +87,8 @@ fn main() -> ExitCode {
                 json,
             ))
         }),
+        Command::Trust { stores } => commands::trust(wssd::trust::Direction::Trust, stores),
+        Command::Untrust { stores } => commands::trust(wssd::trust::Direction::Untrust, stores),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "wssd", &mut std::io::stdout());
             Ok(0)
@@ -215,7 +217,13 @@ fn announce(addr: std::net::SocketAddr, config: &Config) {
     };
     let url = format!("wss://{host}:{}/", addr.port());
     match &config.listener.upstream {
-        None => println!("wssd dev mode: built-in echo at {url}"),
+        None => {
+            println!("wssd dev mode: built-in echo at {url}");
+            println!(
+                "  test page:    https://{host}:{}/ in a browser",
+                addr.port()
+            );
+        }
         Some(upstream) => println!(
             "wssd sidecar: https://{host}:{}/ and {url} proxied to {upstream}",
             addr.port()
@@ -245,6 +253,7 @@ fn announce(addr: std::net::SocketAddr, config: &Config) {
         let ca = config.ca_dir.join("ca.pem");
         let ca = std::fs::canonicalize(&ca).unwrap_or(ca);
         println!("  CA to trust:  {}", ca.display());
+        println!("  trust it:     wssd trust  (once: system store, Chrome/Chromium, Firefox)");
         println!(
             "  try it:       wssd probe --ca {}{send}{connect_to} {url}",
             ca.display()

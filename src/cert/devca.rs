@@ -172,6 +172,10 @@ impl DevCa {
         &self.cert_pem
     }
 
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
     /// SHA-256 fingerprint of the CA certificate, colon-separated hex.
     pub fn fingerprint(&self) -> String {
         sha256_fingerprint(&self.cert_der)

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::frame::{
     CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_TEXT, close_frame,
 };
-use super::http::SecurityHeaders;
+use super::http::{Request, SecurityHeaders};
 use super::upgrade::Upgrade;
 use crate::config::ListenerConfig;
 
@@ -39,17 +39,31 @@ const BUFFER: usize = 16_384;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The headers of the 101 for an echo connection (besides `Upgrade` and `Connection`).
-pub fn switching_protocols(upgrade: &Upgrade, security: &SecurityHeaders) -> http::HeaderMap {
+pub fn switching_protocols(
+    upgrade: &Upgrade,
+    request: &Request,
+    security: &SecurityHeaders,
+) -> http::HeaderMap {
     let accept =
         tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
     let mut headers = http::HeaderMap::with_capacity(8);
     if let Ok(accept) = http::HeaderValue::try_from(accept) {
         headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
     }
+    if let Some(protocol) = chosen_protocol(request) {
+        headers.insert(http::header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
     for (name, value) in security.headers() {
         headers.append(name, value.clone());
     }
     headers
+}
+
+/// The subprotocol the echo agrees to: the client's first. An echo speaks every
+/// protocol, and a browser that asks for one fails the connection when none is chosen.
+pub fn chosen_protocol(request: &Request) -> Option<http::HeaderValue> {
+    let first = request.tokens("sec-websocket-protocol").next()?;
+    http::HeaderValue::from_str(first).ok()
 }
 
 /// Where [`Echoer::feed`] stopped.
@@ -488,7 +502,8 @@ mod tests {
         let upgrade = Upgrade {
             key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
         };
-        let headers = switching_protocols(&upgrade, &SecurityHeaders::default());
+        let request = Request::parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let headers = switching_protocols(&upgrade, &request, &SecurityHeaders::default());
         // RFC 6455 §1.3's example key and answer.
         assert_eq!(
             headers["sec-websocket-accept"],
@@ -506,6 +521,17 @@ mod tests {
                 "referrer-policy"
             ]
         );
+    }
+
+    #[test]
+    fn the_echo_agrees_to_the_first_subprotocol_offered() {
+        let upgrade = Upgrade { key: "k".into() };
+        let request = Request::parse(
+            b"GET / HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Protocol: chat, superchat\r\n\r\n",
+        )
+        .unwrap();
+        let headers = switching_protocols(&upgrade, &request, &SecurityHeaders::default());
+        assert_eq!(headers["sec-websocket-protocol"], "chat");
     }
 
     #[test]

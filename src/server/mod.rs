@@ -6,7 +6,8 @@
 //! certificate comes from the resolver) → [`connection`] (HTTP/1.1 or HTTP/2 with hyper,
 //! set up by [`protocols`]) → [`service`] (one request: the checks, [`routes`], then)
 //! → either [`upgrade`] ([`origin`]) and [`websocket`] ([`echo`], or [`proxy`] +
-//! [`relay`] with [`frame`]), or [`forward`] (on [`pool`], bodies in [`body`]). [`forwarding`] says which headers pass;
+//! [`relay`] with [`frame`]), or [`forward`] (on [`pool`], bodies in [`body`]), or on an
+//! echo route a browser's GET gets the [`test_page`]. [`forwarding`] says which headers pass;
 //! [`state`] is what every connection shares; [`http`] has wssd's own responses and the
 //! side ports' small server.
 
@@ -27,6 +28,7 @@ pub mod relay;
 pub mod routes;
 pub mod service;
 pub mod state;
+pub mod test_page;
 pub mod upgrade;
 pub mod websocket;
 pub mod workers;

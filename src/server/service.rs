@@ -31,7 +31,7 @@ use super::proxy;
 use super::relay::Limits;
 use super::state::Server;
 use super::websocket::Next;
-use super::{echo, upgrade};
+use super::{echo, test_page, upgrade};
 
 /// The longest request target (path and query) accepted.
 const MAX_TARGET: usize = 8 * 1024;
@@ -70,8 +70,37 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let conn = self.0.clone();
-        Box::pin(async move { Ok(handle(&conn, req).await) })
+        let h2_head =
+            req.method() == hyper::Method::HEAD && req.version() == hyper::Version::HTTP_2;
+        Box::pin(async move {
+            let response = handle(&conn, req).await;
+            Ok(if h2_head {
+                bodiless(response)
+            } else {
+                response
+            })
+        })
     }
+}
+
+/// The answer to a HEAD over HTTP/2: wssd's own body left out (hyper sends it over h2,
+/// and clients end the stream with PROTOCOL_ERROR), its length kept, as HTTP/1.1 does.
+/// An upstream's answer to a HEAD has no body already.
+fn bodiless(response: Response<Body>) -> Response<Body> {
+    use http_body_util::Either;
+    let (mut parts, body) = response.into_parts();
+    let body = match body {
+        Either::Right(full) => {
+            let length = hyper::body::Body::size_hint(&full).exact().unwrap_or(0);
+            parts
+                .headers
+                .entry(hyper::header::CONTENT_LENGTH)
+                .or_insert_with(|| hyper::header::HeaderValue::from(length));
+            Either::Right(http_body_util::Full::default())
+        }
+        upstream => upstream,
+    };
+    Response::from_parts(parts, body)
 }
 
 async fn handle(conn: &Arc<Connection>, mut req: Request<Incoming>) -> Response<Body> {
@@ -121,6 +150,7 @@ async fn handle(conn: &Arc<Connection>, mut req: Request<Incoming>) -> Response<
         .any(|t| t.eq_ignore_ascii_case("websocket"));
     if !wants_websocket {
         return match &route.upstream {
+            None if test_page::wanted(&checked) => test_page::response(security),
             None => refuse(
                 426,
                 &[("Upgrade", "websocket"), ("Connection", "Upgrade")],
@@ -151,7 +181,10 @@ async fn handle(conn: &Arc<Connection>, mut req: Request<Incoming>) -> Response<
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (headers, next) = match &route.upstream {
-        None => (echo::switching_protocols(&upgrade, security), Next::Echo),
+        None => (
+            echo::switching_protocols(&upgrade, &checked, security),
+            Next::Echo,
+        ),
         Some(upstream) => match Box::pin(relay_to(conn, upstream, route, &checked, &upgrade)).await
         {
             Ok(ready) => ready,
@@ -215,7 +248,13 @@ async fn websocket_over_h2(
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (mut headers, next) = match &route.upstream {
-        None => (security.headers().iter().cloned().collect(), Next::Echo),
+        None => {
+            let mut headers: hyper::HeaderMap = security.headers().iter().cloned().collect();
+            if let Some(protocol) = echo::chosen_protocol(&checked) {
+                headers.insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol);
+            }
+            (headers, Next::Echo)
+        }
         Some(upstream) => match relay_to(conn, upstream, route, &checked, &upgrade).await {
             Ok(ready) => ready,
             Err(refused) => return refused,

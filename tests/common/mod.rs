@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub mod acme_front;
+pub mod browser;
 pub mod edge;
 pub mod etcd;
 pub mod http_upstream;
