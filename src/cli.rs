@@ -52,6 +52,7 @@ pub enum Command {
         sidecar: SidecarFlags,
     },
     /// Issue a certificate from the local dev CA (made on first use, then reused).
+    #[command(after_help = SELFSIGNED_EXAMPLES)]
     Selfsigned {
         /// Where to write cert.pem (leaf, then CA), key.pem (0600) and ca.pem.
         #[arg(long, value_name = "DIR")]
@@ -68,12 +69,14 @@ pub enum Command {
         ca_dir: Option<PathBuf>,
     },
     /// One provisioning pass: obtain or renew what is missing or due, then exit.
+    #[command(after_help = ISSUE_EXAMPLES)]
     Issue {
         /// Config file [default: ./wssd.toml].
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Connect to a wss:// (or ws://) URL and report TLS, certificate, upgrade and echo.
+    #[command(after_help = PROBE_EXAMPLES)]
     Probe {
         /// The URL, e.g. wss://localhost:8443/
         url: String,
@@ -109,6 +112,7 @@ pub enum Command {
         connect_to: Option<(String, u16)>,
     },
     /// Validate a config and the files it names; print what would run.
+    #[command(after_help = CHECK_EXAMPLES)]
     Check {
         /// Config file [default: ./wssd.toml].
         #[arg(long, short = 'c', value_name = "FILE")]
@@ -128,13 +132,17 @@ pub enum Command {
         stores: TrustFlags,
     },
     /// Print shell completions for SHELL (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {
+        /// The shell to write completions for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Print the manual page (roff) to standard output: `wssd man | man -l -`.
+    #[command(after_help = MAN_EXAMPLES)]
     Man,
     /// Inventory: each certificate, its source, domains, serial, expiry, next renewal.
+    #[command(after_help = STATUS_EXAMPLES)]
     Status {
         /// Config file [default: ./wssd.toml].
         #[arg(long, short = 'c', value_name = "FILE")]
@@ -204,6 +212,48 @@ Examples:
            --cert-file /etc/tls/fullchain.pem --key-file /etc/tls/privkey.pem
   wssd run --domain app.test --domain 192.168.1.20  dev-CA certificate for these names
   wssd run -c /etc/wssd/wssd.toml                   everything from a config file";
+
+const SELFSIGNED_EXAMPLES: &str = "\
+Examples:
+  wssd selfsigned --out-dir ./tls                    localhost, 127.0.0.1, ::1
+  wssd selfsigned --out-dir ./tls --domain app.test --domain '*.app.test' --domain 192.168.1.20
+  wssd selfsigned --out-dir ./tls --days 30 --ca-dir ./ca   a CA of the project's own
+
+The CA is made once and reused: trust it once with `wssd trust`.";
+
+const ISSUE_EXAMPLES: &str = "\
+Examples:
+  wssd issue                              ./wssd.toml: obtain or renew what is due, then exit
+  wssd issue -c /etc/wssd/wssd.toml       from cron or a systemd timer (exit 1: not all valid)";
+
+const PROBE_EXAMPLES: &str = "\
+Examples:
+  wssd probe wss://localhost:8443/ --send hi
+  wssd probe --ca ~/.local/share/wssd/ca/ca.pem wss://localhost:8443/
+  wssd probe wss://app.example.com/socket --origin https://app.example.com
+  wssd probe wss://app.example.com/ --connect-to 10.0.0.5:443   before DNS points there
+  wssd probe wss://app.example.com/ --expect-days 14 --json     a monitoring check";
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  wssd check                              ./wssd.toml: settings, routes, certificates
+  wssd check -c /etc/wssd/wssd.toml       before a reload (exit 2: invalid, with key and line)";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  wssd status                             each certificate: source, domains, expiry, next renewal
+  wssd status -c /etc/wssd/wssd.toml --json";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  wssd completions bash > /etc/bash_completion.d/wssd
+  wssd completions zsh > \"${fpath[1]}/_wssd\"
+  wssd completions fish > ~/.config/fish/completions/wssd.fish";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  wssd man | man -l -
+  wssd man > /usr/local/share/man/man1/wssd.1";
 
 const TRUST_EXAMPLES: &str = "\
 Examples:
@@ -281,5 +331,51 @@ fn roff_text(text: &str) -> String {
         format!("\\&{text}")
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_has_examples_and_every_flag_has_help() {
+        let mut cli = super::Cli::command();
+        cli.build();
+        for command in cli.get_subcommands().filter(|c| c.get_name() != "help") {
+            let name = command.get_name();
+            let after = command
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                after.starts_with("Examples:\n"),
+                "wssd {name} --help shows no examples"
+            );
+            assert!(
+                after.contains(&format!("wssd {name}")),
+                "wssd {name}: {after}"
+            );
+            assert!(
+                command.get_about().is_some(),
+                "wssd {name} has no description"
+            );
+            for arg in command.get_arguments() {
+                if arg.get_id() == "help" || arg.get_id() == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help()
+                        .is_some_and(|h| !h.to_string().trim().is_empty()),
+                    "wssd {name}: {} has no help text",
+                    arg.get_id()
+                );
+            }
+        }
+        for arg in cli.get_arguments() {
+            assert!(
+                arg.get_help().is_some() || arg.get_id() == "help" || arg.get_id() == "version"
+            );
+        }
     }
 }

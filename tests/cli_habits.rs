@@ -124,6 +124,8 @@ fn the_man_page_covers_every_command_and_points_at_no_missing_page() {
         "COMPLETIONS",
         "MAN",
         "STATUS",
+        "TRUST",
+        "UNTRUST",
     ] {
         assert!(
             page.contains(&format!(".SH \"WSSD {command}\"")),
