@@ -3,10 +3,18 @@
 //!
 //! Every handle here is an atomic: recording costs an atomic add, no lock and no
 //! allocation, so the accept and relay paths can record freely. Labelled series that
-//! the hot paths touch are resolved once, when `Metrics` is built or a connection starts.
+//! the hot paths touch are resolved once, when `Metrics` is built or its certificates
+//! are described.
+//!
+//! Every series about one certificate carries the same two labels, `certificate` (its
+//! index in the config) and `domains` (its names, comma-separated), so that they join.
+//! The series pinned in SPEC.md keep their pinned labels exactly:
+//! `certificate_not_after_seconds{domain}`, `certificate_reloads_total{result}`.
 
-use std::sync::Mutex;
+mod process;
+
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
 use prometheus_client::metrics::counter::Counter;
@@ -55,6 +63,26 @@ pub struct Metrics {
     cluster_publish_to_swap: Histogram,
     /// (certificate index, domains, not_after) of what is served, for `days_left`.
     served: Mutex<Vec<(usize, String, SystemTime)>>,
+    /// Each certificate's labels, set once by [`Metrics::describe_certificates`].
+    certificates: OnceLock<Vec<Labels>>,
+    /// `connections_active_by_certificate`, one gauge per certificate, made with them.
+    active_gauges: OnceLock<Vec<Gauge>>,
+    /// Responses on the listener by status code and by who made them.
+    responses: Family<Labels, Counter>,
+    /// Each code's counters (100 to 599), [made by wssd, the upstream's], resolved on
+    /// first use: no lock or allocation after that.
+    response_counters: Box<[[OnceLock<Counter>; 2]]>,
+    /// From a change to a certificate's files to the new pair being served.
+    file_to_served: Family<Labels, Histogram, fn() -> Histogram>,
+    process: process::Process,
+}
+
+/// wssd's own codes that are shown from the start, at 0, so that a rate over them works
+/// before the first one (others appear when first sent).
+const SHOWN_CODES: &[u16] = &[101, 403, 404, 426, 502, 504];
+
+fn file_to_served_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 12))
 }
 
 impl std::fmt::Debug for Metrics {
@@ -78,10 +106,13 @@ pub struct ActiveConnection<'a> {
 impl ActiveConnection<'_> {
     /// The certificate the handshake chose, once it is known.
     pub fn served_by(&mut self, index: usize) {
-        let gauge = self
-            .metrics
-            .active_by_certificate
-            .get_or_create_owned(&labels(&[("certificate", &index.to_string())]));
+        let gauge = match self.metrics.active_gauges.get().and_then(|g| g.get(index)) {
+            Some(gauge) => gauge.clone(),
+            None => self
+                .metrics
+                .active_by_certificate
+                .get_or_create_owned(&self.metrics.certificate_labels(index, &[])),
+        };
         gauge.inc();
         self.certificate = Some(gauge);
     }
@@ -103,6 +134,8 @@ impl Metrics {
         let acme = Family::<Labels, Counter>::default();
         let relay_bytes = Family::<Labels, Counter>::default();
         let relay_messages = Family::<Labels, Counter>::default();
+        let responses = Family::<Labels, Counter>::default();
+        let response_counters = (100..600).map(|_| Default::default()).collect();
         let m = Metrics {
             connections_active: Gauge::default(),
             connections_total: Counter::default(),
@@ -131,8 +164,27 @@ impl Metrics {
             cluster_lock_held: Family::default(),
             cluster_publish_to_swap: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             served: Mutex::new(Vec::new()),
+            certificates: OnceLock::new(),
+            active_gauges: OnceLock::new(),
+            responses: responses.clone(),
+            response_counters,
+            file_to_served: Family::new_with_constructor(file_to_served_histogram),
+            process: process::Process::new(),
             registry: Registry::default(),
         };
+        for code in SHOWN_CODES {
+            m.response_counter(*code, false);
+        }
+        registry.register(
+            "http_responses",
+            "Responses on the listener by status code, made by wssd itself (by=\"wssd\": refusals, the echo's 101, errors such as 502 and 504) or the upstream's (by=\"upstream\")",
+            responses,
+        );
+        registry.register(
+            "certificate_file_to_served_seconds",
+            "Time from a change to a certificate's files (the first file system event) to the new pair being served",
+            m.file_to_served.clone(),
+        );
         registry.register(
             "certificate_not_after_seconds",
             "When the served certificate for a domain expires (unix time)",
@@ -220,6 +272,66 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Names the certificates (once: the config does not change while wssd runs), so
+    /// that their series carry the same `certificate` and `domains` labels.
+    pub fn describe_certificates(&self, certificates: &[CertificateConfig]) {
+        let described: Vec<Labels> = certificates
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                labels(&[
+                    ("certificate", &index.to_string()),
+                    ("domains", &c.domain_list()),
+                ])
+            })
+            .collect();
+        let gauges = described
+            .iter()
+            .map(|l| self.active_by_certificate.get_or_create_owned(l))
+            .collect();
+        let _ = self.certificates.set(described);
+        let _ = self.active_gauges.set(gauges);
+    }
+
+    /// Certificate `index`'s labels, then `extra`.
+    fn certificate_labels(&self, index: usize, extra: &[(&str, &str)]) -> Labels {
+        let mut out = self
+            .certificates
+            .get()
+            .and_then(|all| all.get(index).cloned())
+            .unwrap_or_else(|| labels(&[("certificate", &index.to_string())]));
+        out.extend(labels(extra));
+        out
+    }
+
+    /// One response on the listener (`upstream`: the upstream's, passed on).
+    pub fn response(&self, code: u16, upstream: bool) {
+        self.response_counter(code, upstream).inc();
+    }
+
+    fn response_counter(&self, code: u16, upstream: bool) -> &Counter {
+        static INVALID: OnceLock<Counter> = OnceLock::new();
+        let Some(slot) = code
+            .checked_sub(100)
+            .and_then(|i| self.response_counters.get(usize::from(i)))
+        else {
+            return INVALID.get_or_init(Counter::default);
+        };
+        slot[usize::from(upstream)].get_or_init(|| {
+            self.responses.get_or_create_owned(&labels(&[
+                ("code", &code.to_string()),
+                ("by", if upstream { "upstream" } else { "wssd" }),
+            ]))
+        })
+    }
+
+    /// Certificate `index`'s new files are served, `seconds` after they changed.
+    pub fn file_change_served(&self, index: usize, seconds: f64) {
+        self.file_to_served
+            .get_or_create(&self.certificate_labels(index, &[]))
+            .observe(seconds);
+    }
+
     /// Adds the fleet's series (a single node has no engine to report on).
     pub fn enable_cluster(&mut self) {
         self.registry.register(
@@ -243,12 +355,9 @@ impl Metrics {
         self.cluster_engine_up.set(i64::from(up));
     }
 
-    pub fn cluster_lock_held(&self, index: usize, config: &CertificateConfig, held: bool) {
+    pub fn cluster_lock_held(&self, index: usize, held: bool) {
         self.cluster_lock_held
-            .get_or_create(&labels(&[
-                ("certificate", &index.to_string()),
-                ("domains", &config.domain_list()),
-            ]))
+            .get_or_create(&self.certificate_labels(index, &[]))
             .set(i64::from(held));
     }
 
@@ -290,10 +399,12 @@ impl Metrics {
         if ok { &self.acme_ok } else { &self.acme_error }.inc();
     }
 
-    pub fn renewal(&self, source: &str, ok: bool) {
+    pub fn renewal(&self, index: usize, source: &str, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.renewals
-            .get_or_create(&labels(&[("source", source), ("result", result)]))
+            .get_or_create(
+                &self.certificate_labels(index, &[("source", source), ("result", result)]),
+            )
             .inc();
     }
 
@@ -329,12 +440,9 @@ impl Metrics {
     }
 
     /// When certificate `index` is due for renewal next.
-    pub fn next_renewal_at(&self, index: usize, config: &CertificateConfig, at: SystemTime) {
+    pub fn next_renewal_at(&self, index: usize, at: SystemTime) {
         self.next_renewal
-            .get_or_create(&labels(&[
-                ("certificate", &index.to_string()),
-                ("domains", &config.domain_list()),
-            ]))
+            .get_or_create(&self.certificate_labels(index, &[]))
             .set(unix(at));
     }
 
@@ -357,6 +465,7 @@ impl Metrics {
         }
         let mut out = String::new();
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        self.process.render(&mut out);
         out
     }
 }
@@ -394,5 +503,27 @@ mod tests {
             }
         }
         assert!(m.render().contains("wssd_connections_active 0"));
+    }
+
+    #[test]
+    fn responses_are_counted_by_code_and_by_who_made_them() {
+        let m = Metrics::new();
+        assert!(
+            m.render()
+                .contains("wssd_http_responses_total{code=\"426\",by=\"wssd\"} 0")
+        );
+        m.response(426, false);
+        m.response(404, true);
+        m.response(404, true);
+        m.response(42, false); // not a status: counted nowhere, and no panic
+        let text = m.render();
+        for needle in [
+            "wssd_http_responses_total{code=\"426\",by=\"wssd\"} 1",
+            "wssd_http_responses_total{code=\"404\",by=\"upstream\"} 2",
+            "wssd_http_responses_total{code=\"404\",by=\"wssd\"} 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
+        assert!(!text.contains("code=\"42\""));
     }
 }

@@ -71,7 +71,7 @@ async fn run_answers_http01_itself_and_the_counters_move() {
     assert_eq!(
         sample(
             &metrics,
-            "wssd_renewals_total{source=\"acme\",result=\"ok\"}"
+            "wssd_renewals_total{certificate=\"0\",domains=\"http.example.test\",source=\"acme\",result=\"ok\"}"
         ),
         Some(1.0),
         "{metrics}"
@@ -115,7 +115,7 @@ async fn failed_orders_are_counted() {
     assert!(
         sample(
             &metrics,
-            "wssd_renewals_total{source=\"acme\",result=\"error\"}"
+            "wssd_renewals_total{certificate=\"0\",domains=\"down.example.test\",source=\"acme\",result=\"error\"}"
         )
         .unwrap()
             >= 2.0

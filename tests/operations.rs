@@ -37,7 +37,7 @@ async fn metrics_follow_the_certificate_swaps_refusals_and_connections() {
     assert_eq!(
         sample(
             &metrics,
-            "wssd_connections_active_by_certificate{certificate=\"0\"}"
+            "wssd_connections_active_by_certificate{certificate=\"0\",domains=\"localhost\"}"
         ),
         Some(3.0)
     );
@@ -72,6 +72,58 @@ async fn metrics_follow_the_certificate_swaps_refusals_and_connections() {
     assert!(days.contains("certificate=\"0\""), "{days}");
     assert!((89.9..90.0).contains(&left), "{days}");
     assert!(sample(&metrics, "wssd_tls_handshake_duration_seconds_count").unwrap() >= 3.0);
+    // The three 101s of the echo, wssd's own.
+    assert_eq!(
+        sample(
+            &metrics,
+            "wssd_http_responses_total{code=\"101\",by=\"wssd\"}"
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    // Process metrics, under their standard names.
+    assert!(
+        sample(&metrics, "process_resident_memory_bytes").unwrap() > 1e6,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "process_open_fds").unwrap() >= 5.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "process_cpu_seconds_total").is_some(),
+        "{metrics}"
+    );
+    let started = sample(&metrics, "process_start_time_seconds").unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - 120.0..=now + 2.0).contains(&started),
+        "{started} vs {now}"
+    );
+    // A plain GET is a 426, counted.
+    let plain = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut tls, _) = tls_connect(wssd.addr, &client).await.unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(plain.starts_with("HTTP/1.1 426"), "{plain}");
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "wssd_http_responses_total{code=\"426\",by=\"wssd\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // A swap moves the ok counter and the expiry; a refused pair moves the error counter.
     let second = ca.leaf_between(&["localhost"], -60, 30 * 86_400);
@@ -88,6 +140,16 @@ async fn metrics_follow_the_certificate_swaps_refusals_and_connections() {
         "wssd_certificate_not_after_seconds{domain=\"localhost\"}",
     )
     .unwrap();
+    // The swap came from a file change: its time to served is in the histogram, with
+    // the certificate's labels.
+    assert!(
+        sample(
+            &metrics,
+            "wssd_certificate_file_to_served_seconds_count{certificate=\"0\",domains=\"localhost\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
     assert!(
         expiry < not_after - 50.0 * 86_400.0,
         "the new certificate's not_after"

@@ -120,15 +120,14 @@ impl Store for FleetStore {
                 .position(|c| c.domain_list() == cert.domain_list())
             {
                 // Held until released or lost, whichever comes first.
-                fleet.metrics.cluster_lock_held(index, cert, true);
-                let (fleet, cert, lost, done) =
-                    (fleet.clone(), cert.clone(), lost.clone(), done.clone());
+                fleet.metrics.cluster_lock_held(index, true);
+                let (fleet, lost, done) = (fleet.clone(), lost.clone(), done.clone());
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = lost.cancelled() => {}
                         _ = done.cancelled() => {}
                     }
-                    fleet.metrics.cluster_lock_held(index, &cert, false);
+                    fleet.metrics.cluster_lock_held(index, false);
                 });
             }
             let release: Box<dyn FnOnce() + Send + Sync> = {

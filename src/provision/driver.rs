@@ -463,7 +463,7 @@ pub async fn run(s: Slot) {
         if let Some(dir) = &records {
             state::save_state(dir, &domains, &state);
         }
-        s.metrics.next_renewal_at(s.index, &s.cert, at);
+        s.metrics.next_renewal_at(s.index, at);
         let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
         if !wait.is_zero() && announced != Some(at) {
             info!(certificate = s.index, %domains, next = %rfc3339(at), %reason, "next {kind} renewal");
@@ -536,7 +536,7 @@ pub async fn run(s: Slot) {
         if matches!(s.issuer, Issuer::Acme { .. }) {
             s.metrics.acme_order(ok);
         }
-        s.metrics.renewal(s.issuer.source(), ok);
+        s.metrics.renewal(s.index, s.issuer.source(), ok);
         match attempt {
             Ok(summary) => {
                 announced = None;

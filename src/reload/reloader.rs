@@ -37,6 +37,7 @@ impl Reloader {
             certificates.iter().map(|c| c.domains.clone()).collect(),
         ));
         let served = Mutex::new(vec![None; certificates.len()]);
+        metrics.describe_certificates(&certificates);
         Reloader {
             certificates,
             resolver,

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::reloader::Reloader;
+use super::reloader::{Reloaded, Reloader};
 use crate::cert::pair::PairError;
 
 /// Events closer together than this are one change.
@@ -210,6 +210,9 @@ struct Pending {
     due: Instant,
     attempt: usize,
     reason: &'static str,
+    /// When the files were first seen changing (for the file-to-served histogram); not
+    /// set for reloads asked for (SIGHUP, start-up).
+    changed_at: Option<Instant>,
 }
 
 async fn reload_loop(
@@ -232,14 +235,18 @@ async fn reload_loop(
                         refused.clear();
                         for index in 0..slots {
                             pending.remove(&index);
-                            attempt(&reloader, &mut pending, &mut refused, index, Pending { due: Instant::now(), attempt: 0, reason }).await;
+                            attempt(&reloader, &mut pending, &mut refused, index, Pending { due: Instant::now(), attempt: 0, reason, changed_at: None }).await;
                         }
                         if let Some(done) = done {
                             let _ = done.send(());
                         }
                     }
                     Request::Slot(index, reason) if index < slots => {
-                        pending.insert(index, Pending { due: Instant::now() + DEBOUNCE, attempt: 0, reason });
+                        // Each event pushes the attempt back (debounce); the clock of the
+                        // change starts at the first.
+                        let now = Instant::now();
+                        let changed_at = pending.get(&index).and_then(|p| p.changed_at).unwrap_or(now);
+                        pending.insert(index, Pending { due: now + DEBOUNCE, attempt: 0, reason, changed_at: Some(changed_at) });
                     }
                     Request::Slot(..) => {}
                 }
@@ -324,8 +331,13 @@ async fn attempt(
         }
     };
     match result {
-        Ok((Ok(_), _)) => {
+        Ok((Ok(reloaded), _)) => {
             refused.remove(&index);
+            if let (Reloaded::Swapped(_), Some(changed_at)) = (reloaded, p.changed_at) {
+                reloader
+                    .metrics()
+                    .file_change_served(index, changed_at.elapsed().as_secs_f64());
+            }
         }
         Ok((Err(error), _)) if error.may_be_mid_write() && p.attempt < RETRIES.len() => {
             debug!(certificate = index, error = %error, "pair not ready; retrying");
@@ -335,6 +347,7 @@ async fn attempt(
                     due: Instant::now() + RETRIES[p.attempt],
                     attempt: p.attempt + 1,
                     reason: p.reason,
+                    changed_at: p.changed_at,
                 },
             );
         }

@@ -74,6 +74,10 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             req.method() == hyper::Method::HEAD && req.version() == hyper::Version::HTTP_2;
         Box::pin(async move {
             let response = handle(&conn, req).await;
+            let upstream = matches!(response.body(), http_body_util::Either::Left(_));
+            conn.server
+                .metrics
+                .response(response.status().as_u16(), upstream);
             Ok(if h2_head {
                 bodiless(response)
             } else {
