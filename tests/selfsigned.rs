@@ -198,6 +198,65 @@ fn second_run_reuses_the_ca() {
 }
 
 #[test]
+fn processes_making_the_ca_at_once_end_up_with_one_ca_that_signed_every_leaf() {
+    // `wssd run` and `wssd trust` started together on a fresh machine: one CA, made once,
+    // and every leaf signed by the CA that is on disk. (Without the lock, a process read
+    // a CA half made, or signed with a key another process then replaced.)
+    let home = tempfile::tempdir().unwrap();
+    let spawned: Vec<_> = (0..8)
+        .map(|i| {
+            Command::new(WSSD)
+                .args(["selfsigned", "--out-dir"])
+                .arg(home.path().join(format!("together{i}")))
+                .env("XDG_DATA_HOME", home.path().join("fresh"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = spawned
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let ca = std::fs::read(home.path().join("fresh/wssd/ca/ca.pem")).unwrap();
+    let created = outputs
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stdout).contains("created now"))
+        .count();
+    assert_eq!(created, 1, "one process makes the CA");
+    let ca_der = chain(&home.path().join("fresh/wssd/ca/ca.pem")).remove(0);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_der).unwrap();
+    let verifier = WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .unwrap();
+    for (i, out) in outputs.iter().enumerate() {
+        assert!(
+            out.status.success(),
+            "process {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = home.path().join(format!("together{i}"));
+        assert_eq!(
+            std::fs::read(dir.join("ca.pem")).unwrap(),
+            ca,
+            "process {i}"
+        );
+        let leaf = chain(&dir.join("cert.pem")).remove(0);
+        verifier
+            .verify_server_cert(
+                &leaf,
+                &[],
+                &ServerName::try_from("localhost").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .unwrap_or_else(|e| panic!("process {i}'s leaf: {e}"));
+    }
+}
+
+#[test]
 fn bad_domain_is_refused_with_exit_2() {
     let home = tempfile::tempdir().unwrap();
     let out_dir = home.path().join("out");

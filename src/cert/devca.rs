@@ -5,6 +5,7 @@
 //! a user trusts it once and every dev certificate after that just works. The CA key
 //! never leaves its directory (mode 0700, key 0600).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +21,8 @@ use crate::config::{Domain, KeyType};
 
 const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
+/// Held (flock) while the CA is being made.
+const LOCK_FILE: &str = ".lock";
 /// Where the dev CA in `dir` keeps its private key.
 pub fn key_path(dir: &Path) -> PathBuf {
     dir.join(CA_KEY_FILE)
@@ -89,10 +92,31 @@ impl DevCa {
     fn open(dir: &Path) -> Result<(DevCa, bool), DevCaError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
-        if cert_path.exists() || key_path.exists() {
+        // The key is written first and the certificate last, each atomically: with the
+        // certificate there, the CA is complete (and may be read without writing).
+        if cert_path.exists() {
             return DevCa::load(dir).map(|ca| (ca, false));
         }
         store::ensure_dir(dir, PRIVATE_DIR_MODE)?;
+        // Two wssd processes at first use (`wssd run` and `wssd trust` in two terminals)
+        // would each make a CA, and one would sign with a key the other replaced: the
+        // first to lock makes it, the other waits and loads it.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(KEY_MODE)
+            .open(&lock_path)
+            .and_then(|file| file.lock().map(|()| file))
+            .map_err(|source| DevCaError::Read {
+                path: lock_path,
+                source,
+            })?;
+        if cert_path.exists() || key_path.exists() {
+            drop(lock);
+            return DevCa::load(dir).map(|ca| (ca, false));
+        }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let now = SystemTime::now();
         let mut params = CertificateParams::default();
@@ -116,6 +140,7 @@ impl DevCa {
         // Key first: a CA certificate on disk always has its key beside it.
         store::write_atomic(&key_path, key.serialize_pem().as_bytes(), KEY_MODE)?;
         store::write_atomic(&cert_path, cert.pem().as_bytes(), CERT_MODE)?;
+        drop(lock);
         DevCa::load(dir).map(|ca| (ca, true))
     }
 
