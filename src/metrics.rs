@@ -60,7 +60,7 @@ pub struct Metrics {
     /// 1 while this replica holds the certificate's lock (is obtaining it for the fleet).
     cluster_lock_held: Family<Labels, Gauge>,
     /// From a pair's publish by any replica to this replica serving it.
-    cluster_publish_to_swap: Histogram,
+    cluster_publish_to_swap: Family<Labels, Histogram, fn() -> Histogram>,
     /// (certificate index, domains, not_after) of what is served, for `days_left`.
     served: Mutex<Vec<(usize, String, SystemTime)>>,
     /// Each certificate's labels, set once by [`Metrics::describe_certificates`].
@@ -80,6 +80,10 @@ pub struct Metrics {
 /// wssd's own codes that are shown from the start, at 0, so that a rate over them works
 /// before the first one (others appear when first sent).
 const SHOWN_CODES: &[u16] = &[101, 403, 404, 426, 502, 504];
+
+fn publish_to_swap_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 12))
+}
 
 fn file_to_served_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.0, 12))
@@ -162,7 +166,7 @@ impl Metrics {
             next_renewal: Family::default(),
             cluster_engine_up: Gauge::default(),
             cluster_lock_held: Family::default(),
-            cluster_publish_to_swap: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
+            cluster_publish_to_swap: Family::new_with_constructor(publish_to_swap_histogram),
             served: Mutex::new(Vec::new()),
             certificates: OnceLock::new(),
             active_gauges: OnceLock::new(),
@@ -361,8 +365,10 @@ impl Metrics {
             .set(i64::from(held));
     }
 
-    pub fn cluster_publish_to_swap(&self, seconds: f64) {
-        self.cluster_publish_to_swap.observe(seconds);
+    pub fn cluster_publish_to_swap(&self, index: usize, seconds: f64) {
+        self.cluster_publish_to_swap
+            .get_or_create(&self.certificate_labels(index, &[]))
+            .observe(seconds);
     }
 
     pub fn connection_opened(&self) -> ActiveConnection<'_> {

@@ -268,14 +268,16 @@ async fn a_pair_one_replica_publishes_reaches_every_other_without_a_dropped_conn
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let (_, metrics) = common::http_get(admin, "/metrics").await;
+            // With the certificate's labels.
             let metric = |name: &str| {
                 metrics
                     .lines()
-                    .find_map(|l| l.strip_prefix(name))
+                    .find(|l| l.starts_with(&format!("{name}{{certificate=\"0\",domains=")))
+                    .and_then(|l| l.rsplit(' ').next())
                     .and_then(|v| v.trim().parse::<f64>().ok())
             };
-            if metric("wssd_cluster_publish_to_swap_seconds_count ") == Some(1.0) {
-                let sum = metric("wssd_cluster_publish_to_swap_seconds_sum ").unwrap();
+            if metric("wssd_cluster_publish_to_swap_seconds_count") == Some(1.0) {
+                let sum = metric("wssd_cluster_publish_to_swap_seconds_sum").unwrap();
                 assert!(sum > 0.0 && sum < 20.0, "{metrics}");
                 break;
             }

@@ -267,7 +267,7 @@ async fn time_the_swap(reloader: Arc<Reloader>, installed: Installed) {
                 .unwrap_or_default();
             reloader
                 .metrics()
-                .cluster_publish_to_swap(took.as_secs_f64());
+                .cluster_publish_to_swap(installed.index, took.as_secs_f64());
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
