@@ -6,6 +6,13 @@
 //!   within its validity (and, with `readyz_checks_upstream`, every upstream, the
 //!   listener's and each route's, accepts a TCP connection); otherwise 503 with the reasons, one per line (readiness).
 //! * `GET /metrics`: the Prometheus text exposition ([`crate::metrics`]).
+//! * `GET` or `POST /drain` (with `[admin] drain_endpoint = true`): the drain SIGTERM
+//!   starts (the listener closed, close 1001 to every client, up to `drain_timeout`), but
+//!   the process lives on until SIGTERM. The answer comes once the drain is over, so a
+//!   Kubernetes `preStop` hook on the app's container holds the app's SIGTERM until
+//!   wssd's clients have been told to go: with wssd as a native sidecar, that SIGTERM
+//!   would otherwise come first, and an app that exits without closing its WebSockets
+//!   leaves their clients with close 1011.
 //!
 //! It starts before anything else in `wssd run`, so `/readyz` answers 503 while
 //! certificates are still being provisioned.
@@ -16,6 +23,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+use tracing::info;
 
 use crate::cert::inspect::rfc3339;
 use crate::config::Upstream;
@@ -32,12 +41,25 @@ pub struct Admin {
     pub listening: AtomicBool,
     /// Checked by `/readyz` when configured: the listener's and every route's.
     pub upstreams: Vec<Upstream>,
+    /// `/drain`, when `[admin] drain_endpoint` allows it.
+    pub drain: Option<DrainControl>,
+}
+
+/// The listener's drain as `/drain` sees it.
+pub struct DrainControl {
+    /// Cancelled to start the drain (SIGTERM cancels it too).
+    pub start: CancellationToken,
+    /// Cancelled by the agent once the listener has drained.
+    pub done: CancellationToken,
 }
 
 impl Admin {
     /// Why wssd is not ready, if it is not.
     pub async fn not_ready(&self) -> Vec<String> {
         let mut reasons = Vec::new();
+        if self.drain.as_ref().is_some_and(|d| d.start.is_cancelled()) {
+            reasons.push("draining (/drain): the WSS listener is closed".to_string());
+        }
         if !self.listening.load(Ordering::Relaxed) {
             reasons.push("the WSS listener is not bound yet".to_string());
         }
@@ -86,10 +108,13 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
 
 async fn respond(admin: &Admin, req: &Request) -> hyper::Response<Body> {
     let security = SecurityHeaders::default();
+    let path = req.target.split('?').next().unwrap_or("");
+    if let ("/drain", Some(drain)) = (path, &admin.drain) {
+        return answer_drain(drain, req, &security).await;
+    }
     if req.method != "GET" && req.method != "HEAD" {
         return http::response(405, &[("Allow", "GET, HEAD")], "Use GET.\n", &security);
     }
-    let path = req.target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match path {
         "/healthz" => (200, "text/plain; charset=utf-8", "ok\n".to_string()),
         "/readyz" => {
@@ -114,4 +139,28 @@ async fn respond(admin: &Admin, req: &Request) -> hyper::Response<Body> {
         }
     };
     http::typed_response(status, &[], content_type, body.into(), &security)
+}
+
+/// Starts the drain (or joins one under way) and answers once it is over. GET is taken
+/// as well as POST because a Kubernetes `httpGet` hook can only GET; the endpoint is off
+/// unless the config turns it on.
+async fn answer_drain(
+    drain: &DrainControl,
+    req: &Request,
+    security: &SecurityHeaders,
+) -> hyper::Response<Body> {
+    if !matches!(req.method.as_str(), "GET" | "POST") {
+        return http::response(405, &[("Allow", "GET, POST")], "Use POST.\n", security);
+    }
+    if !drain.start.is_cancelled() {
+        info!("/drain: draining; the process keeps running until SIGTERM");
+        drain.start.cancel();
+    }
+    drain.done.cancelled().await;
+    http::response(
+        200,
+        &[],
+        "drained: the WSS listener is closed and its connections have ended\n",
+        security,
+    )
 }

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::acme::Acme;
 use crate::acme::challenge::{AlpnAnswers, Http01Tokens, Solver, serve_http01};
-use crate::admin::Admin;
+use crate::admin::{Admin, DrainControl};
 use crate::cert::pair::PairError;
 use crate::config::{Challenge, Config, Source, Upstream};
 use crate::metrics::Metrics;
@@ -115,6 +115,10 @@ pub async fn run(
     let metrics = Arc::new(metrics);
     let reloader = Arc::new(Reloader::new(config.certificates.clone(), metrics.clone()));
     let shutdown = CancellationToken::new();
+    // The listener's drain: SIGTERM starts it with everything else's shutdown; `/drain`
+    // starts it alone.
+    let drain = shutdown.child_token();
+    let drained = CancellationToken::new();
     // The admin server first: /readyz says 503 while the rest starts.
     let admin = match &config.admin {
         None => None,
@@ -142,6 +146,10 @@ pub async fn run(
                 } else {
                     Vec::new()
                 },
+                drain: admin_config.drain_endpoint.then(|| DrainControl {
+                    start: drain.clone(),
+                    done: drained.clone(),
+                }),
             });
             let bound = listener.local_addr().map_err(|source| AgentError::Bind {
                 key: "[admin] bind",
@@ -363,9 +371,14 @@ pub async fn run(
         }
     };
     tokio::spawn(signals);
-    server::serve_all(listeners, server, shutdown)
+    server::serve_all(listeners, server, drain)
         .await
         .map_err(AgentError::Serve)?;
+    drained.cancel();
+    if !shutdown.is_cancelled() {
+        info!("drained (/drain); stopping on SIGTERM");
+        shutdown.cancelled().await;
+    }
     info!("stopped");
     Ok(())
 }

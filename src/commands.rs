@@ -346,7 +346,12 @@ pub fn check(path: &Path) -> Outcome {
         );
     }
     if let Some(admin) = &config.admin {
-        lines.push(format!("  admin      http://{}", admin.bind));
+        let drain = if admin.drain_endpoint {
+            " (/drain on)"
+        } else {
+            ""
+        };
+        lines.push(format!("  admin      http://{}{drain}", admin.bind));
     }
     if let Some(cluster) = &config.cluster {
         lines.push(format!(

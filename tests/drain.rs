@@ -193,3 +193,136 @@ async fn an_uncooperative_client_cannot_hold_the_drain_past_drain_timeout() {
     );
     drop(tls);
 }
+
+/// An upstream echo that records the close code of each connection, and can be stopped
+/// the way an app exits: its connections cut, no close frames sent.
+async fn recording_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let codes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u16>::new()));
+    let seen = codes.clone();
+    let app = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            connections.spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    match message {
+                        Message::Close(frame) => seen
+                            .lock()
+                            .unwrap()
+                            .push(frame.map_or(1005, |f| u16::from(f.code))),
+                        Message::Text(_) | Message::Binary(_) => {
+                            if futures_util::SinkExt::send(&mut ws, message).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (up, codes, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_drain_tells_clients_1001_before_the_app_stops_and_waits_for_sigterm() {
+    // The Kubernetes sequence with wssd as a native sidecar: the app's preStop hook GETs
+    // /drain, then the app gets SIGTERM and exits without closing anything, then wssd
+    // gets SIGTERM.
+    let (up, codes, app) = recording_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    write_pair(dir.path(), &ca.leaf(&["localhost"]));
+    let config = files_config(
+        dir.path(),
+        &format!("drain_timeout = \"8s\"\nupstream = \"ws://{up}\""),
+        "",
+    ) + "\n[admin]\nbind = \"127.0.0.1:0\"\ndrain_endpoint = true\n";
+    let mut wssd = Wssd::start(dir.path(), &config);
+    let admin = wssd.logged_addr("admin server listening");
+    let client = client_config(&ca.cert_pem);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let (mut ws, _) = ws_connect(wssd.addr, &client, "/").await;
+        echo(&mut ws, &format!("before drain {i}")).await.unwrap();
+        clients.push(ws);
+    }
+
+    let asked = Instant::now();
+    let pre_stop = tokio::spawn(async move { http_get(admin, "/drain").await });
+    for ws in &mut clients {
+        expect_going_away(ws).await;
+    }
+    let (status, body) = tokio::time::timeout(Duration::from_secs(15), pre_stop)
+        .await
+        .expect("/drain did not answer")
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("drained"), "{body}");
+    // The clients answered their closes, so the drain ended well before drain_timeout.
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(*codes.lock().unwrap(), [1001, 1001, 1001], "the app heard");
+
+    // Drained but alive: no new connections, not ready, still live.
+    assert!(
+        tokio::net::TcpStream::connect(wssd.addr).await.is_err(),
+        "the listener must be closed"
+    );
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    // A second /drain (a retried hook) answers at once.
+    assert_eq!(http_get(admin, "/drain").await.0, 200);
+
+    // The app exits, cutting what it had; nothing is left for wssd to lose.
+    app.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        wssd.wait_exit(Duration::ZERO).is_none(),
+        "wssd must wait for SIGTERM after /drain:\n{}",
+        wssd.logs()
+    );
+    let term = Instant::now();
+    wssd.signal("TERM");
+    let status = wssd
+        .wait_exit(Duration::from_secs(5))
+        .expect("wssd did not exit on SIGTERM after /drain");
+    assert!(status.success(), "{status}:\n{}", wssd.logs());
+    assert!(
+        term.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        term.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_drain_is_off_unless_the_config_turns_it_on() {
+    let (up, codes, _app) = recording_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    write_pair(dir.path(), &ca.leaf(&["localhost"]));
+    let config = files_config(dir.path(), &format!("upstream = \"ws://{up}\""), "")
+        + "\n[admin]\nbind = \"127.0.0.1:0\"\n";
+    let wssd = Wssd::start(dir.path(), &config);
+    let admin = wssd.logged_addr("admin server listening");
+    let (mut ws, _) = ws_connect(wssd.addr, &client_config(&ca.cert_pem), "/").await;
+    echo(&mut ws, "one").await.unwrap();
+    assert_eq!(http_get(admin, "/drain").await.0, 404);
+    echo(&mut ws, "still open").await.unwrap();
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    assert!(codes.lock().unwrap().is_empty());
+}

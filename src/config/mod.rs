@@ -178,6 +178,9 @@ pub struct AdminConfig {
     pub bind: SocketAddr,
     /// `/readyz` also requires a TCP connection to the upstream.
     pub readyz_checks_upstream: bool,
+    /// `/drain` starts the listener's drain without ending the process (a preStop hook's
+    /// way to drain wssd before the app it fronts stops).
+    pub drain_endpoint: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

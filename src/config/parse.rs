@@ -52,6 +52,7 @@ impl Config {
             admin: raw.admin.map(|a| AdminConfig {
                 bind: a.bind,
                 readyz_checks_upstream: a.readyz_checks_upstream.unwrap_or(false),
+                drain_endpoint: a.drain_endpoint.unwrap_or(false),
             }),
             certificates,
             acme,

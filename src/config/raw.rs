@@ -105,6 +105,7 @@ pub(super) struct RawTls {
 pub(super) struct RawAdmin {
     pub(super) bind: SocketAddr,
     pub(super) readyz_checks_upstream: Option<bool>,
+    pub(super) drain_endpoint: Option<bool>,
 }
 
 #[derive(Deserialize)]
