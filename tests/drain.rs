@@ -214,17 +214,13 @@ async fn recording_upstream() -> (
                     return;
                 };
                 while let Some(Ok(message)) = ws.next().await {
-                    match message {
-                        Message::Close(frame) => seen
-                            .lock()
-                            .unwrap()
-                            .push(frame.map_or(1005, |f| u16::from(f.code))),
-                        Message::Text(_) | Message::Binary(_) => {
-                            if futures_util::SinkExt::send(&mut ws, message).await.is_err() {
-                                return;
-                            }
-                        }
-                        _ => {}
+                    if let Message::Close(frame) = &message {
+                        let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
+                        seen.lock().unwrap().push(code);
+                    } else if (message.is_text() || message.is_binary())
+                        && futures_util::SinkExt::send(&mut ws, message).await.is_err()
+                    {
+                        return;
                     }
                 }
             });
