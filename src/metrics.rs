@@ -414,12 +414,12 @@ impl Metrics {
             .inc();
     }
 
-    /// Adds what one relayed connection carried.
-    pub fn relayed(&self, bytes_up: u64, bytes_down: u64, messages_up: u64, messages_down: u64) {
-        self.relay_bytes[0].inc_by(bytes_up);
-        self.relay_bytes[1].inc_by(bytes_down);
-        self.relay_messages[0].inc_by(messages_up);
-        self.relay_messages[1].inc_by(messages_down);
+    /// Adds what a relayed connection carried in one direction (`up`: client to
+    /// upstream) since it last reported.
+    pub fn relayed(&self, up: bool, bytes: u64, messages: u64) {
+        let i = usize::from(!up);
+        self.relay_bytes[i].inc_by(bytes);
+        self.relay_messages[i].inc_by(messages);
     }
 
     pub fn watcher_event(&self) {

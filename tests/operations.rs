@@ -444,15 +444,34 @@ async fn relay_counters_count_a_proxied_connection_by_direction() {
     let wssd = Wssd::start(dir.path(), &config);
     let admin = wssd.logged_addr("admin server listening");
     let (mut ws, _) = ws_connect(wssd.addr, &client_config(&ca.cert_pem), "/").await;
-    for _ in 0..3 {
+    for _ in 0..2 {
         echo(&mut ws, "hello").await.unwrap();
     }
+    // A connection that stays open is counted while it is: a chunk that goes by more
+    // than 5 s after the relay started brings the counts so far to the metrics.
+    tokio::time::sleep(Duration::from_millis(5_300)).await;
+    echo(&mut ws, "hello").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = http_get(admin, "/metrics").await;
+        let up = sample(&metrics, "wssd_relay_messages_total{direction=\"up\"}");
+        let down = sample(&metrics, "wssd_relay_messages_total{direction=\"down\"}");
+        if up == Some(3.0) && down == Some(3.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "while open: up {up:?}, down {down:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    echo(&mut ws, "still open").await.unwrap();
     ws.close(None).await.unwrap();
     while ws.next().await.is_some() {}
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let metrics = loop {
         let (_, metrics) = http_get(admin, "/metrics").await;
-        if sample(&metrics, "wssd_relay_messages_total{direction=\"down\"}") == Some(3.0) {
+        if sample(&metrics, "wssd_relay_messages_total{direction=\"down\"}") == Some(4.0) {
             break metrics;
         }
         assert!(std::time::Instant::now() < deadline, "{metrics}");
@@ -460,10 +479,11 @@ async fn relay_counters_count_a_proxied_connection_by_direction() {
     };
     assert_eq!(
         sample(&metrics, "wssd_relay_messages_total{direction=\"up\"}"),
-        Some(3.0)
+        Some(4.0)
     );
-    // Three 5-byte texts each way (masked frames of 11 bytes up, 7 down) plus the closes.
+    // Three 5-byte texts and one of 10 each way (masked frames of 11 and 16 bytes up, 7
+    // and 12 down) plus the closes.
     let up = sample(&metrics, "wssd_relay_bytes_total{direction=\"up\"}").unwrap();
     let down = sample(&metrics, "wssd_relay_bytes_total{direction=\"down\"}").unwrap();
-    assert!(up >= 33.0 && down >= 21.0, "up {up}, down {down}");
+    assert!(up >= 49.0 && down >= 33.0, "up {up}, down {down}");
 }

@@ -30,6 +30,12 @@
 //! message with tokio-tungstenite on both sides 17.6 µs and 33.6 µs, with ~15% lower
 //! throughput at 64 B. The benchmark suite (`bench/`) measures the relay against nginx and HAProxy.
 //!
+//! What the relay carried reaches `wssd_relay_bytes_total` and `wssd_relay_messages_total`
+//! while the connection is open: each pump adds its unreported counts when a chunk goes
+//! by at least [`REPORT_EVERY`] after its last report, and at the end. A chunk already
+//! reads the clock (for `idle_timeout`), so this costs a comparison per chunk and two
+//! shared counter updates per direction every few seconds, not a shared write per chunk.
+//!
 //! Both directions run in the connection's own task (no extra spawn), each with one
 //! fixed buffer; the write of a chunk completes before the next read, so a slow reader
 //! on one side slows the other side's sender (TCP backpressure), and memory stays flat.
@@ -43,6 +49,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{Advance, CLOSE_TOO_BIG, FrameTracker, close_frame};
+use crate::metrics::Metrics;
 
 /// Each direction's read buffer starts small, so an idle connection costs little (1 KiB
 /// instead of 4 KiB took wssd from ~20 to ~14 KiB per idle connection at 9,000 of them),
@@ -61,6 +68,9 @@ pub const FAIL_GRACE: Duration = Duration::from_secs(1);
 /// oversize message, say) are read and discarded, so that closing the socket does not
 /// reset the connection before the client has read wssd's close frame.
 const DISCARD: Duration = Duration::from_secs(2);
+
+/// How often a busy pump adds its counts to the metrics (see the module docs).
+const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
@@ -145,9 +155,11 @@ impl Shared {
         self.client_failed.store(true, Ordering::Relaxed);
     }
 
-    fn touch(&self) {
+    /// Notes activity now; returns the milliseconds since the relay started.
+    fn touch(&self) -> u64 {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
+        ms
     }
 
     fn close_frame(&self, masked: bool) -> Vec<u8> {
@@ -187,6 +199,7 @@ pub async fn relay<C, U>(
     upstream_early: &[u8],
     limits: Limits,
     drain: &CancellationToken,
+    metrics: &Metrics,
 ) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -209,12 +222,12 @@ where
     let mut up_pump = Pump::new(Direction::Up, limits.max_message_size);
     let mut down_pump = Pump::new(Direction::Down, limits.max_message_size);
     {
-        let up = up_pump.run(&mut client_rd, &mut up_wr, client_early, &shared);
+        let up = up_pump.run(&mut client_rd, &mut up_wr, client_early, &shared, metrics);
         // The grace timer runs with the Down pump, so that it keeps running whichever
         // side finished first.
         let down = async {
             tokio::select! {
-                r = down_pump.run(&mut up_rd, &mut client_wr, upstream_early, &shared) => r,
+                r = down_pump.run(&mut up_rd, &mut client_wr, upstream_early, &shared, metrics) => r,
                 () = fail_grace(&shared) => Ok(()),
             }
         };
@@ -256,6 +269,8 @@ where
     if shared.is_failing() {
         discard(&mut client_rd).await;
     }
+    up_pump.report(metrics);
+    down_pump.report(metrics);
     RelayStats {
         messages_up: up_pump.tracker.messages,
         messages_down: down_pump.tracker.messages,
@@ -332,6 +347,9 @@ struct Pump {
     direction: Direction,
     tracker: FrameTracker,
     bytes: u64,
+    /// What the metrics have of `bytes` and the tracker's messages, and when (ms since the
+    /// relay started) they got it.
+    reported: (u64, u64, u64),
     /// Close requested: stop at the next frame boundary.
     closing: bool,
     /// wssd's close frame has been written; what follows is discarded.
@@ -354,11 +372,25 @@ enum Flow {
 }
 
 impl Pump {
+    /// Adds what this direction carried since its last report to the metrics.
+    fn report(&mut self, metrics: &Metrics) {
+        let (bytes, messages, _) = self.reported;
+        let messages_now = self.tracker.messages;
+        metrics.relayed(
+            self.direction == Direction::Up,
+            self.bytes - bytes,
+            messages_now - messages,
+        );
+        self.reported.0 = self.bytes;
+        self.reported.1 = messages_now;
+    }
+
     fn new(direction: Direction, limit: u64) -> Pump {
         Pump {
             direction,
             tracker: FrameTracker::new(limit),
             bytes: 0,
+            reported: (0, 0, 0),
             closing: false,
             injected: false,
             pending_ping: false,
@@ -371,6 +403,7 @@ impl Pump {
         dst: &mut W,
         early: &[u8],
         shared: &Shared,
+        metrics: &Metrics,
     ) -> std::io::Result<()>
     where
         R: AsyncRead + Unpin,
@@ -418,9 +451,13 @@ impl Pump {
                 self.peer_gone(dst, shared).await;
                 return Ok(());
             }
-            shared.touch();
+            let now_ms = shared.touch();
             if let Flow::Done = self.forward(&buf[..n], dst, shared).await? {
                 return Ok(());
+            }
+            if now_ms >= self.reported.2 + REPORT_EVERY.as_millis() as u64 {
+                self.report(metrics);
+                self.reported.2 = now_ms;
             }
             if self.tracker.close_seen {
                 let flag = match self.direction {

@@ -35,16 +35,9 @@ where
                 &upstream.early,
                 limits,
                 drain,
+                &conn.server.metrics,
             )
             .await;
-            // Counted once, when the connection ends: the relay loops stay free of
-            // shared counters (a cache line every core would write per chunk).
-            conn.server.metrics.relayed(
-                stats.bytes_up,
-                stats.bytes_down,
-                stats.messages_up,
-                stats.messages_down,
-            );
             debug!(%peer, ?stats, "connection closed");
         }
     }
