@@ -180,7 +180,8 @@ pub struct SidecarFlags {
     #[arg(long, value_name = "URL")]
     pub upstream: Option<crate::config::Upstream>,
     /// Serve a dev-CA certificate for this DNS name or IP address; repeat for more
-    /// [default: localhost, 127.0.0.1, ::1].
+    /// [default: localhost, 127.0.0.1, ::1]. With --cert-file: the names the pair must
+    /// cover.
     #[arg(long = "domain", value_name = "NAME", value_parser = parse_domain)]
     pub domains: Vec<Domain>,
     /// Serve this certificate chain (PEM, leaf first) instead of a dev-CA one; watched

@@ -199,6 +199,30 @@ fn run(config_path: Option<&Path>, flags: config::Overrides) -> Outcome {
     Ok(0)
 }
 
+/// The names of the certificate wssd serves first: the configured ones, or, for a pair
+/// from `--cert-file` without `--domain`, those in the certificate (so that the printed
+/// probe line verifies against it).
+fn names_served(cert: &wssd::config::CertificateConfig) -> Vec<wssd::config::Domain> {
+    use wssd::config::Domain;
+    if !cert.domains.is_empty() {
+        return cert.domains.clone();
+    }
+    let Ok(pem) = std::fs::read(&cert.cert_file) else {
+        return Vec::new();
+    };
+    let leaf = pki_types::pem::PemObject::pem_slice_iter(&pem)
+        .next()
+        .and_then(Result::ok)
+        .map(|der: pki_types::CertificateDer<'static>| der);
+    let Some(summary) = leaf.and_then(|der| wssd::cert::inspect::CertSummary::from_der(&der).ok())
+    else {
+        return Vec::new();
+    };
+    let dns = summary.dns_names.into_iter().map(Domain::Dns);
+    dns.chain(summary.ip_addresses.into_iter().map(Domain::Ip))
+        .collect()
+}
+
 /// Without a config file (dev mode, or a sidecar from flags), tell the user what to do
 /// next: the URL, the CA to trust, and a probe command that works as printed.
 fn announce(addr: std::net::SocketAddr, config: &Config) {
@@ -209,7 +233,8 @@ fn announce(addr: std::net::SocketAddr, config: &Config) {
     let Some(cert) = config.certificates.first() else {
         return;
     };
-    let host = match cert.domains.first() {
+    let names = names_served(cert);
+    let host = match names.first() {
         Some(Domain::Ip(std::net::IpAddr::V6(ip))) => format!("[{ip}]"),
         Some(Domain::Ip(ip)) => ip.to_string(),
         Some(Domain::Dns(name)) => name.replacen("*.", "www.", 1),
@@ -230,7 +255,7 @@ fn announce(addr: std::net::SocketAddr, config: &Config) {
         ),
     }
     // A name without DNS yet is reached through the address wssd listens on.
-    let connect_to = match cert.domains.first() {
+    let connect_to = match names.first() {
         Some(Domain::Dns(name)) if name != "localhost" => {
             let ip = if addr.ip().is_unspecified() {
                 std::net::IpAddr::from([127, 0, 0, 1])

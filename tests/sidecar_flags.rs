@@ -140,7 +140,8 @@ fn one_command_sidecar_with_cert_and_key_files() {
     std::fs::write(site.join("index.html"), "<h1>app</h1>\n").unwrap();
     let upstream = Upstream::start(&site);
     let test_ca = TestCa::new();
-    let tls = write_pair(dir.path(), &test_ca.leaf(&["localhost"]));
+    // A name with no DNS first, as a real certificate's would be.
+    let tls = write_pair(dir.path(), &test_ca.leaf(&["app.test", "localhost"]));
     let ca = dir.path().join("test-ca.pem");
     std::fs::write(&ca, &test_ca.cert_pem).unwrap();
     let up = format!("http://127.0.0.1:{}", upstream.port);
@@ -167,6 +168,33 @@ fn one_command_sidecar_with_cert_and_key_files() {
     );
     assert_eq!(code, Some(0), "{body}");
     assert_eq!(body, "<h1>app</h1>\n");
+    // Without --domain, the printed probe line names the certificate's first name and
+    // reaches it through the address wssd listens on, so it verifies as printed (plus the
+    // test CA, which a real certificate's chain would not need).
+    let port = wssd.addr.port();
+    let line = wssd
+        .stdout()
+        .lines()
+        .find(|l| l.contains("try it:"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let probe = format!("wssd probe --connect-to 127.0.0.1:{port} wss://app.test:{port}/");
+    assert!(line.ends_with(&probe), "{line}\n{}", wssd.stdout());
+    let ca_arg = ca.to_str().unwrap();
+    let connect = format!("127.0.0.1:{port}");
+    let url = format!("wss://app.test:{port}/");
+    let out = wssd_cmd(
+        dir.path(),
+        &["probe", "--ca", ca_arg, "--connect-to", &connect, &url],
+    );
+    // The certificate verified for app.test; the upgrade then reached the upstream, a
+    // static site, which answers it as one does (wssd: 502).
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("names   app.test,localhost") && report.contains("upgrade    502"),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // No dev CA was made: the pair came from the files.
     assert!(!dir.path().join("xdg/wssd/ca/ca.pem").exists());
 }
