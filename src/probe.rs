@@ -49,7 +49,10 @@ pub struct ProbeOptions {
 pub fn check_options(opts: &ProbeOptions) -> Result<(), String> {
     parse_url(&opts.url)?;
     if let Some(ca) = &opts.ca {
-        std::fs::metadata(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+        // Read as the probe will read it: a file that is there but unreadable, or holds
+        // no certificate, is a bad argument too.
+        crate::tls::add_pem_roots(&mut RootCertStore::empty(), ca)
+            .map_err(|reason| format!("--ca {}: {reason}", ca.display()))?;
     }
     for (name, value) in &opts.headers {
         http::HeaderName::from_bytes(name.as_bytes())

@@ -351,10 +351,17 @@ fn bad_arguments_exit_2_before_any_connection() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("wss://127.0.0.1:{}/", listener.local_addr().unwrap().port());
-    let cases: [(&[&str], &str); 4] = [
+    let not_a_ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_a_ca, "this is no certificate\n").unwrap();
+    let not_a_ca = not_a_ca.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
         (
             &["probe", &url, "--ca", "missing-ca.pem"],
             "--ca missing-ca.pem",
+        ),
+        (
+            &["probe", &url, "--ca", not_a_ca],
+            "no PEM certificate in it",
         ),
         (&["probe", "localhost:8443"], "wss:// or ws://"),
         (&["probe", &url, "--header", "no colon here"], "NAME: VALUE"),
