@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-
 use tracing::info;
 
 use crate::cert::inspect::rfc3339;

@@ -210,10 +210,10 @@ fn names_served(cert: &wssd::config::CertificateConfig) -> Vec<wssd::config::Dom
     let Ok(pem) = std::fs::read(&cert.cert_file) else {
         return Vec::new();
     };
-    let leaf = pki_types::pem::PemObject::pem_slice_iter(&pem)
-        .next()
-        .and_then(Result::ok)
-        .map(|der: pki_types::CertificateDer<'static>| der);
+    let leaf: Option<pki_types::CertificateDer<'static>> =
+        pki_types::pem::PemObject::pem_slice_iter(&pem)
+            .next()
+            .and_then(Result::ok);
     let Some(summary) = leaf.and_then(|der| wssd::cert::inspect::CertSummary::from_der(&der).ok())
     else {
         return Vec::new();
