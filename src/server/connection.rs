@@ -28,6 +28,7 @@ use tracing::debug;
 
 use super::service::{Connection, Service};
 use super::websocket::{self, Next};
+use super::write_batch::BatchedTls;
 
 type Tls = Box<TlsStream<TcpStream>>;
 
@@ -50,7 +51,7 @@ async fn http2(tls: Tls, conn: Arc<Connection>) {
     let served = conn
         .server
         .http2
-        .serve_connection(TokioIo::new(tls), Service(conn.clone()));
+        .serve_connection(TokioIo::new(BatchedTls::new(tls)), Service(conn.clone()));
     tokio::pin!(served);
     let result = tokio::select! {
         r = served.as_mut() => r,

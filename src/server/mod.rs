@@ -4,7 +4,7 @@
 //! A connection goes through small layers, each in its own file and testable alone:
 //! [`listener`] (accept, connection limits, workers, drain) → TLS (tokio-rustls; the
 //! certificate comes from the resolver) → [`connection`] (HTTP/1.1 or HTTP/2 with hyper,
-//! set up by [`protocols`]) → [`service`] (one request: the checks, [`routes`], then)
+//! set up by [`protocols`]; HTTP/2's writes batched by [`write_batch`]) → [`service`] (one request: the checks, [`routes`], then)
 //! → either [`upgrade`] ([`origin`]) and [`websocket`] ([`echo`], or [`proxy`] +
 //! [`relay`] with [`frame`]), or [`forward`] (on [`pool`], bodies in [`body`]), or on an
 //! echo route a browser's GET gets the [`test_page`]. [`forwarding`] says which headers pass;
@@ -32,6 +32,7 @@ pub mod test_page;
 pub mod upgrade;
 pub mod websocket;
 pub mod workers;
+pub mod write_batch;
 
 pub use listener::{serve, serve_all};
 pub use state::Server;
