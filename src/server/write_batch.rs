@@ -8,8 +8,7 @@
 //! ready at once. Here a write only encrypts into rustls's send buffer, and a flush is
 //! put off: the task is woken, and the bytes go out in one `writev` the next time the
 //! connection is polled, after the other tasks that were ready have run (often more
-//! responses for the same connection). HAProxy and nginx write once per turn of their
-//! event loops in the same way.
+//! responses for the same connection).
 //!
 //! The next poll of h2's connection always starts with a read (it reads until the
 //! transport has nothing more, then writes), and that read sends what was put off. A
