@@ -48,10 +48,12 @@ pub enum AgentError {
     Acme(#[from] crate::acme::AcmeError),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
-    #[error("{key} = {addr}: cannot listen: {source}{}", bind_hint(key, source))]
+    /// `what`: the address and what set it ("[admin] bind = ADDR", "--listen ADDR").
+    #[error("{what}: cannot listen: {source}{}", bind_hint(*listener, source))]
     Bind {
-        key: &'static str,
-        addr: SocketAddr,
+        what: String,
+        /// The WSS listener's address (the hint names the ways to choose another).
+        listener: bool,
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -66,9 +68,29 @@ pub enum AgentError {
     Signals(std::io::Error),
 }
 
-fn bind_hint(key: &str, e: &std::io::Error) -> &'static str {
+impl AgentError {
+    /// A failed bind of the address that `key` sets.
+    fn bind(key: &'static str, addr: SocketAddr, source: std::io::Error) -> AgentError {
+        AgentError::Bind {
+            what: format!("{key} = {addr}"),
+            listener: false,
+            source,
+        }
+    }
+
+    /// A failed bind of one of the WSS listener's addresses, named as it was chosen.
+    fn listener_bind(config: &Config, addr: SocketAddr, source: std::io::Error) -> AgentError {
+        AgentError::Bind {
+            what: config.listener.bind_origin.describe(addr),
+            listener: true,
+            source,
+        }
+    }
+}
+
+fn bind_hint(listener: bool, e: &std::io::Error) -> &'static str {
     match e.kind() {
-        std::io::ErrorKind::AddrInUse if key == "[listener] bind" => {
+        std::io::ErrorKind::AddrInUse if listener => {
             " (another process, perhaps another wssd, is using that address; `wssd run --listen ADDR` or [listener] bind picks another)"
         }
         std::io::ErrorKind::AddrInUse => {
@@ -125,11 +147,7 @@ pub async fn run(
         Some(admin_config) => {
             let listener = TcpListener::bind(admin_config.bind)
                 .await
-                .map_err(|source| AgentError::Bind {
-                    key: "[admin] bind",
-                    addr: admin_config.bind,
-                    source,
-                })?;
+                .map_err(|source| AgentError::bind("[admin] bind", admin_config.bind, source))?;
             let admin = Arc::new(Admin {
                 metrics: metrics.clone(),
                 reloader: reloader.clone(),
@@ -151,11 +169,9 @@ pub async fn run(
                     done: drained.clone(),
                 }),
             });
-            let bound = listener.local_addr().map_err(|source| AgentError::Bind {
-                key: "[admin] bind",
-                addr: admin_config.bind,
-                source,
-            })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| AgentError::bind("[admin] bind", admin_config.bind, source))?;
             info!(addr = %bound, "admin server listening (/healthz, /readyz, /metrics)");
             tokio::spawn(crate::admin::serve(
                 listener,
@@ -273,16 +289,10 @@ pub async fn run(
     )?;
     let listener = TcpListener::bind(config.listener.bind)
         .await
-        .map_err(|source| AgentError::Bind {
-            key: "[listener] bind",
-            addr: config.listener.bind,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| AgentError::Bind {
-        key: "[listener] bind",
-        addr: config.listener.bind,
-        source,
-    })?;
+        .map_err(|source| AgentError::listener_bind(&config, config.listener.bind, source))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| AgentError::listener_bind(&config, config.listener.bind, source))?;
     let mut listeners = vec![listener];
     for also in &config.listener.also_bind {
         let also = SocketAddr::new(also.ip(), addr.port());
@@ -299,11 +309,7 @@ pub async fn run(
                 info!(addr = %also, error = %e, "skipped: this host has no such address");
             }
             Err(source) => {
-                return Err(AgentError::Bind {
-                    key: "[listener] bind",
-                    addr: also,
-                    source,
-                });
+                return Err(AgentError::listener_bind(&config, also, source));
             }
         }
     }
@@ -413,11 +419,7 @@ async fn start_acme(
             let bind = acme_config.http01_bind;
             let listener = TcpListener::bind(bind)
                 .await
-                .map_err(|source| AgentError::Bind {
-                    key: "[acme] http01_bind",
-                    addr: bind,
-                    source,
-                })?;
+                .map_err(|source| AgentError::bind("[acme] http01_bind", bind, source))?;
             let tokens = match &shared {
                 Some(shared) => Http01Tokens::shared(shared.tokens.clone()),
                 None => Http01Tokens::default(),

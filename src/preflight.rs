@@ -23,11 +23,11 @@ pub enum PreflightError {
         addr: SocketAddr,
     },
     #[error(
-        "{key} = {addr}: ports below {unprivileged_start} need the CAP_NET_BIND_SERVICE capability, which this process lacks (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE; or choose a port from {unprivileged_start} up)"
+        "{what}: ports below {unprivileged_start} need the CAP_NET_BIND_SERVICE capability, which this process lacks (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE; or choose a port from {unprivileged_start} up)"
     )]
     PrivilegedPort {
-        key: &'static str,
-        addr: SocketAddr,
+        /// The address and what set it (`[admin] bind = ADDR`, `--listen ADDR`).
+        what: String,
         unprivileged_start: u16,
     },
     #[error(transparent)]
@@ -38,7 +38,7 @@ pub enum PreflightError {
 
 /// Every address `wssd run` would bind for `config`, with the key that sets it.
 pub fn binds(config: &Config) -> Vec<(&'static str, SocketAddr)> {
-    let mut out = vec![("[listener] bind", config.listener.bind)];
+    let mut out = vec![(config.listener.bind_origin.key(), config.listener.bind)];
     if let Some(admin) = &config.admin {
         out.push(("[admin] bind", admin.bind));
     }
@@ -72,9 +72,13 @@ pub fn check(config: &Config) -> Vec<PreflightError> {
     let capability = Capability::of_this_process();
     for (key, addr) in &binds {
         if capability.refuses(addr.port()) {
+            let what = if *key == config.listener.bind_origin.key() {
+                config.listener.bind_origin.describe(*addr)
+            } else {
+                format!("{key} = {addr}")
+            };
             problems.push(PreflightError::PrivilegedPort {
-                key,
-                addr: *addr,
+                what,
                 unprivileged_start: capability.unprivileged_start,
             });
         }

@@ -233,6 +233,30 @@ fn bad_sidecar_flags_are_usage_errors_and_a_busy_port_names_listen() {
         err.contains(&addr) && err.contains("--listen ADDR"),
         "{err}"
     );
+    // The address came from the flag, not from a key of a config file there is none of.
+    assert!(
+        err.contains(&format!("--listen {addr}: cannot listen")),
+        "{err}"
+    );
+    assert!(!err.contains("[listener] bind ="), "{err}");
+
+    // localhost:PORT with ::1's port taken: the error names the flag too.
+    if ipv6_loopback() {
+        let busy6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let port = busy6.local_addr().unwrap().port();
+        let out = wssd_cmd(
+            dir.path(),
+            &["run", "--listen", &format!("localhost:{port}")],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert!(
+            err.contains(&format!(
+                "--listen localhost:{port} ([::1]:{port}): cannot listen"
+            )),
+            "{err}"
+        );
+    }
 }
 
 #[test]

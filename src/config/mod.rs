@@ -74,6 +74,8 @@ pub struct ListenerConfig {
     /// 127.0.0.1, as its certificate covers both. One whose address family the host
     /// lacks (no IPv6) is skipped with a log line.
     pub also_bind: Vec<SocketAddr>,
+    /// What chose `bind` and `also_bind`, for the errors that name it.
+    pub bind_origin: BindOrigin,
     /// `None`: the built-in echo service.
     pub upstream: Option<Upstream>,
     /// Empty: any Origin.
@@ -106,6 +108,40 @@ pub struct ListenerConfig {
     pub routes: Vec<RouteConfig>,
 }
 
+/// What chose the listener's addresses: a key, `run --listen`, or the dev mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindOrigin {
+    /// `[listener] bind` (in a file, or its default).
+    Key,
+    /// `--listen ADDR`, or `--listen localhost:PORT` (`localhost`).
+    Flag { localhost: bool },
+    /// The dev mode, without a config file.
+    DevMode,
+}
+
+impl BindOrigin {
+    /// The key or flag that set the address.
+    pub fn key(self) -> &'static str {
+        match self {
+            BindOrigin::Key => "[listener] bind",
+            BindOrigin::Flag { .. } => "--listen",
+            BindOrigin::DevMode => "the dev mode's address",
+        }
+    }
+
+    /// `addr` (one of the listener's addresses) as its user wrote it or met it.
+    pub fn describe(self, addr: SocketAddr) -> String {
+        match self {
+            BindOrigin::Key => format!("[listener] bind = {addr}"),
+            BindOrigin::Flag { localhost: false } => format!("--listen {addr}"),
+            BindOrigin::Flag { localhost: true } => {
+                format!("--listen localhost:{} ({addr})", addr.port())
+            }
+            BindOrigin::DevMode => format!("the dev mode's address {addr}"),
+        }
+    }
+}
+
 /// A `[[route]]`: requests whose path is `path` or under it go to `upstream`. Unset
 /// settings are the listener's.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +161,7 @@ impl Default for ListenerConfig {
                 .parse()
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
             also_bind: Vec::new(),
+            bind_origin: BindOrigin::Key,
             upstream: None,
             allowed_origins: Vec::new(),
             max_connections: 10_000,
@@ -308,6 +345,7 @@ impl Config {
             watch: true,
             listener: ListenerConfig {
                 also_bind: vec![SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 8443))],
+                bind_origin: BindOrigin::DevMode,
                 ..ListenerConfig::default()
             },
             tls: TlsConfig::default(),

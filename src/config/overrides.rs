@@ -6,7 +6,7 @@
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use super::{CertificateConfig, Config, Domain, KeyType, Source, Upstream};
+use super::{BindOrigin, CertificateConfig, Config, Domain, KeyType, Source, Upstream};
 
 /// `--listen`: a socket address, or `localhost:PORT` for both loopbacks (127.0.0.1 and
 /// ::1 on one port, as the dev certificate covers both).
@@ -61,6 +61,9 @@ impl Config {
     pub fn with_overrides(mut self, flags: Overrides) -> Config {
         if let Some(listen) = flags.listen {
             self.listener.bind = listen.addr;
+            self.listener.bind_origin = BindOrigin::Flag {
+                localhost: listen.both_loopbacks,
+            };
             self.listener.also_bind = if listen.both_loopbacks {
                 vec![SocketAddr::from((Ipv6Addr::LOCALHOST, listen.addr.port()))]
             } else {
