@@ -36,17 +36,41 @@ pub enum PreflightError {
     ClusterKey(#[from] crate::cluster::key::KeyError),
 }
 
-/// Every address `wssd run` would bind for `config`, with the key that sets it.
-pub fn binds(config: &Config) -> Vec<(&'static str, SocketAddr)> {
-    let mut out = vec![(config.listener.bind_origin.key(), config.listener.bind)];
+/// An address `wssd run` would bind.
+pub struct Bind {
+    /// The key or flag that sets it.
+    pub key: &'static str,
+    /// The address as errors name it (`[admin] bind = ADDR`, `--listen ADDR`).
+    pub what: String,
+    pub addr: SocketAddr,
+}
+
+impl Bind {
+    fn keyed(key: &'static str, addr: SocketAddr) -> Bind {
+        Bind {
+            key,
+            what: format!("{key} = {addr}"),
+            addr,
+        }
+    }
+}
+
+/// Every address `wssd run` would bind for `config`.
+pub fn binds(config: &Config) -> Vec<Bind> {
+    let listener = &config.listener;
+    let mut out = vec![Bind {
+        key: listener.bind_origin.key(),
+        what: listener.bind_origin.describe(listener.bind),
+        addr: listener.bind,
+    }];
     if let Some(admin) = &config.admin {
-        out.push(("[admin] bind", admin.bind));
+        out.push(Bind::keyed("[admin] bind", admin.bind));
     }
     if let Some(acme) = &config.acme
         && acme.challenge == Challenge::Http01
         && config.certificates.iter().any(|c| c.source == Source::Acme)
     {
-        out.push(("[acme] http01_bind", acme.http01_bind));
+        out.push(Bind::keyed("[acme] http01_bind", acme.http01_bind));
     }
     out
 }
@@ -58,27 +82,22 @@ pub fn check(config: &Config) -> Vec<PreflightError> {
         problems.push(e.into());
     }
     let binds = binds(config);
-    for (i, (first, a)) in binds.iter().enumerate() {
-        for (second, b) in &binds[i + 1..] {
-            if clash(*a, *b) {
+    for (i, first) in binds.iter().enumerate() {
+        for second in &binds[i + 1..] {
+            if clash(first.addr, second.addr) {
                 problems.push(PreflightError::AddressClash {
-                    first,
-                    second,
-                    addr: *a,
+                    first: first.key,
+                    second: second.key,
+                    addr: first.addr,
                 });
             }
         }
     }
     let capability = Capability::of_this_process();
-    for (key, addr) in &binds {
-        if capability.refuses(addr.port()) {
-            let what = if *key == config.listener.bind_origin.key() {
-                config.listener.bind_origin.describe(*addr)
-            } else {
-                format!("{key} = {addr}")
-            };
+    for bind in binds {
+        if capability.refuses(bind.addr.port()) {
             problems.push(PreflightError::PrivilegedPort {
-                what,
+                what: bind.what,
                 unprivileged_start: capability.unprivileged_start,
             });
         }

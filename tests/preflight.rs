@@ -130,6 +130,26 @@ fn a_low_port_without_the_capability_fails_check_as_it_fails_run() {
     let (_, stderr) = text(&out);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr.contains("CAP_NET_BIND_SERVICE"), "{stderr}");
+    // The same port from `run --listen`: the error names the flag, not the key.
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            "-net_bind_service",
+            "--inh-caps",
+            "-net_bind_service",
+        ])
+        .args([WSSD, "run", "--config", &path, "--listen", "127.0.0.1:444"])
+        .current_dir(dir.path())
+        .env("XDG_DATA_HOME", dir.path().join("xdg"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr.contains("--listen 127.0.0.1:444: ports below")
+            && !stderr.contains("[listener] bind ="),
+        "{stderr}"
+    );
     // With the capability (root here), the same config is valid.
     let out = wssd_cmd(dir.path(), &["check", "--config", &path]);
     let (stdout, stderr) = text(&out);

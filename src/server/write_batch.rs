@@ -129,9 +129,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for BatchedTls<IO> {
         Poll::Ready(Ok(()))
     }
 
+    /// tokio-rustls's shutdown queues the close_notify behind what rustls holds and sends
+    /// it all.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        std::task::ready!(this.poll_send(cx))?;
+        this.flush_pending = false;
         Pin::new(&mut this.tls).poll_shutdown(cx)
     }
 }
